@@ -1,0 +1,44 @@
+# ChronoSync: `make dev` runs a local cluster, `make test` runs every test. `make help`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PACKAGES := libs/chronocore services/scheduler services/coordinator services/worker
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+
+.DEFAULT_GOAL := help
+.PHONY: help install dev test chaos-test bench up proto lint
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(STAMP): $(PYPROJECTS) requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt \
+		$(addprefix -e ,$(PACKAGES))
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install every package with the dev tools
+
+dev: $(STAMP) ## run a local cluster (PostgreSQL, 1 scheduler, 2 coordinators, 2 workers)
+	$(BIN)/chronosync dev --data-dir .dev
+
+test: $(STAMP) ## run the whole test suite against a real PostgreSQL
+	$(BIN)/python -m pytest
+
+chaos-test: $(STAMP) ## the randomized kill-node scenarios (not written yet)
+	@echo "make chaos-test: not written yet" >&2; exit 1
+
+bench: $(STAMP) ## the benchmark (not written yet)
+	@echo "make bench: not written yet" >&2; exit 1
+
+up: ## docker compose up --build: PostgreSQL, scheduler, 2 coordinators, 3 workers
+	docker compose up --build
+
+proto: $(STAMP) ## regenerate the gRPC code from proto/
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=libs/chronocore/src \
+		--pyi_out=libs/chronocore/src --grpc_python_out=libs/chronocore/src \
+		proto/chronocore/rpc/worker.proto
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .

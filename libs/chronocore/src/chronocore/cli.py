@@ -1,0 +1,235 @@
+"""``chronosync``: the command line for people (aligned tables) and scripts (``--json``).
+
+    chronosync schedule [--at TIME] [--delivery D] [--timeout S] -- COMMAND...
+    chronosync tasks [--status S] [--limit N]     chronosync task ID
+    chronosync cancel ID                          chronosync nodes
+    chronosync migrate                            chronosync dev
+
+Talks to a scheduler over HTTP (``--url`` or CHRONOSYNC_URL, token from
+CHRONOSYNC_API_TOKEN), except ``migrate`` (the database) and ``dev`` (a local cluster).
+Exit codes: 0 done, 1 the server said no (4xx), 2 usage, 3 unreachable or 5xx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8081"
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def request(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    token = os.environ.get("CHRONOSYNC_API_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except (ValueError, AttributeError):
+            message = exc.reason
+        raise CliError(f"{exc.code}: {message}",
+                       EXIT_REFUSED if exc.code < 500 else EXIT_UNREACHABLE) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot reach {url}: {exc}", EXIT_UNREACHABLE) from None
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+TASK_COLUMNS = ["id", "status", "scheduled_at", "started_at", "worker_id", "error", "command"]
+
+
+def show(args: argparse.Namespace, data: Any, rows_key: str | None,
+         columns: list[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif rows_key is None:
+        width = max(len(k) for k in data)
+        for key, value in data.items():
+            if key != "attempts":
+                print(f"{key.ljust(width)}  {'' if value is None else value}")
+        if data.get("attempts"):
+            print()
+            print(table(data["attempts"], ["attempt", "worker_id", "started_at",
+                                           "finished_at", "exit_code", "error"]))
+    else:
+        print(table(data[rows_key], columns))
+
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise CliError("give the command after --", EXIT_USAGE)
+    body: dict[str, Any] = {"command": " ".join(command), "delivery": args.delivery}
+    if args.at:
+        body["scheduled_at"] = args.at
+    if args.timeout:
+        body["timeout_s"] = args.timeout
+    if args.idempotency_key:
+        body["idempotency_key"] = args.idempotency_key
+    show(args, request(args.url, "POST", "/schedule", body), None, [])
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+    show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS)
+
+
+def cmd_task(args: argparse.Namespace) -> None:
+    show(args, request(args.url, "GET", f"/tasks/{args.id}"), None, [])
+
+
+def cmd_cancel(args: argparse.Namespace) -> None:
+    show(args, request(args.url, "POST", f"/tasks/{args.id}/cancel", {}), None, [])
+
+
+def cmd_nodes(args: argparse.Namespace) -> None:
+    show(args, request(args.url, "GET", "/nodes"), "nodes",
+         ["id", "kind", "state", "address", "last_heartbeat_at", "capacity", "running"])
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from chronocore.migrate import apply_migrations
+
+    dsn = os.environ.get("CHRONOSYNC_DSN")
+    if not dsn:
+        raise CliError("CHRONOSYNC_DSN is required", EXIT_USAGE)
+    applied = apply_migrations(dsn)
+    print(f"applied {applied}" if applied else "schema up to date")
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    """A whole local cluster in the foreground until Ctrl-C or SIGTERM."""
+    from chronocore.devcluster import ProcessCluster
+    from chronocore.migrate import apply_migrations
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    dsn = os.environ.get("CHRONOSYNC_DSN")
+    postgres = None
+    if not dsn:
+        postgres = _dev_postgres(Path(args.data_dir) if args.data_dir else None)
+        dsn = postgres.dsn()
+        print(f"dev: ephemeral PostgreSQL at {dsn} (data in {postgres.datadir})", flush=True)
+    cluster = ProcessCluster(dsn=dsn)
+    try:
+        apply_migrations(dsn)
+        cluster.start("scheduler")
+        for _ in range(args.coordinators):
+            cluster.start("coordinator")
+        for _ in range(args.workers):
+            cluster.start("worker")
+        addr = os.environ.get("CHRONOSYNC_HTTP_ADDR", "127.0.0.1:8081")
+        print(f"dev: API at http://{addr}  (Ctrl-C stops everything)", flush=True)
+        while not stop.wait(0.5):
+            dead = [n.name for n in cluster.nodes if not n.alive()]
+            if dead:
+                print(f"dev: {', '.join(dead)} exited; stopping", flush=True)
+                break
+    finally:
+        print("dev: stopping", flush=True)
+        cluster.stop()
+        if postgres is not None:
+            postgres.stop()
+            shutil.rmtree(postgres.datadir, ignore_errors=True)
+
+
+def _dev_postgres(data_dir: Path | None) -> Any:
+    """A fresh PostgreSQL in ``data_dir`` (or a temp dir if the server user, never root,
+    cannot reach it)."""
+    from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresError
+
+    settings = {**FAST_TEST_SETTINGS, "fsync": "on"}
+    if data_dir is not None:
+        shutil.rmtree(data_dir / "pgdata", ignore_errors=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o755)
+        postgres = LocalCluster(datadir=data_dir.resolve() / "pgdata", settings=settings)
+        try:
+            postgres.start()
+            return postgres
+        except PostgresError as exc:
+            print(f"dev: cannot use {data_dir} ({exc}); using a temporary directory",
+                  flush=True)
+    base = Path(tempfile.mkdtemp(prefix="chronosync-dev-"))
+    base.chmod(0o755)
+    postgres = LocalCluster(datadir=base / "pgdata", settings=settings)
+    postgres.start()
+    return postgres
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chronosync", description="ChronoSync command line")
+    p.add_argument("--url", default=os.environ.get("CHRONOSYNC_URL", DEFAULT_URL),
+                   help="scheduler URL (CHRONOSYNC_URL)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("schedule", help="run a command at an instant (default: now)")
+    s.add_argument("--at", help="RFC 3339 time with offset, e.g. 2026-12-25T22:34:00+05:30")
+    s.add_argument("--delivery", default="at_most_once",
+                   choices=["at_most_once", "at_least_once"])
+    s.add_argument("--timeout", type=float, help="seconds before the command is killed")
+    s.add_argument("--idempotency-key")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_schedule)
+    t = sub.add_parser("tasks", help="list tasks, newest first")
+    t.add_argument("--status")
+    t.add_argument("--limit", type=int, default=20)
+    t.set_defaults(func=cmd_tasks)
+    for name, func, text in (("task", cmd_task, "one task with its attempts"),
+                             ("cancel", cmd_cancel, "cancel a task")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("id", type=int)
+        c.set_defaults(func=func)
+    sub.add_parser("nodes", help="nodes and their liveness").set_defaults(func=cmd_nodes)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    d = sub.add_parser("dev", help="run a local cluster in the foreground")
+    d.add_argument("--coordinators", type=int, default=2)
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--data-dir", help="where the ephemeral PostgreSQL keeps its data")
+    d.set_defaults(func=cmd_dev)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CliError as exc:
+        print(f"chronosync: {exc}", file=sys.stderr)
+        return exc.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

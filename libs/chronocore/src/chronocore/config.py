@@ -1,0 +1,97 @@
+"""Configuration from the environment (12-factor), read once into a frozen ``Config``.
+
+Every variable is ``CHRONOSYNC_*``; see the README's configuration table. Bad values fail
+at start-up with a message naming the variable, never later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    dsn: str
+    http_addr: str = "127.0.0.1:8081"
+    api_token: str | None = None
+    worker_addr: str = "127.0.0.1:0"
+    worker_advertise_addr: str | None = None
+    worker_capacity: int = 2 * (os.cpu_count() or 1)
+    workdir: str | None = None
+    heartbeat_s: float = 1.0
+    node_ttl_s: float = 5.0
+    # A coordinator with nothing due sleeps at most this long between looks at the
+    # database: NOTIFY wakes it early, this bounds the cost of a lost notification.
+    max_idle_s: float = 2.0
+    claim_batch: int = 64
+    kill_grace_s: float = 10.0
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 300.0
+    pool_size: int = 4
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        dsn = env.get("CHRONOSYNC_DSN", "")
+        if not dsn:
+            raise ConfigError("CHRONOSYNC_DSN is required (a libpq conninfo string or URI)")
+        defaults = cls(dsn=dsn)
+        return cls(
+            dsn=dsn,
+            http_addr=env.get("CHRONOSYNC_HTTP_ADDR") or defaults.http_addr,
+            api_token=env.get("CHRONOSYNC_API_TOKEN") or None,
+            worker_addr=env.get("CHRONOSYNC_WORKER_ADDR") or defaults.worker_addr,
+            worker_advertise_addr=env.get("CHRONOSYNC_WORKER_ADVERTISE_ADDR") or None,
+            worker_capacity=_int(env, "CHRONOSYNC_WORKER_CAPACITY", defaults.worker_capacity),
+            workdir=env.get("CHRONOSYNC_WORKDIR") or None,
+            heartbeat_s=_float(env, "CHRONOSYNC_HEARTBEAT_S", defaults.heartbeat_s),
+            node_ttl_s=_float(env, "CHRONOSYNC_NODE_TTL_S", defaults.node_ttl_s),
+            max_idle_s=_float(env, "CHRONOSYNC_MAX_IDLE_S", defaults.max_idle_s),
+            claim_batch=_int(env, "CHRONOSYNC_CLAIM_BATCH", defaults.claim_batch),
+            kill_grace_s=_float(env, "CHRONOSYNC_KILL_GRACE_S", defaults.kill_grace_s),
+            retry_backoff_s=_float(env, "CHRONOSYNC_RETRY_BACKOFF_S", defaults.retry_backoff_s),
+            retry_backoff_max_s=_float(
+                env, "CHRONOSYNC_RETRY_BACKOFF_MAX_S", defaults.retry_backoff_max_s
+            ),
+            pool_size=_int(env, "CHRONOSYNC_POOL_SIZE", defaults.pool_size),
+        )
+
+
+def split_host_port(addr: str, *, name: str) -> tuple[str, int]:
+    """``"127.0.0.1:8081"`` -> ``("127.0.0.1", 8081)``; ``"[::1]:80"`` works too."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{name} must look like HOST:PORT, got {addr!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

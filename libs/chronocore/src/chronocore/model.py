@@ -1,0 +1,230 @@
+"""What a client may submit and what it gets back: validation of a submission into a
+``Submission``, RFC 3339 timestamps, and the JSON shape of a task.
+
+Validation is strict and total: every field is checked for presence, type and range, an
+unknown field is an error, and every error names its field. Nothing here touches the
+database, so all of it is unit-tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ATTEMPTS_LIMIT = 100
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+MAX_ENV_VARS = 256
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_SHORT_TEXT = 200  # names and idempotency keys
+DELIVERIES = ("at_most_once", "at_least_once")
+DEFAULT_MAX_ATTEMPTS = {"at_most_once": 1, "at_least_once": 3}
+STATUSES = ("scheduled", "picked", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+SUBMISSION_FIELDS = frozenset(
+    {
+        "command", "scheduled_at", "cron", "timezone", "name", "delivery", "max_attempts",
+        "timeout_s", "idempotency_key", "env",
+    }
+)
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ValidationError(ValueError):
+    """A client's input is wrong; ``field`` names the culprit (None: the body as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+def parse_timestamp(value: object, *, field: str) -> datetime:
+    """An RFC 3339 timestamp with an explicit offset, as an aware datetime (same instant)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be an RFC 3339 timestamp string", field)
+    if not _RFC3339.match(value):
+        if re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$", value):
+            raise ValidationError(
+                f"{field} has no UTC offset: add 'Z' or an offset like '+05:30'", field
+            )
+        raise ValidationError(
+            f"{field} must be an RFC 3339 timestamp like 2026-12-25T22:34:00+05:30", field
+        )
+    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+    text = text.replace("t", "T", 1)
+    # Python keeps microseconds: cut a longer fraction rather than reject it.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValidationError(f"{field} is not a valid date and time: {exc}", field) from None
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(f"{field} is out of range", field) from None
+    return parsed
+
+
+def format_timestamp(value: datetime | None) -> str | None:
+    """UTC with a ``Z``, microseconds only when there are some."""
+    if value is None:
+        return None
+    utc = value.astimezone(UTC)
+    text = utc.isoformat(timespec="microseconds" if utc.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = False,
+            max_bytes: int = MAX_SHORT_TEXT) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ValidationError(f"{name} is required", name)
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string", name)
+    if required and not value.strip():
+        raise ValidationError(f"{name} must not be empty", name)
+    if "\x00" in value:
+        raise ValidationError(f"{name} must not contain NUL characters", name)
+    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ValidationError(f"{name} is longer than {max_bytes} bytes", name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{name} is not valid Unicode text", name) from None
+    return value
+
+
+def _number(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"{name} must be a number", name)
+    if not 0 < value <= MAX_TIMEOUT_S:  # also rejects NaN
+        raise ValidationError(f"{name} must be above 0 and at most {MAX_TIMEOUT_S:g}", name)
+    return float(value)
+
+
+def _env(body: dict[str, Any]) -> dict[str, str]:
+    value = body.get("env")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError("env must be an object of strings", "env")
+    if len(value) > MAX_ENV_VARS:
+        raise ValidationError(f"env has more than {MAX_ENV_VARS} variables", "env")
+    for key, item in value.items():
+        if not _ENV_NAME.match(key):
+            raise ValidationError(f"env name {key!r} is not a valid variable name", "env")
+        if key.startswith("CHRONOSYNC_"):
+            raise ValidationError(f"env name {key!r}: CHRONOSYNC_* names are reserved", "env")
+        if not isinstance(item, str):
+            raise ValidationError(f"env value of {key} must be a string", "env")
+        if "\x00" in item or len(item.encode("utf-8", "surrogatepass")) > MAX_ENV_VALUE_BYTES:
+            raise ValidationError(f"env value of {key} has NUL or is too long", "env")
+    return dict(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    """A validated one-off submission. ``scheduled_at`` None means "now" (database clock)."""
+
+    command: str
+    scheduled_at: datetime | None
+    delivery: str
+    max_attempts: int
+    timeout_s: float | None
+    name: str | None
+    idempotency_key: str | None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def request_hash(self) -> str:
+        """Fingerprint of what was asked, to tell an idempotent replay from a conflict."""
+        data = asdict(self)
+        data["scheduled_at"] = format_timestamp(self.scheduled_at)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_submission(body: object) -> Submission:
+    """Validate a decoded ``POST /schedule`` body (one-off part)."""
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object")
+    unknown = sorted(set(body) - SUBMISSION_FIELDS)
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
+    if body.get("cron") is not None:
+        raise ValidationError("recurring jobs (cron) are not available yet", "cron")
+    if body.get("timezone") is not None:
+        raise ValidationError("timezone applies to cron schedules only", "timezone")
+    command = _string(body, "command", required=True, max_bytes=MAX_COMMAND_BYTES)
+    scheduled_at = None
+    if body.get("scheduled_at") is not None:
+        scheduled_at = parse_timestamp(body["scheduled_at"], field="scheduled_at")
+    delivery = _string(body, "delivery") or "at_most_once"
+    if delivery not in DELIVERIES:
+        raise ValidationError(f"delivery must be one of {', '.join(DELIVERIES)}", "delivery")
+    max_attempts = body.get("max_attempts")
+    if max_attempts is None:
+        max_attempts = DEFAULT_MAX_ATTEMPTS[delivery]
+    elif isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise ValidationError("max_attempts must be a whole number", "max_attempts")
+    elif not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise ValidationError(
+            f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}", "max_attempts"
+        )
+    elif delivery == "at_most_once" and max_attempts != 1:
+        raise ValidationError(
+            "max_attempts above 1 needs delivery at_least_once", "max_attempts"
+        )
+    key = _string(body, "idempotency_key")
+    if key is not None and not key:
+        raise ValidationError("idempotency_key must not be empty", "idempotency_key")
+    assert command is not None
+    return Submission(
+        command=command,
+        scheduled_at=scheduled_at,
+        delivery=delivery,
+        max_attempts=max_attempts,
+        timeout_s=_number(body, "timeout_s"),
+        name=_string(body, "name"),
+        idempotency_key=key,
+        env=_env(body),
+    )
+
+
+def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) -> dict:
+    """A task row (with its derived ``status``) as the API shows it."""
+    times = ("scheduled_at", "picked_at", "started_at", "completed_at", "failed_at",
+             "cancelled_at", "created_at")
+    resource: dict[str, Any] = {"id": row["id"], "kind": "task", "command": row["command"],
+                                "status": row["status"]}
+    resource.update({name: format_timestamp(row[name]) for name in times})
+    for name in ("delivery", "attempt", "max_attempts", "timeout_s", "exit_code", "error",
+                 "output", "worker_id", "job_id", "idempotency_key", "name", "env"):
+        resource[name] = row[name]
+    if attempts is not None:
+        resource["attempts"] = [
+            {
+                "attempt": a["attempt"],
+                "worker_id": a["worker_id"],
+                "started_at": format_timestamp(a["started_at"]),
+                "finished_at": format_timestamp(a["finished_at"]),
+                "exit_code": a["exit_code"],
+                "error": a["error"],
+            }
+            for a in attempts
+        ]
+    return resource

@@ -1,0 +1,240 @@
+"""Ephemeral local PostgreSQL clusters for tests and ``chronosync dev``.
+
+This module owns finding the machine's PostgreSQL server binaries
+(``initdb``, ``pg_ctl``, ``postgres``) and running a throwaway cluster from
+them: ``initdb`` into a data directory, ``pg_ctl start`` listening on
+127.0.0.1 only (no unix sockets), and ``pg_ctl stop``. PostgreSQL refuses to
+run as root, so under euid 0 every server command runs as an unprivileged
+user (``$CHRONOSYNC_PG_USER``, else a ``chronosync-pg`` system user created on
+demand, else ``nobody``) that owns the data directory. ``stop()`` (or leaving
+the ``with`` block) is the normal way to shut a cluster down: if the process
+that started it is killed, the server keeps running until someone calls
+``stop()`` on a ``LocalCluster`` for the same data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = [
+    "FAST_TEST_SETTINGS",
+    "LocalCluster",
+    "PostgresError",
+    "PostgresNotFound",
+    "find_bindir",
+]
+
+FAST_TEST_SETTINGS: dict[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "400",
+    "shared_buffers": "128MB",
+}
+PG_USER_ENV = "CHRONOSYNC_PG_USER"
+DEFAULT_PG_USER = "chronosync-pg"
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+_REQUIRED = ("initdb", "pg_ctl", "postgres")
+
+
+class PostgresNotFound(RuntimeError):
+    """No directory holding initdb, pg_ctl and postgres was found."""
+
+
+class PostgresError(RuntimeError):
+    """A cluster could not be created, started or stopped."""
+
+
+def _is_bindir(d: Path) -> bool:
+    return all(os.access(d / name, os.X_OK) for name in _REQUIRED)
+
+
+def _version_key(bindir: Path) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in bindir.parent.name.split("."))
+    except ValueError:
+        return (-1,)
+
+
+def find_bindir() -> Path:
+    """Return the directory holding initdb, pg_ctl and postgres.
+
+    Searched in order: PATH, ``pg_config --bindir``, and the highest-versioned
+    Debian ``/usr/lib/postgresql/*/bin``.
+    """
+    candidates: list[Path] = []
+    for name in ("initdb", "pg_ctl"):
+        if hit := shutil.which(name):
+            candidates += [Path(hit).parent, Path(hit).resolve().parent]
+    if pg_config := shutil.which("pg_config"):
+        try:
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True,
+                check=True, timeout=30,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out:
+            candidates.append(Path(out))
+    candidates += sorted(DEBIAN_ROOT.glob("*/bin"), key=_version_key, reverse=True)
+    for cand in candidates:
+        if _is_bindir(cand):
+            return cand
+    raise PostgresNotFound(
+        "no directory containing initdb, pg_ctl and postgres found; searched PATH, "
+        f"`pg_config --bindir` and {DEBIAN_ROOT}/*/bin (tried: "
+        f"{', '.join(map(str, candidates)) or 'nothing'}); "
+        "install the PostgreSQL server package")
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The account to run server commands as, or None to run as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    name = os.environ.get(PG_USER_ENV)
+    if name:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            msg = f"${PG_USER_ENV} names unknown user {name!r}"
+            raise PostgresError(msg) from None
+    try:
+        return pwd.getpwnam(DEFAULT_PG_USER)
+    except KeyError:
+        pass
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home",
+             "--shell", "/usr/sbin/nologin", DEFAULT_PG_USER],
+            capture_output=True, timeout=60, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:  # looked up again: a concurrent process may have created it first
+        return pwd.getpwnam(DEFAULT_PG_USER)
+    except KeyError:
+        return pwd.getpwnam("nobody")
+
+
+def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
+    for d in path.parents:
+        st = d.stat()
+        if st.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            raise PostgresError(
+                f"{d} is not traversable by user {user.pw_name!r}, which must "
+                f"reach {path}; `chmod o+x {d}` or choose another data directory")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalCluster:
+    """One PostgreSQL cluster in ``datadir``, serving on 127.0.0.1:``port``."""
+
+    def __init__(self, *, datadir: Path, port: int | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        self.datadir = Path(datadir).absolute()
+        self.settings = dict(settings or {})
+        self.log_path = self.datadir / "postgres.log"
+        self._port = port
+        self._bindir: Path | None = None
+        self._user = _server_user()
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise PostgresError("port not chosen yet: call start() first")
+        return self._port
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """A libpq conninfo string for ``dbname`` as the ``postgres`` superuser."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        if self._bindir is None:
+            self._bindir = find_bindir()
+        kw: dict[str, Any] = {}
+        if self._user is not None:
+            # extra_groups=[] drops root's supplementary groups too.
+            kw = {"user": self._user.pw_uid, "group": self._user.pw_gid,
+                  "extra_groups": []}
+        return subprocess.run(
+            [str(self._bindir / args[0]), *args[1:]], capture_output=True,
+            text=True, cwd="/", timeout=120, check=False, **kw,
+        )
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no postgres.log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def start(self) -> None:
+        """initdb ``datadir`` if it has no PG_VERSION, then start the server.
+
+        Under root, ``datadir`` is chowned to the server user and every existing
+        parent must be traversable by it (a private ``mkdtemp()`` parent needs
+        ``chmod 0o755``); otherwise `PostgresError` is raised.
+        """
+        self.datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._user is not None:
+            _check_traversable(self.datadir, self._user)
+            os.chown(self.datadir, self._user.pw_uid, self._user.pw_gid)
+        os.chmod(self.datadir, 0o700)
+        if not (self.datadir / "PG_VERSION").exists():
+            res = self._run("initdb", "-D", str(self.datadir), "--auth=trust",
+                            "--username=postgres", "--encoding=UTF8", "--locale=C")
+            if res.returncode != 0:
+                raise PostgresError(
+                    f"initdb failed in {self.datadir}:\n{res.stdout}{res.stderr}")
+        if self._port is None:
+            self._port = _free_port()
+        opts = {"listen_addresses": "127.0.0.1", "port": str(self._port),
+                "unix_socket_directories": "", **self.settings}
+        o = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in opts.items())
+        res = self._run("pg_ctl", "start", "-w", "-t", "60", "-D",
+                        str(self.datadir), "-l", str(self.log_path), "-o", o)
+        if res.returncode != 0:
+            raise PostgresError(
+                f"pg_ctl start failed ({self.datadir}, port {self._port}):\n"
+                f"{res.stdout}{res.stderr}\n--- tail of {self.log_path} ---\n"
+                f"{self._log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the server (fast mode); a no-op when it is not running."""
+        if not (self.datadir / "postmaster.pid").exists():
+            return
+        res = self._run("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(self.datadir))
+        if res.returncode == 0 or not (self.datadir / "postmaster.pid").exists():
+            return
+        # A stale pid file left by a killed server: `pg_ctl status` exits 3.
+        if self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode != 3:
+            raise PostgresError(
+                f"pg_ctl stop failed in {self.datadir}:\n{res.stdout}{res.stderr}")
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

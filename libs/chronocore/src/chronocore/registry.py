@@ -1,0 +1,110 @@
+"""The node registry: every scheduler, coordinator and worker announces itself in the
+``nodes`` table and heartbeats there; liveness is judged by the database clock.
+
+A node silent for longer than the TTL is dead, whatever its own clock says. ``Heartbeat``
+is the thread each node runs; a database outage only makes it log and try again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from chronocore.queries import QUERIES
+
+log = logging.getLogger(__name__)
+
+
+def new_node_id(kind: str) -> str:
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class NodeRegistry:
+    def __init__(self, pool: ConnectionPool, *, node_id: str, kind: str,
+                 address: str | None = None, capacity: int | None = None) -> None:
+        self._pool = pool
+        self.node_id = node_id
+        self.kind = kind
+        self.address = address
+        self.capacity = capacity
+
+    def _execute(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn:
+            cur = conn.execute(QUERIES[name], params)
+            return cur.fetchall() if cur.description else []
+
+    def register(self) -> None:
+        self._execute(
+            "register_node",
+            {"id": self.node_id, "kind": self.kind, "host": socket.gethostname(),
+             "pid": os.getpid(), "address": self.address, "capacity": self.capacity},
+        )
+
+    def heartbeat(self, *, running: int = 0) -> None:
+        if not self._execute("heartbeat", {"id": self.node_id, "running": running}):
+            self.register()  # our row was lost (or we were declared stopped): come back
+
+    def mark_draining(self) -> None:
+        self._execute("mark_node_draining", {"id": self.node_id})
+
+    def mark_stopped(self) -> None:
+        self._execute("mark_node_stopped", {"id": self.node_id})
+
+    def list_nodes(self, *, ttl_s: float) -> list[dict[str, Any]]:
+        return self._execute("list_nodes", {"ttl_s": ttl_s})
+
+    def live_workers(self, *, ttl_s: float) -> list[dict[str, Any]]:
+        return self._execute("live_workers", {"ttl_s": ttl_s})
+
+    def worker_address(self, worker_id: str) -> str | None:
+        rows = self._execute("worker_address", {"id": worker_id})
+        return rows[0]["address"] if rows else None
+
+
+class Heartbeat:
+    """Beats every ``interval_s`` on its own thread; ``on_beat`` runs after each beat.
+
+    ``running`` reports the node's current load for the beat (workers: commands running).
+    """
+
+    def __init__(self, registry: NodeRegistry, *, interval_s: float,
+                 running: Callable[[], int] = lambda: 0,
+                 on_beat: Callable[[], None] | None = None) -> None:
+        self._registry = registry
+        self._interval_s = interval_s
+        self._running = running
+        self._on_beat = on_beat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"heartbeat-{registry.kind}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def run_once(self) -> None:
+        self._registry.heartbeat(running=self._running())
+        if self._on_beat is not None:
+            self._on_beat()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.run_once()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("heartbeat failed, retrying: %s", exc)
+            except Exception:
+                log.exception("heartbeat step failed")

@@ -1,0 +1,200 @@
+"""The task repository: domain verbs over the named queries of queries.sql.
+
+How a task moves, and who may move it (the rules the whole cluster relies on):
+
+    scheduled --claim_due--> picked --mark_started--> running --mark_finished--> succeeded
+        ^                      |                         |                       or failed
+        |   release_claims /   |                         | worker dead:
+        +-- requeue_stale -----+                         +-- recover_lost_runs --> failed
+        +------------- at_least_once retry (backoff) ----+                  (worker_lost)
+    any state but finished --cancel--> cancelled
+
+* Claim: one statement picks due tasks with ``FOR UPDATE SKIP LOCKED`` and gives each a
+  fresh ``claim_token``; coordinators claiming side by side never get the same task.
+* Fencing: every later write about a task (start, finish, release) names the token it was
+  given and changes nothing when the token is no longer current, so a paused or
+  partitioned node that comes back late cannot overwrite a newer owner's record.
+* Started before spawn: ``mark_started`` commits ``started_at`` before the worker spawns
+  the command. A task that was claimed but never started can always be handed out again;
+  one that started is never started again unless it is ``at_least_once``.
+* Time is the database's: every ``now()`` is PostgreSQL's, never a node's clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from chronocore.model import Submission
+from chronocore.queries import QUERIES
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key is taken by a submission with a different payload."""
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__(f"idempotency key already used by task {task_id} with another payload")
+        self.task_id = task_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedTask:
+    id: int
+    command: str
+    token: uuid.UUID
+    timeout_s: float | None
+    env: dict[str, str]
+    scheduled_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How one attempt ended, as the worker records it."""
+
+    succeeded: bool
+    exit_code: int | None
+    error: str | None
+    output: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backoff:
+    base_s: float = 1.0
+    max_s: float = 300.0
+
+
+class TaskRepository:
+    def __init__(self, pool: ConnectionPool, *, backoff: Backoff | None = None) -> None:
+        self._pool = pool
+        self._backoff = backoff or Backoff()
+
+    def _all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn:
+            return conn.execute(QUERIES[name], params).fetchall()
+
+    def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        with self._pool.connection() as conn:
+            return conn.execute(QUERIES[name], params).fetchone()
+
+    # --- the API's side -------------------------------------------------------------
+
+    def submit(self, submission: Submission) -> tuple[int, bool]:
+        """Store a submission; returns ``(task_id, created)``.
+
+        A replay of an idempotency key with the same payload returns the first task with
+        ``created=False``; with another payload it raises ``IdempotencyConflict``.
+        """
+        request_hash = submission.request_hash()
+        row = self._one(
+            "insert_task",
+            {
+                "command": submission.command,
+                "scheduled_at": submission.scheduled_at,
+                "delivery": submission.delivery,
+                "max_attempts": submission.max_attempts,
+                "timeout_s": submission.timeout_s,
+                "env": Jsonb(submission.env),
+                "name": submission.name,
+                "idempotency_key": submission.idempotency_key,
+                "request_hash": request_hash,
+                "job_id": None,
+            },
+        )
+        if row is not None:
+            return row["id"], True
+        existing = self._one("task_by_idempotency_key", {"key": submission.idempotency_key})
+        if existing is None:  # the conflicting row vanished in between: try once more
+            return self.submit(submission)
+        if existing["request_hash"] != request_hash:
+            raise IdempotencyConflict(existing["id"])
+        return existing["id"], False
+
+    def get(self, task_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """A task and its attempts, or None."""
+        with self._pool.connection() as conn:
+            row = conn.execute(QUERIES["get_task"], {"id": task_id}).fetchone()
+            if row is None:
+                return None
+            attempts = conn.execute(QUERIES["task_attempts"], {"id": task_id}).fetchall()
+        return row, attempts
+
+    def list(self, *, status: str | None, job_id: int | None, before: int | None,
+             limit: int) -> list[dict[str, Any]]:
+        return self._all(
+            "list_tasks", {"status": status, "job_id": job_id, "before": before, "limit": limit}
+        )
+
+    def cancel(self, task_id: int) -> dict[str, Any] | None:
+        """Mark a task cancelled; returns ``{started_at, worker_id}`` if it changed, else None."""
+        return self._one("cancel_task", {"id": task_id})
+
+    # --- the coordinator's side -----------------------------------------------------
+
+    def claim_due(self, *, coordinator_id: str, limit: int) -> list[ClaimedTask]:
+        rows = self._all("claim_due", {"coordinator_id": coordinator_id, "limit": limit})
+        return [
+            ClaimedTask(
+                id=r["id"], command=r["command"], token=r["claim_token"],
+                timeout_s=r["timeout_s"], env=r["env"], scheduled_at=r["scheduled_at"],
+            )
+            for r in rows
+        ]
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next waiting task is due (negative: overdue); None if none."""
+        row = self._one("next_due_in", {})
+        return None if row is None else row["seconds"]
+
+    def release(self, tasks: list[ClaimedTask]) -> None:
+        if tasks:
+            self._run(
+                "release_claims",
+                {"ids": [t.id for t in tasks], "tokens": [t.token for t in tasks]},
+            )
+
+    def requeue_stale_claims(self, *, lease_s: float) -> list[int]:
+        return [r["id"] for r in self._all("requeue_stale_claims", {"lease_s": lease_s})]
+
+    def recover_lost_runs(self, *, ttl_s: float) -> list[dict[str, Any]]:
+        """Tasks started on dead workers: failed as worker_lost, or retried."""
+        return self._all(
+            "recover_lost_runs",
+            {"ttl_s": ttl_s, "backoff_base_s": self._backoff.base_s,
+             "backoff_max_s": self._backoff.max_s},
+        )
+
+    # --- the worker's side ----------------------------------------------------------
+
+    def mark_started(self, *, task_id: int, token: uuid.UUID,
+                     worker_id: str) -> int | None:
+        """Commit the start of an attempt; returns its number, or None when fenced off
+        (the claim is no longer ours, or the task was cancelled): then never spawn."""
+        row = self._one("mark_started", {"id": task_id, "token": token, "worker_id": worker_id})
+        return None if row is None else row["attempt"]
+
+    def mark_finished(self, *, task_id: int, token: uuid.UUID, outcome: Outcome) -> bool:
+        """Record an attempt's end; False when fenced off (someone else owns the task)."""
+        row = self._one(
+            "mark_finished",
+            {
+                "id": task_id, "token": token, "succeeded": outcome.succeeded,
+                "exit_code": outcome.exit_code, "error": outcome.error,
+                "output": outcome.output, "backoff_base_s": self._backoff.base_s,
+                "backoff_max_s": self._backoff.max_s,
+            },
+        )
+        return row is not None
+
+    def cancelled_among(self, task_ids: list[int]) -> list[int]:
+        if not task_ids:
+            return []
+        return [r["id"] for r in self._all("cancelled_among", {"ids": task_ids})]
+
+    def _run(self, name: str, params: dict[str, Any]) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(QUERIES[name], params)

@@ -1,0 +1,1 @@
+"""gRPC code generated from proto/chronocore/rpc/*.proto by `make proto`; do not edit."""

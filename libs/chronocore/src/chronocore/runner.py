@@ -1,0 +1,180 @@
+"""The run of one command, as SPEC §4 says: ``/bin/sh -c`` in its own session (process
+group), stdout and stderr captured as a bounded tail, a timeout and a cancel that
+terminate the whole group (SIGTERM, then SIGKILL after a grace period).
+
+One ``CommandRun`` is driven by one pool thread: ``wait()`` blocks on a selector over the
+output pipe, a pidfd (readable when the shell exits) and a wake-up pipe used by
+``cancel()`` from other threads. When the shell exits, whatever it left behind in its
+group is killed, so nothing outlives the run unattended and the pipe reaches EOF.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+OUTPUT_TAIL_BYTES = 64 * 1024
+_READ_CHUNK = 64 * 1024
+_DRAIN_S = 1.0
+_NEVER = float("inf")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    succeeded: bool
+    exit_code: int | None
+    error: str | None  # None, "exit N", "timeout", "cancelled", "spawn: ..."
+    output: str
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the group is already empty
+    except PermissionError:
+        pass  # only possible once the group id was reused by someone else's process
+
+
+class CommandRun:
+    def __init__(self, *, command: str, env: Mapping[str, str], cwd: str,
+                 timeout_s: float | None, kill_grace_s: float) -> None:
+        self._command = command
+        self._env = dict(env)
+        self._cwd = cwd
+        self._timeout_s = timeout_s
+        self._kill_grace_s = kill_grace_s
+        self._lock = threading.Lock()
+        self._stop_reason: str | None = None  # "timeout" or "cancelled", once decided
+        self._kill_at: float | None = None  # monotonic instant for SIGKILL after SIGTERM
+        self._wake_r, self._wake_w = os.pipe()
+        self._closed = False
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def cancel(self) -> None:
+        """Terminate the run (from any thread); a run not yet spawned never spawns."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = "cancelled"
+            if not self._closed:
+                os.write(self._wake_w, b"x")
+
+    def run(self) -> RunResult:
+        """Spawn the command and wait for it; never raises for the command's failures."""
+        try:
+            with self._lock:
+                if self._stop_reason == "cancelled":
+                    return RunResult(succeeded=False, exit_code=None, error="cancelled",
+                                     output="")
+                try:
+                    self._proc = subprocess.Popen(
+                        ["/bin/sh", "-c", self._command],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        cwd=self._cwd,
+                        env=self._env,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
+                except OSError as exc:
+                    return RunResult(succeeded=False, exit_code=None,
+                                     error=f"spawn: {exc}", output="")
+            return self._wait(self._proc)
+        finally:
+            with self._lock:
+                self._closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> RunResult:
+        assert proc.stdout is not None
+        pgid = proc.pid  # start_new_session: the shell leads its own group
+        deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
+        tail = bytearray()
+        pidfd = os.pidfd_open(proc.pid)
+        out_fd = proc.stdout.fileno()
+        sel = selectors.DefaultSelector()
+        sel.register(out_fd, selectors.EVENT_READ, "out")
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        exited = False
+        try:
+            while not exited:
+                now = time.monotonic()
+                self._escalate(now=now, deadline=deadline, pgid=pgid)
+                wake_at = self._kill_at if self._kill_at is not None else deadline
+                timeout = None if wake_at in (None, _NEVER) else max(0.0, wake_at - now)
+                for key, _ in sel.select(timeout):
+                    if key.data == "out":
+                        if not self._read_into(out_fd, tail):
+                            sel.unregister(out_fd)
+                    elif key.data == "exit":
+                        exited = True
+                    else:
+                        os.read(self._wake_r, 64)
+            returncode = proc.wait()
+            # Anything the shell left running in its group dies with the run.
+            _killpg(pgid, signal.SIGKILL)
+            self._drain(out_fd, tail)
+        finally:
+            sel.close()
+            os.close(pidfd)
+            proc.stdout.close()
+            if proc.returncode is None:  # only on an unexpected error above
+                _killpg(pgid, signal.SIGKILL)
+                proc.wait()
+        output = tail.decode("utf-8", "replace").replace("\x00", "\ufffd")
+        exit_code = returncode if returncode >= 0 else 128 - returncode
+        if self._stop_reason is not None:
+            return RunResult(succeeded=False, exit_code=exit_code, error=self._stop_reason,
+                             output=output)
+        if exit_code == 0:
+            return RunResult(succeeded=True, exit_code=0, error=None, output=output)
+        return RunResult(succeeded=False, exit_code=exit_code, error=f"exit {exit_code}",
+                         output=output)
+
+    def _escalate(self, *, now: float, deadline: float | None, pgid: int) -> None:
+        """Timeout or cancel: SIGTERM the group once, SIGKILL it after the grace period."""
+        if deadline is not None and now >= deadline and self._kill_at is None:
+            with self._lock:
+                self._stop_reason = self._stop_reason or "timeout"
+        if self._stop_reason is not None and self._kill_at is None:
+            _killpg(pgid, signal.SIGTERM)
+            self._kill_at = now + self._kill_grace_s
+        if self._kill_at is not None and now >= self._kill_at:
+            _killpg(pgid, signal.SIGKILL)
+            self._kill_at = _NEVER
+
+    @classmethod
+    def _drain(cls, fd: int, tail: bytearray) -> None:
+        """Read what is left after the group died; a writer that escaped the group (a new
+        session of its own) cannot hold the run open for longer than _DRAIN_S."""
+        os.set_blocking(fd, False)
+        give_up_at = time.monotonic() + _DRAIN_S
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while (left := give_up_at - time.monotonic()) > 0:
+                if sel.select(left) and not cls._read_into(fd, tail):
+                    return
+
+    @staticmethod
+    def _read_into(fd: int, tail: bytearray) -> bool:
+        """Read one chunk into the bounded tail; False at EOF."""
+        try:
+            chunk = os.read(fd, _READ_CHUNK)
+        except OSError as exc:
+            return exc.errno in (errno.EAGAIN, errno.EINTR)
+        if not chunk:
+            return False
+        tail.extend(chunk)
+        if len(tail) > OUTPUT_TAIL_BYTES:
+            del tail[: len(tail) - OUTPUT_TAIL_BYTES]
+        return True

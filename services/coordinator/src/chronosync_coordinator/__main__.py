@@ -1,0 +1,71 @@
+"""``chronosync-coordinator``: heartbeat, sweep for dead nodes' work, run the claim loop.
+
+Stops on SIGTERM/SIGINT after its current step, leaving the registry cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import psycopg
+
+from chronocore import db
+from chronocore.config import Config, ConfigError
+from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
+from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
+from chronocore.repository import Backoff, TaskRepository
+from chronosync_coordinator.claim import ClaimLoop
+from chronosync_coordinator.dispatch import Dispatcher
+from chronosync_coordinator.recovery import sweep
+
+log = logging.getLogger("chronosync.coordinator")
+
+
+def main() -> int:
+    node_id = new_node_id("coordinator")
+    setup_logging(node_id)
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
+    stop = stop_event_on_signals()
+    if not migrate_when_reachable(config.dsn, stop):
+        return 0
+    pool = db.open_pool(config.dsn, size=config.pool_size, name="coordinator")
+    repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
+                                                max_s=config.retry_backoff_max_s))
+    registry = NodeRegistry(pool, node_id=node_id, kind="coordinator")
+    dispatcher = Dispatcher(registry, coordinator_id=node_id, ttl_s=config.node_ttl_s,
+                            refresh_s=config.heartbeat_s)
+    heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s,
+                          on_beat=lambda: sweep(repo, ttl_s=config.node_ttl_s))
+    loop = ClaimLoop(repo=repo, dispatcher=dispatcher, coordinator_id=node_id,
+                     dsn=config.dsn, batch=config.claim_batch, max_idle_s=config.max_idle_s)
+    try:
+        registry.register()
+    except psycopg.OperationalError as exc:
+        log.warning("could not register yet (%s); the heartbeat will", exc)
+    heartbeat.start()
+    loop.start()
+    runner = threading.Thread(target=loop.run, name="claim-loop")
+    runner.start()
+    log.info("coordinator running")
+
+    stop.wait()
+    loop.stop()
+    runner.join()
+    heartbeat.stop()
+    dispatcher.close()
+    try:
+        registry.mark_stopped()
+    except psycopg.Error as exc:
+        log.warning("could not mark stopped: %s", exc)
+    pool.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The dispatch path: offer claimed tasks to live workers, least loaded first.
+
+A worker answers each offer with what it accepted (each accepted task owns one of its
+slots) and what it rejected (full or draining); rejected tasks go to the next worker.
+What no worker takes goes back to the queue at once (``release``), fenced by its token.
+An unreachable worker is skipped until the next refresh; a task it may have accepted
+anyway is safe: a released claim gets a new token, so a late start by that worker fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from chronocore.model import format_timestamp
+from chronocore.registry import NodeRegistry
+from chronocore.repository import ClaimedTask
+from chronocore.rpc import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+RPC_TIMEOUT_S = 5.0
+# While every worker is full, look again at most this often (a slot frees when any
+# command ends; workers do not announce it, so we ask).
+FULL_RECHECK_S = 0.02
+# With no live worker known, read the registry this often until one appears.
+NO_WORKERS_RECHECK_S = 0.1
+
+
+@dataclass
+class WorkerView:
+    id: str
+    address: str
+    capacity: int
+    running: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - self.running)
+
+
+def to_message(task: ClaimedTask) -> worker_pb2.Task:
+    return worker_pb2.Task(
+        id=task.id, command=task.command, claim_token=str(task.token),
+        timeout_s=task.timeout_s or 0.0, env=task.env,
+        scheduled_at=format_timestamp(task.scheduled_at),
+    )
+
+
+class Dispatcher:
+    def __init__(self, registry: NodeRegistry, *, coordinator_id: str, ttl_s: float,
+                 refresh_s: float) -> None:
+        self._registry = registry
+        self._coordinator_id = coordinator_id
+        self._ttl_s = ttl_s
+        self._refresh_s = refresh_s
+        self._workers: dict[str, WorkerView] = {}
+        self._refreshed_at = float("-inf")
+        self._rechecked_at = float("-inf")
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def free_slots(self) -> int:
+        """Our best estimate of free slots across live workers (refreshing as needed)."""
+        now = time.monotonic()
+        refresh_s = self._refresh_s if self._workers else NO_WORKERS_RECHECK_S
+        if now - self._refreshed_at >= refresh_s:
+            self.refresh()
+        elif not self._total_free() and now - self._rechecked_at >= FULL_RECHECK_S:
+            self._rechecked_at = now
+            self._ask_workers()
+        return self._total_free()
+
+    def refresh(self) -> None:
+        """Read the live workers from the registry (the database decides who is alive)."""
+        rows = self._registry.live_workers(ttl_s=self._ttl_s)
+        self._workers = {
+            r["id"]: WorkerView(r["id"], r["address"], r["capacity"] or 0, r["running"])
+            for r in rows if r["address"]
+        }
+        self._refreshed_at = time.monotonic()
+
+    def dispatch(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
+        """Offer tasks to workers; returns those nobody accepted."""
+        pending = {t.id: t for t in tasks}
+        for worker in sorted(self._workers.values(), key=lambda w: -w.free):
+            if not pending:
+                break
+            if worker.free <= 0:
+                continue
+            offer = list(pending.values())[: worker.free]
+            reply = self._offer(worker, offer)
+            if reply is None:
+                continue
+            for task_id in reply.accepted:
+                pending.pop(task_id, None)
+        return list(pending.values())
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+    def _offer(self, worker: WorkerView,
+               tasks: list[ClaimedTask]) -> worker_pb2.DispatchReply | None:
+        stub = worker_pb2_grpc.WorkerStub(self._channel(worker.address))
+        request = worker_pb2.DispatchRequest(
+            coordinator_id=self._coordinator_id, tasks=[to_message(t) for t in tasks]
+        )
+        try:
+            reply = stub.Dispatch(request, timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            log.warning("worker %s unreachable (%s); skipping it until the next refresh",
+                        worker.id, exc.code())
+            worker.running = worker.capacity
+            return None
+        worker.capacity = reply.capacity
+        worker.running = reply.capacity if reply.draining else reply.running
+        if reply.rejected:
+            log.debug("worker %s rejected %d tasks", worker.id, len(reply.rejected))
+        return reply
+
+    def _ask_workers(self) -> None:
+        for worker in self._workers.values():
+            stub = worker_pb2_grpc.WorkerStub(self._channel(worker.address))
+            try:
+                health = stub.Health(worker_pb2.HealthRequest(), timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError:
+                continue
+            worker.capacity = health.capacity
+            worker.running = health.capacity if health.draining else health.running
+
+    def _total_free(self) -> int:
+        return sum(w.free for w in self._workers.values())
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.insecure_channel(address)
+            return channel

@@ -1,0 +1,30 @@
+"""Recovery of a dead node's work, run by every coordinator once per heartbeat.
+
+Safe when all coordinators sweep at once: each step is one UPDATE whose conditions are
+re-checked under the row lock, so a task is recovered by exactly one of them.
+
+* Claimed but never started within the lease (its coordinator or worker died between
+  claim and start): back to the queue at once, with the token cleared; the old holder's
+  late start is fenced off.
+* Started on a worker that is dead by the database clock (no heartbeat for the TTL):
+  ``at_most_once`` -> failed with ``worker_lost``, never run again; ``at_least_once``
+  -> retried after an exponential backoff while attempts remain.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from chronocore.repository import TaskRepository
+
+log = logging.getLogger(__name__)
+
+
+def sweep(repo: TaskRepository, *, ttl_s: float) -> None:
+    requeued = repo.requeue_stale_claims(lease_s=ttl_s)
+    if requeued:
+        log.warning("recovery: %d unstarted claims back to the queue: %s", len(requeued),
+                    requeued[:20])
+    for row in repo.recover_lost_runs(ttl_s=ttl_s):
+        log.warning("recovery: task %s lost its worker; %s", row["task_id"],
+                    "retrying" if row["retry"] else "failed as worker_lost")

@@ -1,0 +1,71 @@
+"""``chronosync-scheduler``: the HTTP API on CHRONOSYNC_HTTP_ADDR, plus its heartbeat.
+
+Stops on SIGTERM/SIGINT: stops accepting connections, then leaves the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import psycopg
+
+from chronocore import db
+from chronocore.config import Config, ConfigError, split_host_port
+from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
+from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
+from chronocore.repository import TaskRepository
+from chronosync_scheduler.api import Api
+from chronosync_scheduler.http import make_server
+
+log = logging.getLogger("chronosync.scheduler")
+
+
+def main() -> int:
+    node_id = new_node_id("scheduler")
+    setup_logging(node_id)
+    try:
+        config = Config.from_env()
+        host, port = split_host_port(config.http_addr, name="CHRONOSYNC_HTTP_ADDR")
+    except ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
+    if config.api_token is None:
+        log.warning("CHRONOSYNC_API_TOKEN is not set: the API accepts anyone (dev only)")
+    stop = stop_event_on_signals()
+    if not migrate_when_reachable(config.dsn, stop):
+        return 0
+    pool = db.open_pool(config.dsn, size=config.pool_size, name="scheduler")
+    registry = NodeRegistry(pool, node_id=node_id, kind="scheduler", address=config.http_addr)
+    api = Api(repo=TaskRepository(pool), registry=registry, ttl_s=config.node_ttl_s)
+    try:
+        server = make_server(api, host=host, port=port)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", config.http_addr, exc)
+        return 1
+    heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s)
+    try:
+        registry.register()
+    except psycopg.OperationalError as exc:
+        log.warning("could not register yet (%s); the heartbeat will", exc)
+    heartbeat.start()
+    serving = threading.Thread(target=server.serve_forever, name="http")
+    serving.start()
+    log.info("scheduler listening on http://%s:%d", *server.server_address[:2])
+
+    stop.wait()
+    server.shutdown()
+    serving.join()
+    server.server_close()
+    heartbeat.stop()
+    try:
+        registry.mark_stopped()
+    except psycopg.Error as exc:
+        log.warning("could not mark stopped: %s", exc)
+    pool.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The HTTP server: routing, body limits, JSON decoding and error shapes (SPEC §3).
+
+Every response is JSON. Client mistakes are 4xx with ``{"error", "field"}``; a database
+that cannot be reached is 503; anything unexpected is a 500 with a generic message (the
+traceback goes to the log, never to the client).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import psycopg
+import psycopg_pool
+
+from chronocore.model import ValidationError
+from chronosync_scheduler.api import MAX_ID, Api, ApiError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+# A client has this long to send each part of a request; a slow one loses its thread.
+SOCKET_TIMEOUT_S = 30.0
+# curl -d sends form-urlencoded by default; we read the body as JSON whatever the label,
+# as long as the label is not clearly something else.
+ACCEPTED_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
+
+Handler = Callable[..., tuple[int, dict[str, Any]]]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded nesting."""
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise ValueError(f"duplicate key {key!r}")
+            result[key] = value
+        return result
+
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant,
+                          object_pairs_hook=no_duplicates)
+    except UnicodeDecodeError:
+        raise ValidationError("the body is not UTF-8") from None
+    except RecursionError:
+        raise ValidationError("the body is nested too deeply") from None
+    except ValueError as exc:
+        raise ValidationError(f"the body is not valid JSON: {exc}") from None
+
+
+def _task_id(raw: str) -> int:
+    if not raw.isdigit() or int(raw) > MAX_ID:
+        raise ApiError(404, f"no task {raw}")
+    return int(raw)
+
+
+class Routes:
+    """``(method, path pattern) -> handler``; a handler gets path groups, query, body."""
+
+    def __init__(self, api: Api) -> None:
+        self._table: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("POST", re.compile(r"/schedule"), lambda q, b: api.schedule(b)),
+            ("GET", re.compile(r"/tasks"), lambda q, b: api.list_tasks(q)),
+            ("GET", re.compile(r"/tasks/([^/]+)"),
+             lambda tid, q, b: api.get_task(_task_id(tid))),
+            ("POST", re.compile(r"/tasks/([^/]+)/cancel"),
+             lambda tid, q, b: api.cancel_task(_task_id(tid))),
+            ("GET", re.compile(r"/nodes"), lambda q, b: api.list_nodes()),
+            ("GET", re.compile(r"/healthz"), lambda q, b: (200, {"status": "ok"})),
+            ("GET", re.compile(r"/readyz"), lambda q, b: api.ready()),
+        ]
+
+    def match(self, method: str, path: str) -> tuple[Handler, tuple[str, ...]]:
+        allowed = []
+        for route_method, pattern, handler in self._table:
+            found = pattern.fullmatch(path)
+            if found:
+                if route_method == method:
+                    return handler, found.groups()
+                allowed.append(route_method)
+        if allowed:
+            raise ApiError(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}")
+        raise ApiError(404, f"no such endpoint: {path}")
+
+    def needs_body(self, method: str) -> bool:
+        return method in ("POST", "PATCH", "PUT")
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S
+    server_version = "ChronoSync"
+    sys_version = ""
+    routes: Routes  # set on a subclass by make_server
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._handle("OPTIONS")
+
+    def _handle(self, method: str) -> None:
+        try:
+            status, body = self._route(method)
+        except ApiError as exc:
+            status, body = exc.status, {"error": exc.message, "field": exc.field}
+        except ValidationError as exc:
+            status, body = 400, {"error": exc.message, "field": exc.field}
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("%s %s: database unavailable: %s", method, self.path, exc)
+            status, body = 503, {"error": "the database is unavailable; try again",
+                                 "field": None}
+        except Exception:
+            log.exception("%s %s failed", method, self.path)
+            status, body = 500, {"error": "internal error", "field": None}
+        self._send(status, body, head_only=method == "HEAD")
+
+    def _route(self, method: str) -> tuple[int, dict[str, Any]]:
+        parts = urlsplit(self.path)
+        handler, groups = self.routes.match(method, parts.path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        body = self._read_body() if self.routes.needs_body(method) else None
+        return handler(*groups, query, body)
+
+    def _read_body(self) -> Any:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise ApiError(411, "send the body with a Content-Length, not chunked")
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            raise ApiError(411, "a Content-Length header is required")
+        if not length_header.isdigit():
+            self.close_connection = True
+            raise ApiError(400, "Content-Length must be a whole number")
+        length = int(length_header)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # we do not read the rest of the body
+            raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            self.close_connection = True
+            raise ApiError(400, "the body is shorter than its Content-Length")
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type not in ACCEPTED_CONTENT_TYPES and not content_type.endswith("+json"):
+            raise ApiError(415, f"send JSON (application/json), not {content_type}")
+        return decode_json(raw)
+
+    def _send(self, status: int, body: dict[str, Any], *, head_only: bool) -> None:
+        payload = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+        self.send_response(status, HTTPStatus(status).phrase)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if not head_only:
+            self.wfile.write(payload)
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """Errors found by http.server itself (bad request line, headers too long...)."""
+        self.close_connection = True
+        try:
+            self._send(code, {"error": message or HTTPStatus(code).phrase, "field": None},
+                       head_only=False)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def make_server(api: Api, *, host: str, port: int) -> ThreadingHTTPServer:
+    handler = type("BoundHandler", (RequestHandler,), {"routes": Routes(api)})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server

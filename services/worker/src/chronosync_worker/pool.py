@@ -1,0 +1,168 @@
+"""The worker's slots: accept dispatched tasks up to capacity, run each one as SPEC §4
+says, and record its fate in PostgreSQL.
+
+Per task, on a pool thread: ``mark_started`` (fenced by the claim token, committed) ->
+spawn -> wait -> ``mark_finished`` (fenced). A start the database refuses means the claim
+is no longer ours or the task was cancelled: the command is never spawned. An outcome that
+cannot be written because the database is down is retried until it is written or fenced
+off, since the process already ran and its record must not be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psycopg
+
+from chronocore.model import format_timestamp
+from chronocore.repository import ClaimedTask, Outcome, TaskRepository
+from chronocore.runner import CommandRun, RunResult
+
+log = logging.getLogger(__name__)
+
+RECORD_RETRY_FIRST_S = 0.2
+RECORD_RETRY_MAX_S = 3.0
+
+
+def command_environment(base: dict[str, str], task: ClaimedTask,
+                        attempt: int) -> dict[str, str]:
+    """The worker's environment without any CHRONOSYNC_* setting (DSN, token, keys), plus
+    the task's own variables and the three the command may rely on."""
+    env = {k: v for k, v in base.items() if not k.startswith("CHRONOSYNC_")}
+    env.update(task.env)
+    env["CHRONOSYNC_TASK_ID"] = str(task.id)
+    env["CHRONOSYNC_ATTEMPT"] = str(attempt)
+    env["CHRONOSYNC_SCHEDULED_AT"] = format_timestamp(task.scheduled_at) or ""
+    return env
+
+
+@dataclass
+class _Slot:
+    task: ClaimedTask
+    run: CommandRun | None = None
+    cancelled: bool = False
+
+
+class SlotPool:
+    def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
+                 workdir: str, kill_grace_s: float) -> None:
+        self._repo = repo
+        self._worker_id = worker_id
+        self.capacity = capacity
+        self._workdir = workdir
+        self._kill_grace_s = kill_grace_s
+        self._lock = threading.Lock()
+        self._slots: dict[int, _Slot] = {}
+        self._draining = False
+        self._idle = threading.Condition(self._lock)
+        self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="run")
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._slots)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def running_ids(self) -> list[int]:
+        with self._lock:
+            return list(self._slots)
+
+    def offer(self, tasks: list[ClaimedTask]) -> tuple[list[int], list[int]]:
+        """Take what fits in the free slots; returns ``(accepted, rejected)`` ids."""
+        accepted: list[_Slot] = []
+        rejected: list[int] = []
+        with self._lock:
+            for task in tasks:
+                if self._draining or len(self._slots) >= self.capacity or task.id in self._slots:
+                    rejected.append(task.id)
+                    continue
+                slot = self._slots[task.id] = _Slot(task)
+                accepted.append(slot)
+        for slot in accepted:
+            self._executor.submit(self._run_task, slot)
+        return [slot.task.id for slot in accepted], rejected
+
+    def cancel(self, task_id: int) -> bool:
+        """Terminate a task's process group if it runs here; True if it did."""
+        with self._lock:
+            slot = self._slots.get(task_id)
+            if slot is None:
+                return False
+            slot.cancelled = True
+            run = slot.run
+        if run is not None:
+            run.cancel()
+        return True
+
+    def drain(self, *, grace_s: float) -> None:
+        """Stop taking work; wait up to ``grace_s`` for running commands, then cancel them."""
+        with self._lock:
+            self._draining = True
+            self._idle.wait_for(lambda: not self._slots, timeout=grace_s)
+            left = list(self._slots)
+        for task_id in left:
+            self.cancel(task_id)
+        self._executor.shutdown(wait=True)
+
+    def _run_task(self, slot: _Slot) -> None:
+        task = slot.task
+        try:
+            try:
+                attempt = self._repo.mark_started(
+                    task_id=task.id, token=task.token, worker_id=self._worker_id
+                )
+            except psycopg.Error as exc:
+                # Unknown whether the start was committed: never spawn, and record a
+                # failed spawn once the database is back (fenced, so harmless if not).
+                log.warning("task %s: could not record its start: %s", task.id, exc)
+                self._record(task, RunResult(succeeded=False, exit_code=None,
+                                             error="spawn: database unreachable", output=""))
+                return
+            if attempt is None:
+                log.info("task %s: start refused (claim lost or cancelled); not run", task.id)
+                return
+            run = CommandRun(
+                command=task.command,
+                env=command_environment(dict(os.environ), task, attempt),
+                cwd=self._workdir,
+                timeout_s=task.timeout_s,
+                kill_grace_s=self._kill_grace_s,
+            )
+            with self._lock:
+                slot.run = run
+                cancelled = slot.cancelled
+            if cancelled:
+                run.cancel()
+            log.info("task %s: attempt %s starting", task.id, attempt)
+            result = run.run()
+            log.info("task %s: attempt %s ended: %s", task.id, attempt, result.error or "ok")
+            self._record(task, result)
+        except Exception:
+            log.exception("task %s: unexpected error in its run", task.id)
+        finally:
+            with self._lock:
+                self._slots.pop(task.id, None)
+                self._idle.notify_all()
+
+    def _record(self, task: ClaimedTask, result: RunResult) -> None:
+        outcome = Outcome(succeeded=result.succeeded, exit_code=result.exit_code,
+                          error=result.error, output=result.output)
+        delay = RECORD_RETRY_FIRST_S
+        while True:
+            try:
+                if not self._repo.mark_finished(task_id=task.id, token=task.token,
+                                                outcome=outcome):
+                    log.warning("task %s: outcome fenced off (another owner)", task.id)
+                return
+            except psycopg.OperationalError as exc:
+                log.warning("task %s: cannot record outcome yet (%s); retrying", task.id, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_S)

@@ -1,0 +1,52 @@
+"""The worker's gRPC servicer: a thin adapter from the Worker service to ``SlotPool``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import grpc
+
+from chronocore.repository import ClaimedTask
+from chronocore.rpc import worker_pb2, worker_pb2_grpc
+from chronosync_worker.pool import SlotPool
+
+
+def claimed_task(message: worker_pb2.Task) -> ClaimedTask:
+    return ClaimedTask(
+        id=message.id,
+        command=message.command,
+        token=uuid.UUID(message.claim_token),
+        timeout_s=message.timeout_s or None,
+        env=dict(message.env),
+        scheduled_at=datetime.fromisoformat(message.scheduled_at.replace("Z", "+00:00")),
+    )
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, pool: SlotPool, *, worker_id: str) -> None:
+        self._pool = pool
+        self._worker_id = worker_id
+
+    def Dispatch(self, request: worker_pb2.DispatchRequest,
+                 context: grpc.ServicerContext) -> worker_pb2.DispatchReply:
+        try:
+            tasks = [claimed_task(t) for t in request.tasks]
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed task: {exc}")
+        accepted, rejected = self._pool.offer(tasks)
+        return worker_pb2.DispatchReply(
+            accepted=accepted, rejected=rejected, capacity=self._pool.capacity,
+            running=self._pool.running, draining=self._pool.draining,
+        )
+
+    def Cancel(self, request: worker_pb2.CancelRequest,
+               context: grpc.ServicerContext) -> worker_pb2.CancelReply:
+        return worker_pb2.CancelReply(signalled=self._pool.cancel(request.task_id))
+
+    def Health(self, request: worker_pb2.HealthRequest,
+               context: grpc.ServicerContext) -> worker_pb2.HealthReply:
+        return worker_pb2.HealthReply(
+            worker_id=self._worker_id, capacity=self._pool.capacity,
+            running=self._pool.running, draining=self._pool.draining,
+        )
