@@ -34,9 +34,9 @@ SUBMISSION_FIELDS = frozenset(
 )
 
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)\Z"
 )
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ValidationError(ValueError):
@@ -99,11 +99,18 @@ def _string(body: dict[str, Any], name: str, *, required: bool = False,
         raise ValidationError(f"{name} must not contain NUL characters", name)
     if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ValidationError(f"{name} is longer than {max_bytes} bytes", name)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(f"{name} is not valid Unicode text", name) from None
+    if not _is_unicode(value):
+        raise ValidationError(f"{name} is not valid Unicode text", name)
     return value
+
+
+def _is_unicode(text: str) -> bool:
+    """False for lone surrogates, which JSON's \\ud800 escapes can smuggle in."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _number(body: dict[str, Any], name: str) -> float | None:
@@ -126,7 +133,7 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
     if len(value) > MAX_ENV_VARS:
         raise ValidationError(f"env has more than {MAX_ENV_VARS} variables", "env")
     for key, item in value.items():
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise ValidationError(f"env name {key!r} is not a valid variable name", "env")
         if key.startswith("CHRONOSYNC_"):
             raise ValidationError(f"env name {key!r}: CHRONOSYNC_* names are reserved", "env")
@@ -134,6 +141,8 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
             raise ValidationError(f"env value of {key} must be a string", "env")
         if "\x00" in item or len(item.encode("utf-8", "surrogatepass")) > MAX_ENV_VALUE_BYTES:
             raise ValidationError(f"env value of {key} has NUL or is too long", "env")
+        if not _is_unicode(item):
+            raise ValidationError(f"env value of {key} is not valid Unicode text", "env")
     return dict(value)
 
 
@@ -173,7 +182,9 @@ def parse_submission(body: object) -> Submission:
     scheduled_at = None
     if body.get("scheduled_at") is not None:
         scheduled_at = parse_timestamp(body["scheduled_at"], field="scheduled_at")
-    delivery = _string(body, "delivery") or "at_most_once"
+    delivery = _string(body, "delivery")
+    if delivery is None:
+        delivery = "at_most_once"
     if delivery not in DELIVERIES:
         raise ValidationError(f"delivery must be one of {', '.join(DELIVERIES)}", "delivery")
     max_attempts = body.get("max_attempts")

@@ -153,13 +153,13 @@ class RequestHandler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise ApiError(411, "send the body with a Content-Length, not chunked")
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            raise ApiError(411, "a Content-Length header is required")
+        length_header = self.headers.get("Content-Length", "0")
         if not length_header.isdigit():
             self.close_connection = True
             raise ApiError(400, "Content-Length must be a whole number")
         length = int(length_header)
+        if length == 0:
+            return None  # no body: fine for actions like cancel; /schedule says what it needs
         if length > MAX_BODY_BYTES:
             self.close_connection = True  # we do not read the rest of the body
             raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")

@@ -1,0 +1,14 @@
+# One image, three entrypoints: chronosync-scheduler, chronosync-coordinator,
+# chronosync-worker (pick one with the container's command).
+FROM python:3.11-slim
+
+RUN useradd --system --create-home --home-dir /home/chronosync chronosync
+WORKDIR /app
+COPY libs/chronocore libs/chronocore
+COPY services services
+RUN pip install --no-cache-dir libs/chronocore services/scheduler services/coordinator \
+        services/worker
+
+USER chronosync
+ENV PYTHONUNBUFFERED=1
+CMD ["chronosync-scheduler"]
