@@ -128,9 +128,14 @@ FROM current c
 WHERE a.task_id = c.id AND a.attempt = c.attempt
 RETURNING a.task_id;
 
--- name: cancelled_among --
--- Which of these running tasks have been cancelled since they started.
-SELECT id FROM tasks WHERE id = ANY(%(ids)s::bigint[]) AND cancelled_at IS NOT NULL;
+-- name: revoked_among --
+-- Which of a worker's running attempts must stop: cancelled, or no longer held under the
+-- worker's token (recovered while the worker was paused or cut off).
+SELECT t.id, t.cancelled_at IS NOT NULL AS cancelled
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+JOIN tasks t ON t.id = r.id
+WHERE t.cancelled_at IS NOT NULL OR t.claim_token IS DISTINCT FROM r.token
+   OR t.failed_at IS NOT NULL;
 
 -- name: requeue_stale_claims --
 -- Recovery: claims never started within the lease go back to the queue (their holder

@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,7 @@ class Heartbeat:
         self._running = running
         self._on_beat = on_beat
         self._stop = threading.Event()
+        self._connected_since: float | None = None
         self._thread = threading.Thread(
             target=self._loop, name=f"heartbeat-{registry.kind}", daemon=True
         )
@@ -95,8 +97,19 @@ class Heartbeat:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
+    def connected_for(self) -> float:
+        """Seconds since beats began to succeed without a break (0 while failing)."""
+        since = self._connected_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def run_once(self) -> None:
-        self._registry.heartbeat(running=self._running())
+        try:
+            self._registry.heartbeat(running=self._running())
+        except (psycopg.Error, OSError):
+            self._connected_since = None
+            raise
+        if self._connected_since is None:
+            self._connected_since = time.monotonic()
         if self._on_beat is not None:
             self._on_beat()
 

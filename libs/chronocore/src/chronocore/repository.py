@@ -190,10 +190,14 @@ class TaskRepository:
         )
         return row is not None
 
-    def cancelled_among(self, task_ids: list[int]) -> list[int]:
-        if not task_ids:
-            return []
-        return [r["id"] for r in self._all("cancelled_among", {"ids": task_ids})]
+    def revoked_among(self, running: dict[int, uuid.UUID]) -> dict[int, str]:
+        """Of these running attempts (id -> token), those that must stop, with why:
+        "cancelled", or "worker_lost" when the claim is no longer ours."""
+        if not running:
+            return {}
+        rows = self._all("revoked_among",
+                         {"ids": list(running), "tokens": list(running.values())})
+        return {r["id"]: "cancelled" if r["cancelled"] else "worker_lost" for r in rows}
 
     def _run(self, name: str, params: dict[str, Any]) -> None:
         with self._pool.connection() as conn:

@@ -20,6 +20,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from chronocore.reaper import Reaper
+
 OUTPUT_TAIL_BYTES = 64 * 1024
 _READ_CHUNK = 64 * 1024
 _DRAIN_S = 1.0
@@ -30,7 +32,7 @@ _NEVER = float("inf")
 class RunResult:
     succeeded: bool
     exit_code: int | None
-    error: str | None  # None, "exit N", "timeout", "cancelled", "spawn: ..."
+    error: str | None  # None, "exit N", "timeout", "cancelled", "worker_lost", "spawn: ..."
     output: str
 
 
@@ -45,8 +47,10 @@ def _killpg(pgid: int, sig: int) -> None:
 
 class CommandRun:
     def __init__(self, *, command: str, env: Mapping[str, str], cwd: str,
-                 timeout_s: float | None, kill_grace_s: float) -> None:
+                 timeout_s: float | None, kill_grace_s: float,
+                 reaper: Reaper | None = None) -> None:
         self._command = command
+        self._reaper = reaper
         self._env = dict(env)
         self._cwd = cwd
         self._timeout_s = timeout_s
@@ -58,11 +62,14 @@ class CommandRun:
         self._closed = False
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def cancel(self) -> None:
-        """Terminate the run (from any thread); a run not yet spawned never spawns."""
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Terminate the run (from any thread); a run not yet spawned never spawns.
+
+        ``reason`` becomes the run's error: "cancelled", or "worker_lost" when the worker
+        gives the task up (shutdown, or the claim was taken from it)."""
         with self._lock:
             if self._stop_reason is None:
-                self._stop_reason = "cancelled"
+                self._stop_reason = reason
             if not self._closed:
                 os.write(self._wake_w, b"x")
 
@@ -70,9 +77,9 @@ class CommandRun:
         """Spawn the command and wait for it; never raises for the command's failures."""
         try:
             with self._lock:
-                if self._stop_reason == "cancelled":
-                    return RunResult(succeeded=False, exit_code=None, error="cancelled",
-                                     output="")
+                if self._stop_reason is not None:
+                    return RunResult(succeeded=False, exit_code=None,
+                                     error=self._stop_reason, output="")
                 try:
                     self._proc = subprocess.Popen(
                         ["/bin/sh", "-c", self._command],
@@ -87,7 +94,13 @@ class CommandRun:
                 except OSError as exc:
                     return RunResult(succeeded=False, exit_code=None,
                                      error=f"spawn: {exc}", output="")
-            return self._wait(self._proc)
+            if self._reaper is not None:
+                self._reaper.watch(self._proc.pid)
+            try:
+                return self._wait(self._proc)
+            finally:
+                if self._reaper is not None:
+                    self._reaper.unwatch(self._proc.pid)
         finally:
             with self._lock:
                 self._closed = True

@@ -40,8 +40,11 @@ def main() -> int:
     registry = NodeRegistry(pool, node_id=node_id, kind="coordinator")
     dispatcher = Dispatcher(registry, coordinator_id=node_id, ttl_s=config.node_ttl_s,
                             refresh_s=config.heartbeat_s)
-    heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s,
-                          on_beat=lambda: sweep(repo, ttl_s=config.node_ttl_s))
+    heartbeat = Heartbeat(
+        registry, interval_s=config.heartbeat_s,
+        on_beat=lambda: sweep(repo, ttl_s=config.node_ttl_s,
+                              connected_for_s=heartbeat.connected_for()),
+    )
     loop = ClaimLoop(repo=repo, dispatcher=dispatcher, coordinator_id=node_id,
                      dsn=config.dsn, batch=config.claim_batch, max_idle_s=config.max_idle_s)
     try:

@@ -9,6 +9,10 @@ re-checked under the row lock, so a task is recovered by exactly one of them.
 * Started on a worker that is dead by the database clock (no heartbeat for the TTL):
   ``at_most_once`` -> failed with ``worker_lost``, never run again; ``at_least_once``
   -> retried after an exponential backoff while attempts remain.
+
+A sweeper judges other nodes dead only after it has itself been connected for a whole
+TTL: after a database outage every heartbeat is stale, and live workers need that long
+to be seen again. Requeueing unstarted claims needs no such care, being fenced.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from chronocore.repository import TaskRepository
 log = logging.getLogger(__name__)
 
 
-def sweep(repo: TaskRepository, *, ttl_s: float) -> None:
+def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None:
     requeued = repo.requeue_stale_claims(lease_s=ttl_s)
     if requeued:
         log.warning("recovery: %d unstarted claims back to the queue: %s", len(requeued),
                     requeued[:20])
+    if connected_for_s < ttl_s:
+        return
     for row in repo.recover_lost_runs(ttl_s=ttl_s):
         log.warning("recovery: task %s lost its worker; %s", row["task_id"],
                     "retrying" if row["retry"] else "failed as worker_lost")

@@ -40,11 +40,16 @@ class ApiError(Exception):
         self.field = field
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _int_param(query: dict[str, str], name: str) -> int | None:
     raw = query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) > MAX_ID:
+    if not is_decimal(raw) or int(raw) > MAX_ID:
         raise ValidationError(f"{name} must be a positive whole number", name)
     return int(raw)
 

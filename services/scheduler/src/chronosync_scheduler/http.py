@@ -20,7 +20,7 @@ import psycopg
 import psycopg_pool
 
 from chronocore.model import ValidationError
-from chronosync_scheduler.api import MAX_ID, Api, ApiError
+from chronosync_scheduler.api import MAX_ID, Api, ApiError, is_decimal
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def decode_json(raw: bytes) -> Any:
 
 
 def _task_id(raw: str) -> int:
-    if not raw.isdigit() or int(raw) > MAX_ID:
+    if not is_decimal(raw) or int(raw) > MAX_ID:
         raise ApiError(404, f"no task {raw}")
     return int(raw)
 
@@ -105,26 +105,12 @@ class RequestHandler(BaseHTTPRequestHandler):
     sys_version = ""
     routes: Routes  # set on a subclass by make_server
 
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def do_HEAD(self) -> None:
-        self._handle("HEAD")
-
-    def do_OPTIONS(self) -> None:
-        self._handle("OPTIONS")
+    def __getattr__(self, name: str) -> Any:
+        # http.server calls do_<METHOD>; every method goes through the router, so an
+        # unknown one is a 405 (or 404) in our JSON shape rather than a bare 501.
+        if name.startswith("do_"):
+            return lambda: self._handle(name[3:])
+        raise AttributeError(name)
 
     def _handle(self, method: str) -> None:
         try:
@@ -143,7 +129,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._send(status, body, head_only=method == "HEAD")
 
     def _route(self, method: str) -> tuple[int, dict[str, Any]]:
-        parts = urlsplit(self.path)
+        try:
+            parts = urlsplit(self.path)
+        except ValueError:
+            raise ApiError(400, "the request target is not a valid URL") from None
         handler, groups = self.routes.match(method, parts.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         body = self._read_body() if self.routes.needs_body(method) else None
@@ -154,7 +143,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ApiError(411, "send the body with a Content-Length, not chunked")
         length_header = self.headers.get("Content-Length", "0")
-        if not length_header.isdigit():
+        if not is_decimal(length_header):
             self.close_connection = True
             raise ApiError(400, "Content-Length must be a whole number")
         length = int(length_header)
@@ -187,6 +176,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                    explain: str | None = None) -> None:
         """Errors found by http.server itself (bad request line, headers too long...)."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # the line was unreadable: answer as 1.0
+            self.request_version = "HTTP/1.0"
         try:
             self._send(code, {"error": message or HTTPStatus(code).phrase, "field": None},
                        head_only=False)

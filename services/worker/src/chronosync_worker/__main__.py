@@ -18,6 +18,7 @@ import grpc
 from chronocore import db
 from chronocore.config import Config, ConfigError, split_host_port
 from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
+from chronocore.reaper import Reaper
 from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
 from chronocore.repository import Backoff, TaskRepository
 from chronocore.rpc import worker_pb2_grpc
@@ -55,8 +56,9 @@ def main() -> int:
     repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
                                                 max_s=config.retry_backoff_max_s))
     workdir = config.workdir or tempfile.mkdtemp(prefix="chronosync-worker-")
+    reaper = Reaper()
     slots = SlotPool(repo=repo, worker_id=node_id, capacity=config.worker_capacity,
-                     workdir=workdir, kill_grace_s=config.kill_grace_s)
+                     workdir=workdir, kill_grace_s=config.kill_grace_s, reaper=reaper)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS))
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(slots, worker_id=node_id),
@@ -68,13 +70,10 @@ def main() -> int:
     registry = NodeRegistry(pool, node_id=node_id, kind="worker", address=address,
                             capacity=config.worker_capacity)
 
-    def cancel_cancelled() -> None:
-        # Fallback for a lost Cancel RPC: cancellations are in the database anyway.
-        for task_id in repo.cancelled_among(slots.running_ids()):
-            slots.cancel(task_id)
-
+    # Each beat also stops runs cancelled (should a Cancel RPC have been lost) or taken
+    # from us while we were paused or cut off.
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s,
-                          running=lambda: slots.running, on_beat=cancel_cancelled)
+                          running=lambda: slots.running, on_beat=slots.stop_revoked)
     registry.register()
     heartbeat.start()
     log.info("worker listening on %s (capacity %d, workdir %s)", address,
@@ -87,6 +86,7 @@ def main() -> int:
     except Exception as exc:  # the database may be down: dispatchers learn it by RPC too
         log.warning("could not mark draining: %s", exc)
     slots.drain(grace_s=grace_s)
+    reaper.close()
     server.stop(grace=1).wait()
     heartbeat.stop()
     try:

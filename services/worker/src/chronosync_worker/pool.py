@@ -6,6 +6,11 @@ spawn -> wait -> ``mark_finished`` (fenced). A start the database refuses means 
 is no longer ours or the task was cancelled: the command is never spawned. An outcome that
 cannot be written because the database is down is retried until it is written or fenced
 off, since the process already ran and its record must not be lost.
+
+Every spawned process group is reported to the reaper (``chronocore.reaper``), which
+kills it if this worker dies. A stopping worker (``drain``) hands back tasks it accepted
+but has not started, lets running commands finish within the grace period, and gives up
+the rest as ``worker_lost`` (so an at_least_once task is retried elsewhere).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import psycopg
 
 from chronocore.model import format_timestamp
+from chronocore.reaper import Reaper
 from chronocore.repository import ClaimedTask, Outcome, TaskRepository
 from chronocore.runner import CommandRun, RunResult
 
@@ -45,17 +51,18 @@ def command_environment(base: dict[str, str], task: ClaimedTask,
 class _Slot:
     task: ClaimedTask
     run: CommandRun | None = None
-    cancelled: bool = False
+    stop_reason: str | None = None  # set when asked to stop before the run existed
 
 
 class SlotPool:
     def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
-                 workdir: str, kill_grace_s: float) -> None:
+                 workdir: str, kill_grace_s: float, reaper: Reaper | None) -> None:
         self._repo = repo
         self._worker_id = worker_id
         self.capacity = capacity
         self._workdir = workdir
         self._kill_grace_s = kill_grace_s
+        self._reaper = reaper
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}
         self._draining = False
@@ -70,10 +77,6 @@ class SlotPool:
     @property
     def draining(self) -> bool:
         return self._draining
-
-    def running_ids(self) -> list[int]:
-        with self._lock:
-            return list(self._slots)
 
     def offer(self, tasks: list[ClaimedTask]) -> tuple[list[int], list[int]]:
         """Take what fits in the free slots; returns ``(accepted, rejected)`` ids."""
@@ -90,31 +93,44 @@ class SlotPool:
             self._executor.submit(self._run_task, slot)
         return [slot.task.id for slot in accepted], rejected
 
-    def cancel(self, task_id: int) -> bool:
+    def stop_task(self, task_id: int, reason: str = "cancelled") -> bool:
         """Terminate a task's process group if it runs here; True if it did."""
         with self._lock:
             slot = self._slots.get(task_id)
             if slot is None:
                 return False
-            slot.cancelled = True
+            slot.stop_reason = slot.stop_reason or reason
             run = slot.run
         if run is not None:
-            run.cancel()
+            run.cancel(reason)
         return True
 
+    def stop_revoked(self) -> None:
+        """Stop runs that were cancelled or whose claim was taken from us (we were paused
+        or cut off long enough to be declared dead). Called on every heartbeat."""
+        with self._lock:
+            running = {tid: slot.task.token for tid, slot in self._slots.items()}
+        for task_id, reason in self._repo.revoked_among(running).items():
+            log.info("task %s: stopping its run (%s)", task_id, reason)
+            self.stop_task(task_id, reason)
+
     def drain(self, *, grace_s: float) -> None:
-        """Stop taking work; wait up to ``grace_s`` for running commands, then cancel them."""
+        """Take no new work; wait up to ``grace_s`` for running commands, then stop them."""
         with self._lock:
             self._draining = True
             self._idle.wait_for(lambda: not self._slots, timeout=grace_s)
             left = list(self._slots)
         for task_id in left:
-            self.cancel(task_id)
+            self.stop_task(task_id, "worker_lost")
         self._executor.shutdown(wait=True)
 
     def _run_task(self, slot: _Slot) -> None:
         task = slot.task
         try:
+            if self._draining:
+                self._repo.release([task])  # hand it back: another worker starts it now
+                log.info("task %s: handed back unstarted (draining)", task.id)
+                return
             try:
                 attempt = self._repo.mark_started(
                     task_id=task.id, token=task.token, worker_id=self._worker_id
@@ -135,12 +151,12 @@ class SlotPool:
                 cwd=self._workdir,
                 timeout_s=task.timeout_s,
                 kill_grace_s=self._kill_grace_s,
+                reaper=self._reaper,
             )
             with self._lock:
                 slot.run = run
-                cancelled = slot.cancelled
-            if cancelled:
-                run.cancel()
+                if slot.stop_reason is not None:
+                    run.cancel(slot.stop_reason)
             log.info("task %s: attempt %s starting", task.id, attempt)
             result = run.run()
             log.info("task %s: attempt %s ended: %s", task.id, attempt, result.error or "ok")
@@ -160,9 +176,11 @@ class SlotPool:
             try:
                 if not self._repo.mark_finished(task_id=task.id, token=task.token,
                                                 outcome=outcome):
-                    log.warning("task %s: outcome fenced off (another owner)", task.id)
+                    log.warning("task %s: outcome fenced off (no longer ours)", task.id)
                 return
             except psycopg.OperationalError as exc:
                 log.warning("task %s: cannot record outcome yet (%s); retrying", task.id, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
+
+

@@ -42,7 +42,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     def Cancel(self, request: worker_pb2.CancelRequest,
                context: grpc.ServicerContext) -> worker_pb2.CancelReply:
-        return worker_pb2.CancelReply(signalled=self._pool.cancel(request.task_id))
+        return worker_pb2.CancelReply(signalled=self._pool.stop_task(request.task_id))
 
     def Health(self, request: worker_pb2.HealthRequest,
                context: grpc.ServicerContext) -> worker_pb2.HealthReply:
