@@ -124,3 +124,24 @@ def _ready(cluster: Cluster) -> bool:
         return cluster.http("GET", "/readyz")[0] == 200
     except OSError:
         return False
+
+
+def test_an_idle_coordinator_wakes_on_notify_and_at_the_due_instant_not_by_polling(
+    cluster: Cluster,
+) -> None:
+    # With a 60 s idle bound, only NOTIFY (a new task) and the computed sleep until the
+    # next scheduled_at can make these start within a second.
+    cluster.start("scheduler")
+    cluster.start("coordinator", CHRONOSYNC_MAX_IDLE_S="60")
+    cluster.start("worker")
+    cluster.wait_ready(coordinators=1, workers=1)
+    lateness = []
+    for delay in (0, 2):
+        due = (db_now(cluster) + timedelta(seconds=delay)).isoformat()
+        status, body = cluster.http("POST", "/schedule", {"command": "true",
+                                                          "scheduled_at": due})
+        assert status == 201
+        task = cluster.wait_task(body["id"], ("succeeded",), timeout=10)
+        started = datetime.fromisoformat(task["started_at"])
+        lateness.append((started - datetime.fromisoformat(task["scheduled_at"])))
+    assert all(timedelta(0) <= late < timedelta(seconds=1) for late in lateness), lateness
