@@ -143,5 +143,5 @@ def test_an_idle_coordinator_wakes_on_notify_and_at_the_due_instant_not_by_polli
         assert status == 201
         task = cluster.wait_task(body["id"], ("succeeded",), timeout=10)
         started = datetime.fromisoformat(task["started_at"])
-        lateness.append((started - datetime.fromisoformat(task["scheduled_at"])))
+        lateness.append(started - datetime.fromisoformat(task["scheduled_at"]))
     assert all(timedelta(0) <= late < timedelta(seconds=1) for late in lateness), lateness

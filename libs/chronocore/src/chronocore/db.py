@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
 
-POOL_WAIT_S = 5.0
+POOL_WAIT_S = 2.0
 
 
 def open_pool(dsn: str, *, size: int, name: str) -> ConnectionPool:

@@ -29,13 +29,14 @@ class NodeProcess:
     """One service process, started at construction."""
 
     def __init__(self, *, kind: str, name: str, env: dict[str, str],
-                 out: IO[str] | None, log_path: Path | None) -> None:
+                 out: IO[str] | None, log_path: Path | None,
+                 wrapper: list[str] | None = None) -> None:
         self.kind = kind
         self.name = name
         self.log_path = log_path
         sink = open(log_path, "ab") if log_path is not None else subprocess.PIPE  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", SERVICE_MODULES[kind]],
+            [*(wrapper or []), sys.executable, "-u", "-m", SERVICE_MODULES[kind]],
             env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -74,12 +75,14 @@ class ProcessCluster:
         self.nodes: list[NodeProcess] = []
         self._counts: dict[str, int] = {}
 
-    def start(self, kind: str, *, env: dict[str, str] | None = None) -> NodeProcess:
+    def start(self, kind: str, *, env: dict[str, str] | None = None,
+              wrapper: list[str] | None = None) -> NodeProcess:
+        """Start one node; ``wrapper`` prefixes its command line (e.g. ``faketime``)."""
         self._counts[kind] = self._counts.get(kind, 0) + 1
         name = f"{kind}-{self._counts[kind]}"
         log_path = None if self._log_dir is None else self._log_dir / f"{name}.log"
         node = NodeProcess(kind=kind, name=name, env={**self._env, **(env or {})},
-                           out=self._out, log_path=log_path)
+                           out=self._out, log_path=log_path, wrapper=wrapper)
         self.nodes.append(node)
         return node
 

@@ -15,7 +15,7 @@ import threading
 
 import psycopg
 
-from chronocore import db
+from chronocore import db, failpoints
 from chronocore.repository import TaskRepository
 from chronosync_coordinator.dispatch import FULL_RECHECK_S, Dispatcher
 
@@ -67,6 +67,10 @@ class ClaimLoop:
         tasks = self._repo.claim_due(coordinator_id=self._coordinator_id,
                                      limit=min(free, self._batch))
         if tasks:
+            failpoints.pause(failpoints.AFTER_CLAIM, self._stop)
+            if self._stop.is_set():  # stopping: hand the claims back now, not after a lease
+                self._repo.release(tasks)
+                return 0.0
             unplaced = self._dispatcher.dispatch(tasks)
             if unplaced:
                 self._repo.release(unplaced)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from chronocore import failpoints
 from chronocore.model import format_timestamp
 from chronocore.reaper import Reaper
 from chronocore.repository import ClaimedTask, Outcome, TaskRepository
@@ -127,6 +128,7 @@ class SlotPool:
     def _run_task(self, slot: _Slot) -> None:
         task = slot.task
         try:
+            failpoints.pause(failpoints.BEFORE_START)
             if self._draining:
                 self._repo.release([task])  # hand it back: another worker starts it now
                 log.info("task %s: handed back unstarted (draining)", task.id)

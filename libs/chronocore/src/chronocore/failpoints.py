@@ -1,0 +1,28 @@
+"""Failpoints: pauses at the two instants where a node's death matters most, so the
+failover tests can kill a real process exactly there instead of hoping to hit the window.
+
+Off unless the environment names them; production never sets these variables.
+
+- CHRONOSYNC_FAILPOINT_AFTER_CLAIM_S: a coordinator pauses between claim and dispatch.
+- CHRONOSYNC_FAILPOINT_BEFORE_START_S: a worker pauses between accepting a task and
+  recording its start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+log = logging.getLogger(__name__)
+
+AFTER_CLAIM = "CHRONOSYNC_FAILPOINT_AFTER_CLAIM_S"
+BEFORE_START = "CHRONOSYNC_FAILPOINT_BEFORE_START_S"
+
+
+def pause(name: str, stop: threading.Event | None = None) -> None:
+    """Sleep as long as the failpoint says (interrupted by ``stop``), if it is set."""
+    seconds = float(os.environ.get(name, "0") or 0)
+    if seconds > 0:
+        log.warning("failpoint %s: pausing %.1fs", name, seconds)
+        (stop or threading.Event()).wait(seconds)
