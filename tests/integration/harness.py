@@ -112,7 +112,8 @@ class Cluster:
 
     def query(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
         with psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row) as conn:
-            return conn.execute(statement, params).fetchall()
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
 
     def task(self, task_id: int) -> dict[str, Any]:
         status, body = self.http("GET", f"/tasks/{task_id}")
@@ -129,3 +130,27 @@ class Cluster:
 
     def stop(self) -> None:
         self.processes.stop()
+
+
+def node_id(cluster: Cluster, node: NodeProcess) -> str:
+    """The registry id of a started node process (waits for it to register)."""
+    def registered() -> str | None:
+        rows = cluster.query("SELECT id FROM nodes WHERE pid = %s ORDER BY started_at DESC",
+                             (node.pid,))
+        return rows[0]["id"] if rows else None
+
+    return wait_for(registered, timeout=30, what=f"{node.name} to register")
+
+
+def log_of(node: NodeProcess) -> str:
+    assert node.log_path is not None
+    return node.log_path.read_text(errors="replace")
+
+
+def process_gone(pid: int) -> bool:
+    """The process no longer runs (it may linger as a zombie until init reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")

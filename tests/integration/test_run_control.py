@@ -6,15 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from harness import Cluster, wait_for
-
-
-def gone(pid: int) -> bool:
-    """The process no longer runs (it may linger as a zombie until reaped by init)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+from harness import process_gone as gone
 
 
 def read_pids(path: Path) -> list[int] | None:
