@@ -22,6 +22,9 @@ from chronosync_coordinator.dispatch import FULL_RECHECK_S, Dispatcher
 log = logging.getLogger(__name__)
 
 DUE_CHANNEL = "chronosync_due"
+# After an error, wait this long before the next step: quick enough to resume soon after
+# the database returns, slow enough not to spin.
+ERROR_PAUSE_S = 0.5
 LISTEN_RETRY_S = 1.0
 # Sleep slightly past the due instant rather than before it: claiming a few hundred
 # microseconds early would find nothing and cost a round trip.
@@ -52,9 +55,12 @@ class ClaimLoop:
         while not self._stop.is_set():
             try:
                 delay = self.run_once()
-            except psycopg.OperationalError as exc:
-                log.warning("database unreachable in the claim loop: %s", exc)
-                delay = self._max_idle_s
+            except psycopg.Error as exc:
+                log.warning("database error in the claim loop: %s", exc)
+                delay = ERROR_PAUSE_S
+            except Exception:
+                log.exception("unexpected error in the claim loop")
+                delay = ERROR_PAUSE_S
             if delay > 0:
                 self._wake.wait(delay)
             self._wake.clear()

@@ -14,6 +14,7 @@ import tempfile
 from concurrent import futures
 
 import grpc
+import psycopg
 
 from chronocore import db
 from chronocore.config import Config, ConfigError, split_host_port
@@ -74,7 +75,10 @@ def main() -> int:
     # from us while we were paused or cut off.
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s,
                           running=lambda: slots.running, on_beat=slots.stop_revoked)
-    registry.register()
+    try:
+        registry.register()
+    except psycopg.OperationalError as exc:
+        log.warning("could not register yet (%s); the heartbeat will", exc)
     heartbeat.start()
     log.info("worker listening on %s (capacity %d, workdir %s)", address,
              config.worker_capacity, workdir)

@@ -147,20 +147,25 @@ class SlotPool:
             if attempt is None:
                 log.info("task %s: start refused (claim lost or cancelled); not run", task.id)
                 return
-            run = CommandRun(
-                command=task.command,
-                env=command_environment(dict(os.environ), task, attempt),
-                cwd=self._workdir,
-                timeout_s=task.timeout_s,
-                kill_grace_s=self._kill_grace_s,
-                reaper=self._reaper,
-            )
-            with self._lock:
-                slot.run = run
-                if slot.stop_reason is not None:
-                    run.cancel(slot.stop_reason)
-            log.info("task %s: attempt %s starting", task.id, attempt)
-            result = run.run()
+            try:
+                run = CommandRun(
+                    command=task.command,
+                    env=command_environment(dict(os.environ), task, attempt),
+                    cwd=self._workdir,
+                    timeout_s=task.timeout_s,
+                    kill_grace_s=self._kill_grace_s,
+                    reaper=self._reaper,
+                )
+                with self._lock:
+                    slot.run = run
+                    if slot.stop_reason is not None:
+                        run.cancel(slot.stop_reason)
+                log.info("task %s: attempt %s starting", task.id, attempt)
+                result = run.run()
+            except Exception as exc:  # a bug of ours must not leave the task "running"
+                log.exception("task %s: the run failed inside the worker", task.id)
+                result = RunResult(succeeded=False, exit_code=None, error=f"spawn: {exc}",
+                                   output="")
             log.info("task %s: attempt %s ended: %s", task.id, attempt, result.error or "ok")
             self._record(task, result)
         except Exception:
