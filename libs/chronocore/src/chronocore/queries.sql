@@ -56,8 +56,8 @@ WITH due AS (
     SELECT id FROM tasks
     WHERE picked_at IS NULL AND cancelled_at IS NULL
       AND completed_at IS NULL AND failed_at IS NULL
-      AND scheduled_at <= now()
-    ORDER BY scheduled_at, id
+      AND due_at <= now()
+    ORDER BY due_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -68,8 +68,8 @@ WHERE t.id = due.id
 RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.scheduled_at;
 
 -- name: next_due_in --
--- Seconds from now (database clock) until the earliest waiting task falls due; NULL if none.
-SELECT EXTRACT(EPOCH FROM min(scheduled_at) - now())::float8 AS seconds
+-- Seconds from now (database clock) until the earliest waiting task is due; NULL if none.
+SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8 AS seconds
 FROM tasks
 WHERE picked_at IS NULL AND cancelled_at IS NULL
   AND completed_at IS NULL AND failed_at IS NULL;
@@ -113,10 +113,10 @@ WITH current AS (
         picked_at = CASE WHEN c.retry THEN NULL ELSE t.picked_at END,
         started_at = CASE WHEN c.retry THEN NULL ELSE t.started_at END,
         claim_token = CASE WHEN c.retry THEN NULL ELSE t.claim_token END,
-        scheduled_at = CASE WHEN c.retry
-                            THEN now() + least(%(backoff_base_s)s * 2 ^ (c.attempt - 1),
-                                               %(backoff_max_s)s) * interval '1 second'
-                            ELSE t.scheduled_at END,
+        due_at = CASE WHEN c.retry
+                      THEN now() + least(%(backoff_base_s)s * 2 ^ (c.attempt - 1),
+                                         %(backoff_max_s)s) * interval '1 second'
+                      ELSE t.due_at END,
         exit_code = %(exit_code)s, error = %(error)s, output = %(output)s
     FROM current c
     WHERE t.id = c.id
@@ -166,10 +166,10 @@ WITH lost AS (
         picked_at = CASE WHEN l.retry THEN NULL ELSE t.picked_at END,
         started_at = CASE WHEN l.retry THEN NULL ELSE t.started_at END,
         claim_token = CASE WHEN l.retry THEN NULL ELSE t.claim_token END,
-        scheduled_at = CASE WHEN l.retry
-                            THEN now() + least(%(backoff_base_s)s * 2 ^ (l.attempt - 1),
-                                               %(backoff_max_s)s) * interval '1 second'
-                            ELSE t.scheduled_at END,
+        due_at = CASE WHEN l.retry
+                      THEN now() + least(%(backoff_base_s)s * 2 ^ (l.attempt - 1),
+                                         %(backoff_max_s)s) * interval '1 second'
+                      ELSE t.due_at END,
         error = 'worker_lost', exit_code = NULL
     FROM lost l
     WHERE t.id = l.id

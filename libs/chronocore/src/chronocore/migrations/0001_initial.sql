@@ -19,7 +19,10 @@ CREATE INDEX nodes_heartbeat ON nodes (last_heartbeat_at);
 CREATE TABLE tasks (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     command         text NOT NULL,
+    -- When the task was asked to run: never changes.
     scheduled_at    timestamptz NOT NULL,
+    -- When it may next be claimed: scheduled_at at first, later after a retry's backoff.
+    due_at          timestamptz NOT NULL,
     picked_at       timestamptz,
     started_at      timestamptz,
     completed_at    timestamptz,
@@ -46,7 +49,7 @@ CREATE TABLE tasks (
 );
 
 -- What the claim reads: only tasks still waiting, so its cost does not grow with history.
-CREATE INDEX tasks_due ON tasks (scheduled_at, id)
+CREATE INDEX tasks_due ON tasks (due_at, id)
     WHERE picked_at IS NULL AND cancelled_at IS NULL
       AND completed_at IS NULL AND failed_at IS NULL;
 -- What recovery reads: tasks held by some node and not finished.
@@ -80,6 +83,17 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END
 $$;
 
+-- A new task is first due when it is scheduled.
+CREATE FUNCTION set_task_due_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.due_at := coalesce(NEW.due_at, NEW.scheduled_at);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER tasks_set_due_at BEFORE INSERT ON tasks
+    FOR EACH ROW EXECUTE FUNCTION set_task_due_at();
+
 -- Wakes sleeping coordinators whenever a task becomes claimable (new, requeued, retried).
 -- Identical notifications in one transaction fold into one, so a bulk insert sends one.
 CREATE FUNCTION notify_task_due() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -90,7 +104,7 @@ END
 $$;
 
 CREATE TRIGGER tasks_due_notify
-    AFTER INSERT OR UPDATE OF picked_at, scheduled_at ON tasks
+    AFTER INSERT OR UPDATE OF picked_at, due_at ON tasks
     FOR EACH ROW WHEN (NEW.picked_at IS NULL AND NEW.cancelled_at IS NULL
                        AND NEW.completed_at IS NULL AND NEW.failed_at IS NULL)
     EXECUTE FUNCTION notify_task_due();
