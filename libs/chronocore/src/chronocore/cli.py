@@ -1,8 +1,10 @@
 """``chronosync``: the command line for people (aligned tables) and scripts (``--json``).
 
     chronosync schedule [--at TIME] [--delivery D] [--timeout S] -- COMMAND...
-    chronosync tasks [--status S] [--limit N]     chronosync task ID
+    chronosync schedule --cron EXPR [--tz ZONE] [--name N] -- COMMAND...
+    chronosync tasks [--status S] [--job ID] [--limit N]   chronosync task ID
     chronosync cancel ID                          chronosync nodes
+    chronosync jobs      chronosync job ID        chronosync pause|resume|delete ID
     chronosync migrate                            chronosync dev
 
 Talks to a scheduler over HTTP (``--url`` or CHRONOSYNC_URL, token from
@@ -75,8 +77,11 @@ def show(args: argparse.Namespace, data: Any, rows_key: str | None,
     elif rows_key is None:
         width = max(len(k) for k in data)
         for key, value in data.items():
-            if key != "attempts":
-                print(f"{key.ljust(width)}  {'' if value is None else value}")
+            if key == "attempts":
+                continue
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value)
+            print(f"{key.ljust(width)}  {'' if value is None else value}")
         if data.get("attempts"):
             print()
             print(table(data["attempts"], ["attempt", "worker_id", "started_at",
@@ -90,8 +95,16 @@ def cmd_schedule(args: argparse.Namespace) -> None:
     if not command:
         raise CliError("give the command after --", EXIT_USAGE)
     body: dict[str, Any] = {"command": " ".join(command), "delivery": args.delivery}
+    if args.at and args.cron:
+        raise CliError("give --at (one run) or --cron (recurring), not both", EXIT_USAGE)
     if args.at:
         body["scheduled_at"] = args.at
+    if args.cron:
+        body["cron"] = args.cron
+        body["timezone"] = args.tz
+    for option in ("name", "concurrency_policy", "misfire_policy"):
+        if getattr(args, option):
+            body[option] = getattr(args, option)
     if args.timeout:
         body["timeout_s"] = args.timeout
     if args.idempotency_key:
@@ -101,7 +114,35 @@ def cmd_schedule(args: argparse.Namespace) -> None:
 
 def cmd_tasks(args: argparse.Namespace) -> None:
     query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+    if args.job:
+        query += f"&job_id={args.job}"
     show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS)
+
+
+def cmd_jobs(args: argparse.Namespace) -> None:
+    data = request(args.url, "GET", "/jobs")
+    for job in data["jobs"]:
+        job["next_run"] = (job["next_runs"] or [None])[0]
+    show(args, data, "jobs", ["id", "name", "cron", "timezone", "paused", "next_run",
+                              "description", "command"])
+
+
+def cmd_job(args: argparse.Namespace) -> None:
+    show(args, request(args.url, "GET", f"/jobs/{args.id}"), None, [])
+
+
+def cmd_pause(args: argparse.Namespace) -> None:
+    show(args, request(args.url, "PATCH", f"/jobs/{args.id}", {"paused": True}), None, [])
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    show(args, request(args.url, "PATCH", f"/jobs/{args.id}", {"paused": False}), None, [])
+
+
+def cmd_delete(args: argparse.Namespace) -> None:
+    request(args.url, "DELETE", f"/jobs/{args.id}")
+    if not args.json:
+        print(f"deleted job {args.id}")
 
 
 def cmd_task(args: argparse.Namespace) -> None:
@@ -200,14 +241,25 @@ def parser() -> argparse.ArgumentParser:
                    choices=["at_most_once", "at_least_once"])
     s.add_argument("--timeout", type=float, help="seconds before the command is killed")
     s.add_argument("--idempotency-key")
+    s.add_argument("--cron", help="a recurring job: 5 or 6 fields, or @daily and friends")
+    s.add_argument("--tz", default="UTC", help="the cron's IANA time zone")
+    s.add_argument("--name", help="a unique name for the job")
+    s.add_argument("--concurrency-policy", choices=["allow", "forbid", "replace"])
+    s.add_argument("--misfire-policy", choices=["run_once", "skip", "run_all"])
     s.add_argument("command", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_schedule)
     t = sub.add_parser("tasks", help="list tasks, newest first")
     t.add_argument("--status")
+    t.add_argument("--job", type=int, help="only this job's tasks")
     t.add_argument("--limit", type=int, default=20)
     t.set_defaults(func=cmd_tasks)
+    sub.add_parser("jobs", help="recurring jobs").set_defaults(func=cmd_jobs)
     for name, func, text in (("task", cmd_task, "one task with its attempts"),
-                             ("cancel", cmd_cancel, "cancel a task")):
+                             ("cancel", cmd_cancel, "cancel a task"),
+                             ("job", cmd_job, "one job with its next runs"),
+                             ("pause", cmd_pause, "pause a job"),
+                             ("resume", cmd_resume, "resume a job"),
+                             ("delete", cmd_delete, "delete a job (its tasks stay)")):
         c = sub.add_parser(name, help=text)
         c.add_argument("id", type=int)
         c.set_defaults(func=func)

@@ -60,6 +60,8 @@ class Config:
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 300.0
     pool_size: int = 4
+    # Schedulers make a recurring job's tasks this far ahead of their time.
+    horizon_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -86,6 +88,7 @@ class Config:
                 env, "CHRONOSYNC_RETRY_BACKOFF_MAX_S", defaults.retry_backoff_max_s
             ),
             pool_size=_int(env, "CHRONOSYNC_POOL_SIZE", defaults.pool_size),
+            horizon_s=_float(env, "CHRONOSYNC_HORIZON_S", defaults.horizon_s),
         )
 
 

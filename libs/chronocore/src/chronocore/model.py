@@ -167,21 +167,19 @@ class Submission:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_submission(body: object) -> Submission:
-    """Validate a decoded ``POST /schedule`` body (one-off part)."""
+def check_fields(body: object, allowed: frozenset[str]) -> dict[str, Any]:
+    """The body is a JSON object with no field outside ``allowed``."""
     if not isinstance(body, dict):
         raise ValidationError("the body must be a JSON object")
-    unknown = sorted(set(body) - SUBMISSION_FIELDS)
+    unknown = sorted(set(body) - allowed)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
-    if body.get("cron") is not None:
-        raise ValidationError("recurring jobs (cron) are not available yet", "cron")
-    if body.get("timezone") is not None:
-        raise ValidationError("timezone applies to cron schedules only", "timezone")
+    return body
+
+
+def parse_common(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields one-off tasks and recurring jobs share, validated."""
     command = _string(body, "command", required=True, max_bytes=MAX_COMMAND_BYTES)
-    scheduled_at = None
-    if body.get("scheduled_at") is not None:
-        scheduled_at = parse_timestamp(body["scheduled_at"], field="scheduled_at")
     delivery = _string(body, "delivery")
     if delivery is None:
         delivery = "at_most_once"
@@ -203,17 +201,28 @@ def parse_submission(body: object) -> Submission:
     key = _string(body, "idempotency_key")
     if key is not None and not key:
         raise ValidationError("idempotency_key must not be empty", "idempotency_key")
-    assert command is not None
-    return Submission(
-        command=command,
-        scheduled_at=scheduled_at,
-        delivery=delivery,
-        max_attempts=max_attempts,
-        timeout_s=_number(body, "timeout_s"),
-        name=_string(body, "name"),
-        idempotency_key=key,
-        env=_env(body),
-    )
+    return {
+        "command": command,
+        "delivery": delivery,
+        "max_attempts": max_attempts,
+        "timeout_s": _number(body, "timeout_s"),
+        "name": _string(body, "name"),
+        "idempotency_key": key,
+        "env": _env(body),
+    }
+
+
+def parse_submission(body: object) -> Submission:
+    """Validate a decoded ``POST /schedule`` body for a one-off task."""
+    body = check_fields(body, SUBMISSION_FIELDS)
+    if body.get("cron") is not None:
+        raise ValidationError("cron makes a recurring job, not a one-off task", "cron")
+    if body.get("timezone") is not None:
+        raise ValidationError("timezone applies to cron schedules only", "timezone")
+    scheduled_at = None
+    if body.get("scheduled_at") is not None:
+        scheduled_at = parse_timestamp(body["scheduled_at"], field="scheduled_at")
+    return Submission(scheduled_at=scheduled_at, **parse_common(body))
 
 
 def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) -> dict:

@@ -57,6 +57,13 @@ WITH due AS (
     WHERE picked_at IS NULL AND cancelled_at IS NULL
       AND completed_at IS NULL AND failed_at IS NULL
       AND due_at <= now()
+      -- concurrency_policy forbid: not while another occurrence of the job is in flight
+      -- or an earlier one still waits (it goes first; this one is then skipped)
+      AND (concurrency_policy IS DISTINCT FROM 'forbid' OR NOT EXISTS (
+          SELECT 1 FROM tasks r
+          WHERE r.job_id = tasks.job_id AND r.id <> tasks.id
+            AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
+            AND (r.picked_at IS NOT NULL OR r.scheduled_at < tasks.scheduled_at)))
     ORDER BY due_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -231,3 +238,117 @@ ORDER BY kind, started_at, id;
 -- The status the database derives for a set of timestamps (used to test the derivation).
 SELECT task_status(%(picked_at)s, %(started_at)s, %(completed_at)s, %(failed_at)s,
                    %(cancelled_at)s) AS status;
+
+-- name: insert_job --
+-- Store a recurring job; an idempotency key already used inserts nothing.
+INSERT INTO jobs (name, command, cron, timezone, delivery, max_attempts, timeout_s, env,
+                  concurrency_policy, misfire_policy, starting_deadline_s, max_catchup,
+                  paused_at, next_run_at, idempotency_key, request_hash)
+VALUES (%(name)s, %(command)s, %(cron)s, %(timezone)s, %(delivery)s, %(max_attempts)s,
+        %(timeout_s)s, %(env)s, %(concurrency_policy)s, %(misfire_policy)s,
+        %(starting_deadline_s)s, %(max_catchup)s,
+        CASE WHEN %(paused)s THEN now() END, %(next_run_at)s, %(idempotency_key)s,
+        %(request_hash)s)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id;
+
+-- name: job_by_idempotency_key --
+-- The job an idempotency key already names, with the hash of the request that made it.
+SELECT id, request_hash FROM jobs WHERE idempotency_key = %(key)s;
+
+-- name: get_job --
+-- One job.
+SELECT * FROM jobs WHERE id = %(id)s;
+
+-- name: lock_job --
+-- One job, locked for a change (PATCH).
+SELECT * FROM jobs WHERE id = %(id)s FOR UPDATE;
+
+-- name: list_jobs --
+-- Jobs newest first, paged by id.
+SELECT * FROM jobs
+WHERE (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: update_job --
+-- Replace a job's mutable fields (the merged, validated result of a PATCH).
+UPDATE jobs
+SET name = %(name)s, command = %(command)s, cron = %(cron)s, timezone = %(timezone)s,
+    delivery = %(delivery)s, max_attempts = %(max_attempts)s, timeout_s = %(timeout_s)s,
+    env = %(env)s, concurrency_policy = %(concurrency_policy)s,
+    misfire_policy = %(misfire_policy)s, starting_deadline_s = %(starting_deadline_s)s,
+    max_catchup = %(max_catchup)s,
+    paused_at = CASE WHEN NOT %(paused)s THEN NULL ELSE coalesce(paused_at, now()) END,
+    next_run_at = %(next_run_at)s, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: last_occurrence --
+-- The latest occurrence of a job already made a task (NULL if none).
+SELECT max(scheduled_at) AS at FROM tasks WHERE job_id = %(id)s;
+
+-- name: cancel_pending_of_job --
+-- A paused job's tasks made ahead of time and not yet claimed never start.
+UPDATE tasks
+SET cancelled_at = now(), error = %(reason)s
+WHERE job_id = %(id)s AND picked_at IS NULL AND cancelled_at IS NULL
+  AND completed_at IS NULL AND failed_at IS NULL
+RETURNING id;
+
+-- name: delete_job --
+-- Delete a job; the tasks it already made stay, with their history.
+DELETE FROM jobs WHERE id = %(id)s RETURNING id;
+
+-- name: database_now --
+-- The database clock.
+SELECT now() AS now;
+
+-- name: jobs_to_materialize --
+-- Jobs whose next occurrence falls within the horizon, locked for this scheduler alone.
+SELECT * FROM jobs
+WHERE paused_at IS NULL AND next_run_at <= now() + %(horizon_s)s * interval '1 second'
+ORDER BY next_run_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: insert_occurrences --
+-- A job's occurrences as tasks; one already made (by any scheduler) is not made again.
+INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
+                   job_id, concurrency_policy)
+SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
+       j.concurrency_policy
+FROM jobs j, unnest(%(occurrences)s::timestamptz[]) AS o(at)
+WHERE j.id = %(id)s
+ON CONFLICT (job_id, scheduled_at) DO NOTHING
+RETURNING id;
+
+-- name: advance_job --
+-- Remember the next occurrence not yet made a task.
+UPDATE jobs SET next_run_at = %(next_run_at)s WHERE id = %(id)s;
+
+-- name: skip_forbidden --
+-- concurrency_policy forbid: a due occurrence whose job still runs an earlier one is
+-- skipped (never started), as a Kubernetes CronJob does.
+UPDATE tasks t
+SET cancelled_at = now(), error = 'skipped: concurrency_policy forbid'
+WHERE t.concurrency_policy = 'forbid' AND t.due_at <= now()
+  AND t.picked_at IS NULL AND t.cancelled_at IS NULL
+  AND t.completed_at IS NULL AND t.failed_at IS NULL
+  AND EXISTS (SELECT 1 FROM tasks r
+              WHERE r.job_id = t.job_id AND r.id <> t.id AND r.picked_at IS NOT NULL
+                AND r.completed_at IS NULL AND r.failed_at IS NULL
+                AND r.cancelled_at IS NULL)
+RETURNING t.id, t.job_id;
+
+-- name: replace_running --
+-- concurrency_policy replace: an earlier occurrence not finished when a later one is due
+-- is cancelled; returns where the cancelled ones run, to signal their workers.
+UPDATE tasks r
+SET cancelled_at = now()
+WHERE r.concurrency_policy = 'replace'
+  AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
+  AND EXISTS (SELECT 1 FROM tasks t
+              WHERE t.job_id = r.job_id AND t.scheduled_at > r.scheduled_at
+                AND t.due_at <= now() AND t.cancelled_at IS NULL
+                AND t.completed_at IS NULL AND t.failed_at IS NULL)
+RETURNING r.id, r.job_id, r.started_at, r.worker_id;

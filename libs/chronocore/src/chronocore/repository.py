@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from chronocore.cron import Schedule
+from chronocore.jobs import JobSpec, patched, plan
 from chronocore.model import Submission
 from chronocore.queries import QUERIES
 
@@ -202,3 +205,139 @@ class TaskRepository:
     def _run(self, name: str, params: dict[str, Any]) -> None:
         with self._pool.connection() as conn:
             conn.execute(QUERIES[name], params)
+
+
+class JobExists(Exception):
+    """Another job already has this name."""
+
+
+class JobRepository:
+    """Recurring jobs, and their materialization into tasks (see chronocore.jobs)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def database_now(self) -> datetime:
+        with self._pool.connection() as conn:
+            return conn.execute(QUERIES["database_now"]).fetchone()["now"]
+
+    def create(self, spec: JobSpec) -> tuple[int, bool]:
+        """Store a job; returns ``(job_id, created)`` like ``TaskRepository.submit``."""
+        request_hash = spec.request_hash()
+        with self._pool.connection() as conn:
+            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
+            first = next(spec.schedule.after(now - timedelta(microseconds=1)))
+            try:
+                row = conn.execute(
+                    QUERIES["insert_job"],
+                    {**self._columns(spec), "next_run_at": first,
+                     "idempotency_key": spec.idempotency_key, "request_hash": request_hash},
+                ).fetchone()
+            except psycopg.errors.UniqueViolation:
+                raise JobExists(f"a job named {spec.name!r} exists already") from None
+            if row is not None:
+                return row["id"], True
+            existing = conn.execute(QUERIES["job_by_idempotency_key"],
+                                    {"key": spec.idempotency_key}).fetchone()
+        if existing is None:
+            return self.create(spec)
+        if existing["request_hash"] != request_hash:
+            raise IdempotencyConflict(existing["id"])
+        return existing["id"], False
+
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        with self._pool.connection() as conn:
+            return conn.execute(QUERIES["get_job"], {"id": job_id}).fetchone()
+
+    def list(self, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn:
+            return conn.execute(QUERIES["list_jobs"],
+                                {"before": before, "limit": limit}).fetchall()
+
+    def update(self, job_id: int, patch: object) -> dict[str, Any] | None:
+        """Apply a PATCH; None if there is no such job.
+
+        A new schedule takes effect from the first occurrence after both now and the last
+        one already made a task; resuming starts from now (what fell in the pause is not
+        run); pausing cancels the tasks made ahead of time that no coordinator took yet.
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(QUERIES["lock_job"], {"id": job_id}).fetchone()
+            if row is None:
+                return None
+            spec = patched(row, patch)
+            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
+            next_run_at = row["next_run_at"]
+            rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
+                row["cron"], row["timezone"])
+            resumed = row["paused_at"] is not None and not spec.paused
+            if rescheduled or resumed:
+                last = conn.execute(QUERIES["last_occurrence"], {"id": job_id}).fetchone()["at"]
+                start = now if resumed or last is None else max(now, last)
+                next_run_at = next(spec.schedule.after(start))
+            try:
+                conn.execute(QUERIES["update_job"], {**self._columns(spec), "id": job_id,
+                                                     "next_run_at": next_run_at})
+            except psycopg.errors.UniqueViolation:
+                raise JobExists(f"a job named {spec.name!r} exists already") from None
+            if spec.paused and row["paused_at"] is None:
+                conn.execute(QUERIES["cancel_pending_of_job"],
+                             {"id": job_id, "reason": "skipped: job paused"})
+            return conn.execute(QUERIES["get_job"], {"id": job_id}).fetchone()
+
+    def delete(self, job_id: int) -> bool:
+        with self._pool.connection() as conn:
+            return conn.execute(QUERIES["delete_job"], {"id": job_id}).fetchone() is not None
+
+    def materialize(self, *, horizon_s: float, limit: int = 100) -> list[dict[str, Any]]:
+        """One step: turn due occurrences of up to ``limit`` jobs into tasks.
+
+        Jobs are locked with SKIP LOCKED, so racing schedulers share the work; the unique
+        (job_id, scheduled_at) key makes any overlap harmless. Returns per job what was
+        made and skipped.
+        """
+        made = []
+        with self._pool.connection() as conn, conn.transaction():
+            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
+            jobs = conn.execute(QUERIES["jobs_to_materialize"],
+                                {"horizon_s": horizon_s, "limit": limit}).fetchall()
+            for job in jobs:
+                step = plan(
+                    schedule=Schedule(job["cron"], job["timezone"]),
+                    next_run_at=job["next_run_at"], now=now,
+                    horizon=timedelta(seconds=horizon_s),
+                    misfire_policy=job["misfire_policy"],
+                    starting_deadline_s=job["starting_deadline_s"],
+                    max_catchup=job["max_catchup"],
+                )
+                inserted = []
+                if step.occurrences:
+                    inserted = conn.execute(
+                        QUERIES["insert_occurrences"],
+                        {"id": job["id"], "occurrences": step.occurrences},
+                    ).fetchall()
+                conn.execute(QUERIES["advance_job"],
+                             {"id": job["id"], "next_run_at": step.next_run_at})
+                made.append({"job_id": job["id"], "tasks": [r["id"] for r in inserted],
+                             "skipped": step.skipped})
+        return made
+
+    def enforce_concurrency(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """forbid: skip due occurrences while an earlier one runs; replace: cancel the
+        earlier one. Returns ``(skipped, replaced)`` rows."""
+        with self._pool.connection() as conn:
+            skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
+            replaced = conn.execute(QUERIES["replace_running"]).fetchall()
+        return skipped, replaced
+
+    @staticmethod
+    def _columns(spec: JobSpec) -> dict[str, Any]:
+        return {
+            "name": spec.name, "command": spec.command, "cron": spec.schedule.expression,
+            "timezone": spec.schedule.timezone, "delivery": spec.delivery,
+            "max_attempts": spec.max_attempts, "timeout_s": spec.timeout_s,
+            "env": Jsonb(spec.env), "concurrency_policy": spec.concurrency_policy,
+            "misfire_policy": spec.misfire_policy,
+            "starting_deadline_s": spec.starting_deadline_s,
+            "max_catchup": spec.max_catchup, "paused": spec.paused,
+        }

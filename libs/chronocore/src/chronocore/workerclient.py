@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-import grpc
+import logging
 
+import grpc
+import psycopg
+
+from chronocore.registry import NodeRegistry
 from chronocore.rpc import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 CANCEL_TIMEOUT_S = 2.0
 
 
-def cancel_on_worker(address: str, task_id: int) -> bool:
-    """Ask the worker at ``address`` to terminate the task; True if it was running there.
+def cancel_on_worker(registry: NodeRegistry, worker_id: str, task_id: int) -> bool:
+    """Ask the worker running a task to terminate it now; True if it was running there.
 
-    Best effort: a worker that cannot be reached also finds the cancellation in the
-    database at its next heartbeat.
+    Best effort: a worker that cannot be reached finds the cancellation in the database
+    at its next heartbeat anyway.
     """
-    with grpc.insecure_channel(address) as channel:
-        stub = worker_pb2_grpc.WorkerStub(channel)
-        reply = stub.Cancel(worker_pb2.CancelRequest(task_id=task_id),
-                            timeout=CANCEL_TIMEOUT_S)
-    return reply.signalled
+    try:
+        address = registry.worker_address(worker_id)
+        if not address:
+            return False
+        with grpc.insecure_channel(address) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            reply = stub.Cancel(worker_pb2.CancelRequest(task_id=task_id),
+                                timeout=CANCEL_TIMEOUT_S)
+        return reply.signalled
+    except (grpc.RpcError, psycopg.Error) as exc:
+        log.warning("task %s: could not reach worker %s to cancel: %s", task_id, worker_id,
+                    exc)
+        return False

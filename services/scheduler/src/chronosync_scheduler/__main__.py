@@ -15,9 +15,10 @@ from chronocore import db
 from chronocore.config import Config, ConfigError, split_host_port
 from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
 from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
-from chronocore.repository import TaskRepository
+from chronocore.repository import JobRepository, TaskRepository
 from chronosync_scheduler.api import Api
 from chronosync_scheduler.http import make_server
+from chronosync_scheduler.materializer import Materializer
 
 log = logging.getLogger("chronosync.scheduler")
 
@@ -38,7 +39,10 @@ def main() -> int:
         return 0
     pool = db.open_pool(config.dsn, size=config.pool_size, name="scheduler")
     registry = NodeRegistry(pool, node_id=node_id, kind="scheduler", address=config.http_addr)
-    api = Api(repo=TaskRepository(pool), registry=registry, ttl_s=config.node_ttl_s)
+    jobs = JobRepository(pool)
+    api = Api(repo=TaskRepository(pool), jobs=jobs, registry=registry,
+              ttl_s=config.node_ttl_s)
+    materializer = Materializer(jobs=jobs, registry=registry, horizon_s=config.horizon_s)
     try:
         server = make_server(api, host=host, port=port)
     except OSError as exc:
@@ -50,11 +54,13 @@ def main() -> int:
     except psycopg.OperationalError as exc:
         log.warning("could not register yet (%s); the heartbeat will", exc)
     heartbeat.start()
+    materializer.start()
     serving = threading.Thread(target=server.serve_forever, name="http")
     serving.start()
     log.info("scheduler listening on http://%s:%d", *server.server_address[:2])
 
     stop.wait()
+    materializer.stop()
     server.shutdown()
     serving.join()
     server.server_close()

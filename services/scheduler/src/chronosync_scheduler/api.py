@@ -11,9 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-import psycopg
-
+from chronocore.jobs import job_resource, parse_job
 from chronocore.model import (
     STATUSES,
     ValidationError,
@@ -22,7 +20,7 @@ from chronocore.model import (
     task_resource,
 )
 from chronocore.registry import NodeRegistry
-from chronocore.repository import IdempotencyConflict, TaskRepository
+from chronocore.repository import IdempotencyConflict, JobExists, JobRepository, TaskRepository
 from chronocore.workerclient import cancel_on_worker
 
 log = logging.getLogger(__name__)
@@ -54,29 +52,70 @@ def _int_param(query: dict[str, str], name: str) -> int | None:
     return int(raw)
 
 
+def _limit(query: dict[str, str]) -> int:
+    limit = _int_param(query, "limit")
+    if limit is None:
+        return DEFAULT_LIMIT
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError(f"limit must be between 1 and {MAX_LIMIT}", "limit")
+    return limit
+
+
 @dataclass
 class Api:
     repo: TaskRepository
+    jobs: JobRepository
     registry: NodeRegistry
     ttl_s: float
 
     def schedule(self, body: Any) -> tuple[int, dict[str, Any]]:
-        submission = parse_submission(body)
+        """A one-off task, or a recurring job when the body has ``cron``."""
         try:
-            task_id, created = self.repo.submit(submission)
+            if isinstance(body, dict) and body.get("cron") is not None:
+                job_id, created = self.jobs.create(parse_job(body))
+                return (201 if created else 200), self._job(job_id)
+            task_id, created = self.repo.submit(parse_submission(body))
         except IdempotencyConflict as exc:
             raise ApiError(409, str(exc), "idempotency_key") from None
+        except JobExists as exc:
+            raise ApiError(409, str(exc), "name") from None
         return (201 if created else 200), self._task(task_id)
+
+    def list_jobs(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        limit = _limit(query)
+        rows = self.jobs.list(before=_int_param(query, "before"), limit=limit)
+        now = self.jobs.database_now()
+        next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
+        return 200, {"jobs": [job_resource(r, now=now) for r in rows], "next": next_cursor}
+
+    def get_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
+        return 200, self._job(job_id)
+
+    def patch_job(self, job_id: int, body: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            row = self.jobs.update(job_id, body)
+        except JobExists as exc:
+            raise ApiError(409, str(exc), "name") from None
+        if row is None:
+            raise ApiError(404, f"no job {job_id}")
+        return 200, job_resource(row, now=self.jobs.database_now())
+
+    def delete_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
+        if not self.jobs.delete(job_id):
+            raise ApiError(404, f"no job {job_id}")
+        return 204, {}
+
+    def _job(self, job_id: int) -> dict[str, Any]:
+        row = self.jobs.get(job_id)
+        if row is None:
+            raise ApiError(404, f"no job {job_id}")
+        return job_resource(row, now=self.jobs.database_now())
 
     def list_tasks(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         status = query.get("status")
         if status is not None and status not in STATUSES:
             raise ValidationError(f"status must be one of {', '.join(STATUSES)}", "status")
-        limit = _int_param(query, "limit")
-        if limit is None:
-            limit = DEFAULT_LIMIT
-        elif not 1 <= limit <= MAX_LIMIT:
-            raise ValidationError(f"limit must be between 1 and {MAX_LIMIT}", "limit")
+        limit = _limit(query)
         rows = self.repo.list(status=status, job_id=_int_param(query, "job_id"),
                               before=_int_param(query, "before"), limit=limit)
         next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
@@ -93,7 +132,7 @@ class Api:
                 raise ApiError(409, f"task {task_id} already {task['status']}")
             return 200, task  # cancelled already: cancelling again changes nothing
         if changed["started_at"] is not None and changed["worker_id"]:
-            self._signal_worker(changed["worker_id"], task_id)
+            cancel_on_worker(self.registry, changed["worker_id"], task_id)
         return 200, self._task(task_id)
 
     def list_nodes(self) -> tuple[int, dict[str, Any]]:
@@ -119,12 +158,3 @@ class Api:
         row, attempts = found
         return task_resource(row, attempts)
 
-    def _signal_worker(self, worker_id: str, task_id: int) -> None:
-        """Tell the worker now; if that fails it finds out at its next heartbeat."""
-        try:
-            address = self.registry.worker_address(worker_id)
-            if address:
-                cancel_on_worker(address, task_id)
-        except (grpc.RpcError, psycopg.Error) as exc:
-            log.warning("task %s: could not reach worker %s to cancel: %s", task_id,
-                        worker_id, exc)

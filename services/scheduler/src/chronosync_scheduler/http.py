@@ -66,6 +66,12 @@ def _task_id(raw: str) -> int:
     return int(raw)
 
 
+def _job_id(raw: str) -> int:
+    if not is_decimal(raw) or int(raw) > MAX_ID:
+        raise ApiError(404, f"no job {raw}")
+    return int(raw)
+
+
 class Routes:
     """``(method, path pattern) -> handler``; a handler gets path groups, query, body."""
 
@@ -77,6 +83,12 @@ class Routes:
              lambda tid, q, b: api.get_task(_task_id(tid))),
             ("POST", re.compile(r"/tasks/([^/]+)/cancel"),
              lambda tid, q, b: api.cancel_task(_task_id(tid))),
+            ("GET", re.compile(r"/jobs"), lambda q, b: api.list_jobs(q)),
+            ("GET", re.compile(r"/jobs/([^/]+)"), lambda jid, q, b: api.get_job(_job_id(jid))),
+            ("PATCH", re.compile(r"/jobs/([^/]+)"),
+             lambda jid, q, b: api.patch_job(_job_id(jid), b)),
+            ("DELETE", re.compile(r"/jobs/([^/]+)"),
+             lambda jid, q, b: api.delete_job(_job_id(jid))),
             ("GET", re.compile(r"/nodes"), lambda q, b: api.list_nodes()),
             ("GET", re.compile(r"/healthz"), lambda q, b: (200, {"status": "ok"})),
             ("GET", re.compile(r"/readyz"), lambda q, b: api.ready()),
@@ -162,7 +174,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         return decode_json(raw)
 
     def _send(self, status: int, body: dict[str, Any], *, head_only: bool) -> None:
-        payload = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+        payload = b""
+        if status != 204:  # "No Content" has no body at all
+            payload = (json.dumps(body, separators=(",", ":")) + "\n").encode()
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))

@@ -1,0 +1,124 @@
+"""Cron expressions and time zones for recurring jobs: parsing with errors that say what
+is wrong, the occurrences of a window, the next runs, and the expression in words.
+
+The arithmetic is cronsim's, which follows Debian cron across daylight-saving changes:
+- a job whose fixed time falls in the hour skipped in spring runs once, right after the
+  jump (02:30 on the spring-forward night runs at 03:00);
+- a job whose fixed time falls in the hour repeated in autumn runs once, the first time;
+- a job with a wildcard hour (hourly, every minute) runs by the real elapsed time, so it
+  has one run fewer in the skipped hour and the repeated hour's runs twice.
+
+Expressions: 5 fields (minute first) or 6 (seconds first), names of months and weekdays,
+``L`` and ``#``, and the aliases ``@yearly @annually @monthly @weekly @daily @midnight
+@hourly``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from chronocore.model import ValidationError
+
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+MAX_EXPRESSION_CHARS = 200
+# An expression must fire within this span to be accepted (leap days fire every 4 years,
+# "the 30th of February" never).
+FIRST_RUN_WITHIN = timedelta(days=366 * 8 + 2)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A validated cron expression in a time zone."""
+
+    expression: str  # as the user wrote it
+    timezone: str
+
+    @property
+    def _expanded(self) -> str:
+        return ALIASES.get(self.expression.strip().lower(), self.expression)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def after(self, instant: datetime) -> Iterator[datetime]:
+        """Occurrences strictly after ``instant``, in UTC."""
+        for local in CronSim(self._expanded, instant.astimezone(self.zone)):
+            yield local.astimezone(UTC)
+
+    def before(self, instant: datetime) -> Iterator[datetime]:
+        """Occurrences strictly before ``instant``, latest first, in UTC."""
+        for local in CronSim(self._expanded, instant.astimezone(self.zone), reverse=True):
+            yield local.astimezone(UTC)
+
+    def next_runs(self, instant: datetime, count: int = 5) -> list[datetime]:
+        runs = []
+        for occurrence in self.after(instant):
+            runs.append(occurrence)
+            if len(runs) == count:
+                break
+        return runs
+
+    def describe(self) -> str:
+        """The expression in words, e.g. "Every fifth minute of every hour on Monday
+        through Friday"."""
+        return CronSim(self._expanded, datetime.now(self.zone)).explain()
+
+
+def parse_timezone(value: object, *, field: str = "timezone") -> str:
+    if value is None:
+        return "UTC"
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{field} must be an IANA time zone name like Europe/Berlin",
+                              field)
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValidationError(
+            f"{field}: unknown time zone {value[:64]!r}; use an IANA name like Europe/Berlin",
+            field,
+        ) from None
+    return value
+
+
+def parse_schedule(expression: object, timezone: object, *,
+                   now: datetime | None = None) -> Schedule:
+    """Validate a cron expression and time zone; errors name the field and the problem."""
+    zone = parse_timezone(timezone)
+    if not isinstance(expression, str) or not expression.strip():
+        raise ValidationError("cron must be a non-empty cron expression string", "cron")
+    if len(expression) > MAX_EXPRESSION_CHARS or "\x00" in expression:
+        raise ValidationError("cron is not a plausible cron expression", "cron")
+    schedule = Schedule(expression.strip(), zone)
+    expanded = schedule._expanded
+    if expanded.startswith("@"):
+        raise ValidationError(
+            f"cron: unknown alias {expression!r}; use one of {', '.join(ALIASES)}", "cron")
+    fields = len(expanded.split())
+    if fields not in (5, 6):
+        raise ValidationError(
+            f"cron has {fields} fields; use 5 (minute hour day month weekday) or 6 "
+            "(second first)", "cron")
+    start = now or datetime.now(UTC)
+    try:
+        first = next(schedule.after(start), None)
+    except CronSimError as exc:
+        raise ValidationError(f"cron: {exc}", "cron") from None
+    except (ValueError, OverflowError) as exc:
+        raise ValidationError(f"cron: not a valid expression ({exc})", "cron") from None
+    if first is None or first - start > FIRST_RUN_WITHIN:
+        raise ValidationError("cron never fires (no run within eight years)", "cron")
+    return schedule

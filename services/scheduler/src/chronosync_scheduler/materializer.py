@@ -1,0 +1,65 @@
+"""The materializer: every scheduler turns recurring jobs' occurrences into tasks a short
+horizon ahead, and applies the jobs' concurrency policies as occurrences fall due.
+
+All schedulers run it at once and are equal: jobs are shared out with SKIP LOCKED and
+each occurrence is one task by a unique key, so no leader is needed and none can be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg
+
+from chronocore.registry import NodeRegistry
+from chronocore.repository import JobRepository
+from chronocore.workerclient import cancel_on_worker
+
+log = logging.getLogger(__name__)
+
+# How often a scheduler looks for occurrences to make and policies to apply: well under
+# a second, so a per-second job is made in time and a pause or forbid acts within one.
+STEP_EVERY_S = 0.2
+
+
+class Materializer:
+    def __init__(self, *, jobs: JobRepository, registry: NodeRegistry,
+                 horizon_s: float) -> None:
+        self._jobs = jobs
+        self._registry = registry
+        self._horizon_s = horizon_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="materializer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def run_once(self) -> None:
+        for made in self._jobs.materialize(horizon_s=self._horizon_s):
+            if made["skipped"]:
+                log.warning("job %s: %d missed occurrences skipped by its misfire policy",
+                            made["job_id"], made["skipped"])
+        skipped, replaced = self._jobs.enforce_concurrency()
+        for row in skipped:
+            log.info("job %s: task %s skipped (forbid: an earlier run is in flight)",
+                     row["job_id"], row["id"])
+        for row in replaced:
+            log.info("job %s: task %s cancelled (replace: a later run is due)",
+                     row["job_id"], row["id"])
+            if row["started_at"] is not None and row["worker_id"]:
+                cancel_on_worker(self._registry, row["worker_id"], row["id"])
+
+    def _loop(self) -> None:
+        while not self._stop.wait(STEP_EVERY_S):
+            try:
+                self.run_once()
+            except psycopg.Error as exc:
+                log.warning("materializer: database error: %s", exc)
+            except Exception:
+                log.exception("materializer step failed")
