@@ -182,7 +182,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
         postgres = _dev_postgres(Path(args.data_dir) if args.data_dir else None)
         dsn = postgres.dsn()
         print(f"dev: ephemeral PostgreSQL at {dsn} (data in {postgres.datadir})", flush=True)
-    cluster = ProcessCluster(dsn=dsn)
+    cluster = ProcessCluster(dsn=dsn, env=_dev_node_env(postgres, args))
     try:
         apply_migrations(dsn)
         cluster.start("scheduler")
@@ -203,6 +203,33 @@ def cmd_dev(args: argparse.Namespace) -> None:
         if postgres is not None:
             postgres.stop()
             shutil.rmtree(postgres.datadir, ignore_errors=True)
+
+
+def _dev_node_env(postgres: Any, args: argparse.Namespace) -> dict[str, str]:
+    """Throwaway mutual-TLS certificates for the cluster, and unprivileged commands."""
+    from chronocore.tls import make_certs
+
+    base = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(
+        prefix="chronosync-dev-certs-"))
+    files = make_certs(base / "certs")["node"]
+    env = {"CHRONOSYNC_TLS_CA": str(files.ca), "CHRONOSYNC_TLS_CERT": str(files.cert),
+           "CHRONOSYNC_TLS_KEY": str(files.key)}
+    if os.geteuid() == 0 and not (os.environ.get("CHRONOSYNC_RUN_AS")
+                                  or os.environ.get("CHRONOSYNC_ALLOW_ROOT")):
+        env["CHRONOSYNC_RUN_AS"] = "nobody"
+        print("dev: running as root, so commands run as 'nobody' (set CHRONOSYNC_RUN_AS "
+              "to choose another user)", flush=True)
+    print(f"dev: throwaway TLS certificates in {files.ca.parent}", flush=True)
+    return env
+
+
+def cmd_certs(args: argparse.Namespace) -> None:
+    """A throwaway CA and node certificate (openssl), for development and compose."""
+    from chronocore.tls import make_certs
+
+    files = make_certs(Path(args.directory))["node"]
+    print(f"CHRONOSYNC_TLS_CA={files.ca}\nCHRONOSYNC_TLS_CERT={files.cert}\n"
+          f"CHRONOSYNC_TLS_KEY={files.key}")
 
 
 def _dev_postgres(data_dir: Path | None) -> Any:
@@ -265,6 +292,9 @@ def parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
     sub.add_parser("nodes", help="nodes and their liveness").set_defaults(func=cmd_nodes)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    c = sub.add_parser("certs", help="write a throwaway CA and node certificate")
+    c.add_argument("directory")
+    c.set_defaults(func=cmd_certs)
     d = sub.add_parser("dev", help="run a local cluster in the foreground")
     d.add_argument("--coordinators", type=int, default=2)
     d.add_argument("--workers", type=int, default=2)

@@ -6,6 +6,7 @@ at start-up with a message naming the variable, never later.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _allowlist(raw: str | None) -> tuple[str, ...] | None:
+    """Newline-separated command prefixes (commands may contain commas)."""
+    if raw is None or not raw.strip():
+        return None
+    return tuple(line.strip() for line in raw.splitlines() if line.strip())
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     dsn: str
@@ -62,6 +70,16 @@ class Config:
     pool_size: int = 4
     # Schedulers make a recurring job's tasks this far ahead of their time.
     horizon_s: float = 5.0
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Workers: run commands as this user (when started as root); root only if allowed.
+    run_as: str | None = None
+    allow_root: bool = False
+    # Workers: command prefixes allowed here (None: any command).
+    command_allowlist: tuple[str, ...] | None = None
+    # Listen beyond loopback without a token (scheduler) or TLS (worker).
+    insecure: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -89,7 +107,23 @@ class Config:
             ),
             pool_size=_int(env, "CHRONOSYNC_POOL_SIZE", defaults.pool_size),
             horizon_s=_float(env, "CHRONOSYNC_HORIZON_S", defaults.horizon_s),
+            tls_ca=env.get("CHRONOSYNC_TLS_CA") or None,
+            tls_cert=env.get("CHRONOSYNC_TLS_CERT") or None,
+            tls_key=env.get("CHRONOSYNC_TLS_KEY") or None,
+            run_as=env.get("CHRONOSYNC_RUN_AS") or None,
+            allow_root=env.get("CHRONOSYNC_ALLOW_ROOT") == "1",
+            command_allowlist=_allowlist(env.get("CHRONOSYNC_COMMAND_ALLOWLIST")),
+            insecure=env.get("CHRONOSYNC_INSECURE") == "1",
         )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def split_host_port(addr: str, *, name: str) -> tuple[str, int]:

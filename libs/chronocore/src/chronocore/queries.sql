@@ -102,6 +102,14 @@ WITH started AS (
 )
 SELECT attempt, scheduled_at FROM started;
 
+-- name: refuse_task --
+-- A worker will not run this command (its allowlist): failed, never started; fenced.
+UPDATE tasks
+SET failed_at = now(), error = %(error)s, worker_id = %(worker_id)s
+WHERE id = %(id)s AND claim_token = %(token)s
+  AND started_at IS NULL AND cancelled_at IS NULL
+RETURNING id;
+
 -- name: mark_finished --
 -- Record how an attempt ended, fenced by token; a failed at_least_once attempt with
 -- attempts left goes back to the queue after an exponential backoff instead.

@@ -180,6 +180,12 @@ class TaskRepository:
         row = self._one("mark_started", {"id": task_id, "token": token, "worker_id": worker_id})
         return None if row is None else row["attempt"]
 
+    def refuse(self, task: ClaimedTask, *, worker_id: str, error: str) -> bool:
+        """Fail a claimed task this worker will not run (never started); fenced."""
+        row = self._one("refuse_task", {"id": task.id, "token": task.token,
+                                        "worker_id": worker_id, "error": error})
+        return row is not None
+
     def mark_finished(self, *, task_id: int, token: uuid.UUID, outcome: Outcome) -> bool:
         """Record an attempt's end; False when fenced off (someone else owns the task)."""
         row = self._one(

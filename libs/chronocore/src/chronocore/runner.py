@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import selectors
 import signal
 import subprocess
@@ -26,6 +27,36 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 _READ_CHUNK = 64 * 1024
 _DRAIN_S = 1.0
 _NEVER = float("inf")
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged user a root worker runs commands as (CHRONOSYNC_RUN_AS)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        entry = pwd.getpwnam(name)  # KeyError when there is no such user
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+# With an allowlist, a command must be an allowed prefix followed by plain arguments:
+# shell control characters could chain anything after an allowed prefix.
+SHELL_CONTROL = set(";&|`$()<>\n\\")
+
+
+def allowed(command: str, allowlist: tuple[str, ...] | None) -> bool:
+    """Whether a worker with this allowlist may run the command (None: anything)."""
+    if allowlist is None:
+        return True
+    if SHELL_CONTROL & set(command):
+        return False
+    return any(command == prefix or command.startswith(prefix.rstrip() + " ")
+               for prefix in allowlist)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,10 +79,13 @@ def _killpg(pgid: int, sig: int) -> None:
 class CommandRun:
     def __init__(self, *, command: str, env: Mapping[str, str], cwd: str,
                  timeout_s: float | None, kill_grace_s: float,
-                 reaper: Reaper | None = None) -> None:
+                 reaper: Reaper | None = None, run_as: RunAs | None = None) -> None:
         self._command = command
         self._reaper = reaper
+        self._run_as = run_as
         self._env = dict(env)
+        if run_as is not None:
+            self._env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
         self._cwd = cwd
         self._timeout_s = timeout_s
         self._kill_grace_s = kill_grace_s
@@ -90,6 +124,7 @@ class CommandRun:
                         env=self._env,
                         start_new_session=True,
                         close_fds=True,
+                        **self._identity(),
                     )
                 except OSError as exc:
                     return RunResult(succeeded=False, exit_code=None,
@@ -153,6 +188,11 @@ class CommandRun:
             return RunResult(succeeded=True, exit_code=0, error=None, output=output)
         return RunResult(succeeded=False, exit_code=exit_code, error=f"exit {exit_code}",
                          output=output)
+
+    def _identity(self) -> dict[str, object]:
+        if self._run_as is None:
+            return {}
+        return {"user": self._run_as.uid, "group": self._run_as.gid, "extra_groups": []}
 
     def _escalate(self, *, now: float, deadline: float | None, pgid: int) -> None:
         """Timeout or cancel: SIGTERM the group once, SIGKILL it after the grace period."""

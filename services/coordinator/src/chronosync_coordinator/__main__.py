@@ -16,6 +16,7 @@ from chronocore.config import Config, ConfigError
 from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
 from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
 from chronocore.repository import Backoff, TaskRepository
+from chronocore.tls import TlsFiles
 from chronosync_coordinator.claim import ClaimLoop
 from chronosync_coordinator.dispatch import Dispatcher
 from chronosync_coordinator.recovery import sweep
@@ -28,6 +29,7 @@ def main() -> int:
     setup_logging(node_id)
     try:
         config = Config.from_env()
+        tls = TlsFiles.from_config(config)
     except ConfigError as exc:
         log.error("bad configuration: %s", exc)
         return 2
@@ -39,7 +41,7 @@ def main() -> int:
                                                 max_s=config.retry_backoff_max_s))
     registry = NodeRegistry(pool, node_id=node_id, kind="coordinator")
     dispatcher = Dispatcher(registry, coordinator_id=node_id, ttl_s=config.node_ttl_s,
-                            refresh_s=config.heartbeat_s)
+                            refresh_s=config.heartbeat_s, tls=tls)
     heartbeat = Heartbeat(
         registry, interval_s=config.heartbeat_s,
         on_beat=lambda: sweep(repo, ttl_s=config.node_ttl_s,

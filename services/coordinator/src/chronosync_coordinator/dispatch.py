@@ -20,6 +20,7 @@ from chronocore.model import format_timestamp
 from chronocore.registry import NodeRegistry
 from chronocore.repository import ClaimedTask
 from chronocore.rpc import worker_pb2, worker_pb2_grpc
+from chronocore.tls import TlsFiles, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ def to_message(task: ClaimedTask) -> worker_pb2.Task:
 
 class Dispatcher:
     def __init__(self, registry: NodeRegistry, *, coordinator_id: str, ttl_s: float,
-                 refresh_s: float) -> None:
+                 refresh_s: float, tls: TlsFiles | None) -> None:
         self._registry = registry
+        self._tls = tls
         self._coordinator_id = coordinator_id
         self._ttl_s = ttl_s
         self._refresh_s = refresh_s
@@ -142,5 +144,5 @@ class Dispatcher:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(address)
+                channel = self._channels[address] = open_channel(address, self._tls)
             return channel

@@ -12,10 +12,11 @@ import threading
 import psycopg
 
 from chronocore import db
-from chronocore.config import Config, ConfigError, split_host_port
+from chronocore.config import Config, ConfigError, is_loopback, split_host_port
 from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
 from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
 from chronocore.repository import JobRepository, TaskRepository
+from chronocore.tls import TlsFiles
 from chronosync_scheduler.api import Api
 from chronosync_scheduler.http import make_server
 from chronosync_scheduler.materializer import Materializer
@@ -33,18 +34,29 @@ def main() -> int:
         log.error("bad configuration: %s", exc)
         return 2
     if config.api_token is None:
+        if not is_loopback(host) and not config.insecure:
+            log.error("refusing to serve %s without CHRONOSYNC_API_TOKEN: anyone who can "
+                      "reach it could run commands on the cluster. Set a token, or "
+                      "CHRONOSYNC_INSECURE=1 if a network boundary protects it.", config.http_addr)
+            return 2
         log.warning("CHRONOSYNC_API_TOKEN is not set: the API accepts anyone (dev only)")
     stop = stop_event_on_signals()
     if not migrate_when_reachable(config.dsn, stop):
         return 0
     pool = db.open_pool(config.dsn, size=config.pool_size, name="scheduler")
+    try:
+        tls = TlsFiles.from_config(config)
+    except ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
     registry = NodeRegistry(pool, node_id=node_id, kind="scheduler", address=config.http_addr)
     jobs = JobRepository(pool)
     api = Api(repo=TaskRepository(pool), jobs=jobs, registry=registry,
-              ttl_s=config.node_ttl_s)
-    materializer = Materializer(jobs=jobs, registry=registry, horizon_s=config.horizon_s)
+              ttl_s=config.node_ttl_s, tls=tls)
+    materializer = Materializer(jobs=jobs, registry=registry, horizon_s=config.horizon_s,
+                                tls=tls)
     try:
-        server = make_server(api, host=host, port=port)
+        server = make_server(api, host=host, port=port, api_token=config.api_token)
     except OSError as exc:
         log.error("cannot listen on %s: %s", config.http_addr, exc)
         return 1

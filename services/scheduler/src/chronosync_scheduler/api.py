@@ -21,6 +21,7 @@ from chronocore.model import (
 )
 from chronocore.registry import NodeRegistry
 from chronocore.repository import IdempotencyConflict, JobExists, JobRepository, TaskRepository
+from chronocore.tls import TlsFiles
 from chronocore.workerclient import cancel_on_worker
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Api:
     jobs: JobRepository
     registry: NodeRegistry
     ttl_s: float
+    tls: TlsFiles | None = None
 
     def schedule(self, body: Any) -> tuple[int, dict[str, Any]]:
         """A one-off task, or a recurring job when the body has ``cron``."""
@@ -132,7 +134,7 @@ class Api:
                 raise ApiError(409, f"task {task_id} already {task['status']}")
             return 200, task  # cancelled already: cancelling again changes nothing
         if changed["started_at"] is not None and changed["worker_id"]:
-            cancel_on_worker(self.registry, changed["worker_id"], task_id)
+            cancel_on_worker(self.registry, changed["worker_id"], task_id, tls=self.tls)
         return 200, self._task(task_id)
 
     def list_nodes(self) -> tuple[int, dict[str, Any]]:

@@ -1,15 +1,27 @@
-"""The HTTP server: routing, body limits, JSON decoding and error shapes (SPEC §3).
+"""The HTTP server: routing, authentication, limits, JSON decoding and error shapes
+(SPEC §3).
 
 Every response is JSON. Client mistakes are 4xx with ``{"error", "field"}``; a database
 that cannot be reached is 503; anything unexpected is a 500 with a generic message (the
 traceback goes to the log, never to the client).
+
+What a hostile client cannot do: send more than 1 MiB (413), nest JSON deeper than
+``MAX_JSON_DEPTH``, hold a thread by sending slowly (a request's line, headers and body
+must arrive within ``REQUEST_DEADLINE_S``, or the connection is shut), or open more than
+``MAX_CONNECTIONS`` at once (the rest get a 503 and are closed). With a token configured,
+every route but the health checks needs ``Authorization: Bearer <token>``, compared in
+constant time.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
+import socket
+import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,8 +37,18 @@ from chronosync_scheduler.api import MAX_ID, Api, ApiError, is_decimal
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-# A client has this long to send each part of a request; a slow one loses its thread.
-SOCKET_TIMEOUT_S = 30.0
+MAX_JSON_DEPTH = 32
+# Each read may wait this long; a request as a whole must arrive within the deadline
+# (which also closes keep-alive connections left idle that long).
+SOCKET_TIMEOUT_S = 10.0
+REQUEST_DEADLINE_S = 15.0
+MAX_CONNECTIONS = 256
+UNAUTHENTICATED_PATHS = ("/healthz", "/readyz")
+_BUSY = b'{"error":"too many connections; try again","field":null}\n'
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY)
+)
 # curl -d sends form-urlencoded by default; we read the body as JSON whatever the label,
 # as long as the label is not clearly something else.
 ACCEPTED_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
@@ -50,14 +72,29 @@ def decode_json(raw: bytes) -> Any:
 
     try:
         text = raw.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant,
-                          object_pairs_hook=no_duplicates)
+        value = json.loads(text, parse_constant=_reject_constant,
+                           object_pairs_hook=no_duplicates)
     except UnicodeDecodeError:
         raise ValidationError("the body is not UTF-8") from None
     except RecursionError:
         raise ValidationError("the body is nested too deeply") from None
     except ValueError as exc:
         raise ValidationError(f"the body is not valid JSON: {exc}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValidationError(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest, level = 0, [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            level.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            level.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 def _task_id(raw: str) -> int:
@@ -116,6 +153,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     server_version = "ChronoSync"
     sys_version = ""
     routes: Routes  # set on a subclass by make_server
+    server: ApiServer
 
     def __getattr__(self, name: str) -> Any:
         # http.server calls do_<METHOD>; every method goes through the router, so an
@@ -124,8 +162,16 @@ class RequestHandler(BaseHTTPRequestHandler):
             return lambda: self._handle(name[3:])
         raise AttributeError(name)
 
+    def handle_one_request(self) -> None:
+        self.server.watch(self.connection)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.unwatch(self.connection)
+
     def _handle(self, method: str) -> None:
         try:
+            self._authenticate()
             status, body = self._route(method)
         except ApiError as exc:
             status, body = exc.status, {"error": exc.message, "field": exc.field}
@@ -140,6 +186,16 @@ class RequestHandler(BaseHTTPRequestHandler):
             status, body = 500, {"error": "internal error", "field": None}
         self._send(status, body, head_only=method == "HEAD")
 
+    def _authenticate(self) -> None:
+        token = self.server.api_token
+        if token is None or urlsplit(self.path).path in UNAUTHENTICATED_PATHS:
+            return
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), token.encode()
+        ):
+            raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
+
     def _route(self, method: str) -> tuple[int, dict[str, Any]]:
         try:
             parts = urlsplit(self.path)
@@ -148,6 +204,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         handler, groups = self.routes.match(method, parts.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         body = self._read_body() if self.routes.needs_body(method) else None
+        self.server.unwatch(self.connection)  # the request is in: its handling may take time
         return handler(*groups, query, body)
 
     def _read_body(self) -> Any:
@@ -180,6 +237,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="chronosync"')
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -202,8 +261,62 @@ class RequestHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def make_server(api: Api, *, host: str, port: int) -> ThreadingHTTPServer:
+class ApiServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them, each request within its
+    deadline (a watchdog thread shuts the sockets of those too slow)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[RequestHandler], *,
+                 api_token: str | None) -> None:
+        super().__init__(address, handler)
+        self.api_token = api_token
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._watchdog, name="http-watchdog", daemon=True).start()
+
+    def watch(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._deadlines[conn] = time.monotonic() + REQUEST_DEADLINE_S
+
+    def unwatch(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(conn, None)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(TOO_MANY_CONNECTIONS)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.unwatch(request)
+            self._slots.release()
+
+    def _watchdog(self) -> None:
+        while True:
+            time.sleep(0.5)
+            now = time.monotonic()
+            with self._lock:
+                late = [conn for conn, deadline in self._deadlines.items() if deadline < now]
+                for conn in late:
+                    del self._deadlines[conn]
+            for conn in late:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # the blocked read returns; thread ends
+                except OSError:
+                    pass
+
+
+def make_server(api: Api, *, host: str, port: int,
+                api_token: str | None = None) -> ApiServer:
     handler = type("BoundHandler", (RequestHandler,), {"routes": Routes(api)})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return ApiServer((host, port), handler, api_token=api_token)

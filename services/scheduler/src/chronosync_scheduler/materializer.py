@@ -14,6 +14,7 @@ import psycopg
 
 from chronocore.registry import NodeRegistry
 from chronocore.repository import JobRepository
+from chronocore.tls import TlsFiles
 from chronocore.workerclient import cancel_on_worker
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,9 @@ STEP_EVERY_S = 0.2
 
 class Materializer:
     def __init__(self, *, jobs: JobRepository, registry: NodeRegistry,
-                 horizon_s: float) -> None:
+                 horizon_s: float, tls: TlsFiles | None) -> None:
         self._jobs = jobs
+        self._tls = tls
         self._registry = registry
         self._horizon_s = horizon_s
         self._stop = threading.Event()
@@ -53,7 +55,7 @@ class Materializer:
             log.info("job %s: task %s cancelled (replace: a later run is due)",
                      row["job_id"], row["id"])
             if row["started_at"] is not None and row["worker_id"]:
-                cancel_on_worker(self._registry, row["worker_id"], row["id"])
+                cancel_on_worker(self._registry, row["worker_id"], row["id"], tls=self._tls)
 
     def _loop(self) -> None:
         while not self._stop.wait(STEP_EVERY_S):

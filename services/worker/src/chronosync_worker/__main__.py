@@ -17,12 +17,14 @@ import grpc
 import psycopg
 
 from chronocore import db
-from chronocore.config import Config, ConfigError, split_host_port
+from chronocore.config import Config, ConfigError, is_loopback, split_host_port
 from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
 from chronocore.reaper import Reaper
 from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
 from chronocore.repository import Backoff, TaskRepository
 from chronocore.rpc import worker_pb2_grpc
+from chronocore.runner import RunAs
+from chronocore.tls import TlsFiles
 from chronosync_worker.pool import SlotPool
 from chronosync_worker.server import WorkerServicer
 
@@ -39,6 +41,26 @@ def advertised_address(bound_host: str, port: int, override: str | None) -> str:
     return f"{bound_host}:{port}"
 
 
+def command_user(config: Config) -> RunAs | None:
+    """Who runs the commands: never root unless CHRONOSYNC_ALLOW_ROOT=1 says so."""
+    if config.run_as is not None:
+        if os.geteuid() != 0:
+            raise ConfigError("CHRONOSYNC_RUN_AS needs the worker to start as root")
+        try:
+            run_as = RunAs.lookup(config.run_as)
+        except KeyError:
+            raise ConfigError(f"CHRONOSYNC_RUN_AS: no user {config.run_as!r}") from None
+        if run_as.uid == 0 and not config.allow_root:
+            raise ConfigError("CHRONOSYNC_RUN_AS names root; set CHRONOSYNC_ALLOW_ROOT=1 "
+                              "if you really mean it")
+        return run_as
+    if os.geteuid() == 0 and not config.allow_root:
+        raise ConfigError("the worker runs as root and would run every command as root: "
+                          "set CHRONOSYNC_RUN_AS to an unprivileged user (or "
+                          "CHRONOSYNC_ALLOW_ROOT=1 if you really mean it)")
+    return None
+
+
 def main() -> int:
     node_id = new_node_id("worker")
     setup_logging(node_id)
@@ -46,6 +68,13 @@ def main() -> int:
         config = Config.from_env()
         host, _ = split_host_port(config.worker_addr, name="CHRONOSYNC_WORKER_ADDR")
         grace_s = float(os.environ.get("CHRONOSYNC_SHUTDOWN_GRACE_S", "30"))
+        tls = TlsFiles.from_config(config)
+        if tls is None and not is_loopback(host) and not config.insecure:
+            raise ConfigError(
+                f"CHRONOSYNC_WORKER_ADDR {config.worker_addr} is beyond loopback: configure "
+                "mutual TLS (CHRONOSYNC_TLS_CA/CERT/KEY) so only the cluster can dispatch "
+                "commands here, or set CHRONOSYNC_INSECURE=1")
+        run_as = command_user(config)
     except (ConfigError, ValueError) as exc:
         log.error("bad configuration: %s", exc)
         return 2
@@ -57,14 +86,20 @@ def main() -> int:
     repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
                                                 max_s=config.retry_backoff_max_s))
     workdir = config.workdir or tempfile.mkdtemp(prefix="chronosync-worker-")
+    if run_as is not None and not config.workdir:
+        os.chown(workdir, run_as.uid, run_as.gid)
     reaper = Reaper()
     slots = SlotPool(repo=repo, worker_id=node_id, capacity=config.worker_capacity,
-                     workdir=workdir, kill_grace_s=config.kill_grace_s, reaper=reaper)
+                     workdir=workdir, kill_grace_s=config.kill_grace_s, reaper=reaper,
+                     run_as=run_as, allowlist=config.command_allowlist)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS))
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(slots, worker_id=node_id),
                                                  server)
-    port = server.add_insecure_port(config.worker_addr)
+    if tls is None:
+        port = server.add_insecure_port(config.worker_addr)
+    else:
+        port = server.add_secure_port(config.worker_addr, tls.server_credentials())
     server.start()
     address = advertised_address(host, port, config.worker_advertise_addr)
 

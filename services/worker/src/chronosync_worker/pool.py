@@ -28,7 +28,7 @@ from chronocore import failpoints
 from chronocore.model import format_timestamp
 from chronocore.reaper import Reaper
 from chronocore.repository import ClaimedTask, Outcome, TaskRepository
-from chronocore.runner import CommandRun, RunResult
+from chronocore.runner import CommandRun, RunAs, RunResult, allowed
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,12 @@ class _Slot:
 
 class SlotPool:
     def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
-                 workdir: str, kill_grace_s: float, reaper: Reaper | None) -> None:
+                 workdir: str, kill_grace_s: float, reaper: Reaper | None,
+                 run_as: RunAs | None = None,
+                 allowlist: tuple[str, ...] | None = None) -> None:
         self._repo = repo
+        self._run_as = run_as
+        self._allowlist = allowlist
         self._worker_id = worker_id
         self.capacity = capacity
         self._workdir = workdir
@@ -133,6 +137,11 @@ class SlotPool:
                 self._repo.release([task])  # hand it back: another worker starts it now
                 log.info("task %s: handed back unstarted (draining)", task.id)
                 return
+            if not allowed(task.command, self._allowlist):
+                log.warning("task %s: command refused by this worker's allowlist", task.id)
+                self._repo.refuse(task, worker_id=self._worker_id,
+                                  error="spawn: command not allowed on this worker")
+                return
             try:
                 attempt = self._repo.mark_started(
                     task_id=task.id, token=task.token, worker_id=self._worker_id
@@ -155,6 +164,7 @@ class SlotPool:
                     timeout_s=task.timeout_s,
                     kill_grace_s=self._kill_grace_s,
                     reaper=self._reaper,
+                    run_as=self._run_as,
                 )
                 with self._lock:
                     slot.run = run
