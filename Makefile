@@ -26,8 +26,10 @@ dev: $(STAMP) ## run a local cluster (PostgreSQL, 1 scheduler, 2 coordinators, 2
 test: $(STAMP) ## run the whole test suite against a real PostgreSQL
 	$(BIN)/python -m pytest
 
-chaos-test: $(STAMP) ## the randomized kill-node scenarios (not written yet)
-	@echo "make chaos-test: not written yet" >&2; exit 1
+CHAOS_DURATION ?= 180
+chaos-test: $(STAMP) ## the randomized kill-node scenario (CHAOS_DURATION=180 s, CHAOS_SEED=N)
+	$(BIN)/python tests/chaos/chaos.py --duration $(CHAOS_DURATION) \
+		$(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 bench: $(STAMP) ## the benchmark (not written yet)
 	@echo "make bench: not written yet" >&2; exit 1

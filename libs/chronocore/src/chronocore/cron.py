@@ -7,6 +7,9 @@ The arithmetic is cronsim's, which follows Debian cron across daylight-saving ch
 - a job whose fixed time falls in the hour repeated in autumn runs once, the first time;
 - a job with a wildcard hour (hourly, every minute) runs by the real elapsed time, so it
   has one run fewer in the skipped hour and the repeated hour's runs twice.
+Expressions with a seconds field (6 fields) have no Debian counterpart and follow the
+wall clock: a time in the skipped hour does not happen, one in the repeated hour runs
+twice.
 
 Expressions: 5 fields (minute first) or 6 (seconds first), names of months and weekdays,
 ``L`` and ``#``, and the aliases ``@yearly @annually @monthly @weekly @daily @midnight
@@ -34,6 +37,8 @@ ALIASES = {
     "@hourly": "0 * * * *",
 }
 MAX_EXPRESSION_CHARS = 200
+# Clock changes are at most two hours (Troll station); look this far around an instant.
+DST_REACH_H = 3
 # An expression must fire within this span to be accepted (leap days fire every 4 years,
 # "the 30th of February" never).
 FIRST_RUN_WITHIN = timedelta(days=366 * 8 + 2)
@@ -56,13 +61,28 @@ class Schedule:
 
     def after(self, instant: datetime) -> Iterator[datetime]:
         """Occurrences strictly after ``instant``, in UTC."""
-        for local in CronSim(self._expanded, instant.astimezone(self.zone)):
-            yield local.astimezone(UTC)
+        # cronsim reads a start inside a repeated hour as its first pass; starting before
+        # any nearby clock change and dropping what is not after the instant is exact.
+        start = instant - self._margin(instant)
+        for local in CronSim(self._expanded, start.astimezone(self.zone)):
+            occurrence = local.astimezone(UTC)
+            if occurrence > instant:
+                yield occurrence
 
     def before(self, instant: datetime) -> Iterator[datetime]:
         """Occurrences strictly before ``instant``, latest first, in UTC."""
-        for local in CronSim(self._expanded, instant.astimezone(self.zone), reverse=True):
-            yield local.astimezone(UTC)
+        start = instant + self._margin(instant)
+        for local in CronSim(self._expanded, start.astimezone(self.zone), reverse=True):
+            occurrence = local.astimezone(UTC)
+            if occurrence < instant:
+                yield occurrence
+
+    def _margin(self, instant: datetime) -> timedelta:
+        """How far to start away from ``instant`` to clear a clock change near it."""
+        zone = self.zone
+        offsets = {(instant + timedelta(hours=h)).astimezone(zone).utcoffset()
+                   for h in (-DST_REACH_H, 0, DST_REACH_H)}
+        return timedelta(hours=DST_REACH_H) if len(offsets) > 1 else timedelta(0)
 
     def next_runs(self, instant: datetime, count: int = 5) -> list[datetime]:
         runs = []

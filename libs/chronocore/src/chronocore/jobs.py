@@ -45,7 +45,8 @@ MAX_COUNTED_MISSES = 100_000
 JOB_ONLY_FIELDS = frozenset(
     {"concurrency_policy", "misfire_policy", "starting_deadline_s", "max_catchup", "paused"}
 )
-JOB_FIELDS = (SUBMISSION_FIELDS - {"scheduled_at"}) | JOB_ONLY_FIELDS
+# scheduled_at is accepted here only to be refused with a message that explains it.
+JOB_FIELDS = SUBMISSION_FIELDS | JOB_ONLY_FIELDS
 PATCHABLE_FIELDS = JOB_FIELDS - {"idempotency_key"}
 
 

@@ -1,0 +1,263 @@
+"""Access control and containment: tokens, mutual TLS, unprivileged commands, allowlists,
+bounded output, and SQL that stores what it is given as text."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import grpc
+import pytest
+from harness import Cluster, free_port, http, node_id, wait_for
+
+from chronocore.rpc import worker_pb2, worker_pb2_grpc
+from chronocore.tls import WORKER_TLS_NAME, TlsFiles, make_certs
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def test_with_a_token_every_route_but_health_needs_it(cluster: Cluster) -> None:
+    cluster.start("scheduler", CHRONOSYNC_API_TOKEN=TOKEN)
+    wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
+    for path in ("/tasks", "/nodes", "/jobs", "/tasks/1"):
+        status, body = cluster.http("GET", path)
+        assert status == 401 and body["error"], path
+        status, _ = cluster.http("GET", path, headers={"Authorization": "Bearer wrong"})
+        assert status == 401
+    status, body = cluster.http("POST", "/schedule", {"command": "true"})
+    assert status == 401
+    assert cluster.query("SELECT count(*) AS n FROM tasks")[0]["n"] == 0
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert cluster.http("GET", "/tasks", headers=auth)[0] == 200
+    assert cluster.http("POST", "/schedule", {"command": "true"}, headers=auth)[0] == 201
+    assert cluster.http("GET", "/healthz")[0] == 200
+    assert cluster.http("GET", "/readyz")[0] == 200
+    cli = subprocess.run([str(Path(sys.executable).parent / "chronosync"), "--url",
+                          cluster.url, "tasks"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "CHRONOSYNC_API_TOKEN": TOKEN}, check=False)
+    assert cli.returncode == 0, cli.stderr
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http(url, "GET", "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def test_a_scheduler_without_a_token_refuses_a_public_address(cluster: Cluster) -> None:
+    public = cluster.start("scheduler", CHRONOSYNC_HTTP_ADDR=f"0.0.0.0:{free_port()}")
+    assert public.proc.wait(timeout=30) == 2
+    log = public.log_path.read_text() if public.log_path else ""
+    assert "CHRONOSYNC_API_TOKEN" in log
+    allowed = cluster.start("scheduler", CHRONOSYNC_HTTP_ADDR=f"0.0.0.0:{cluster.port}",
+                            CHRONOSYNC_INSECURE="1")
+    wait_for(lambda: _answers(cluster.url), timeout=30, what="the insecure scheduler")
+    assert allowed.alive()
+
+
+def test_a_worker_without_tls_refuses_a_public_address(cluster: Cluster) -> None:
+    worker = cluster.start("worker", CHRONOSYNC_WORKER_ADDR="0.0.0.0:0")
+    assert worker.proc.wait(timeout=30) == 2
+    assert "TLS" in (worker.log_path.read_text() if worker.log_path else "")
+
+
+def test_a_root_worker_will_not_run_commands_as_root_unless_told(cluster: Cluster) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: checks what a worker started as root does")
+    worker = cluster.start("worker", CHRONOSYNC_ALLOW_ROOT="")
+    assert worker.proc.wait(timeout=30) == 2
+    assert "CHRONOSYNC_RUN_AS" in (worker.log_path.read_text() if worker.log_path else "")
+
+
+def test_a_root_worker_runs_commands_as_the_configured_user(cluster: Cluster) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    cluster.start("worker", CHRONOSYNC_ALLOW_ROOT="", CHRONOSYNC_RUN_AS="nobody")
+    cluster.wait_ready(coordinators=1, workers=1)
+    _, body = cluster.http("POST", "/schedule", {"command": "id -un; id -u; echo $HOME"})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"))
+    assert task["status"] == "succeeded", task
+    name, uid, _home = task["output"].split("\n")[:3]
+    assert name == "nobody" and uid != "0"
+
+
+def test_the_command_environment_holds_no_secret(cluster: Cluster, tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")["node"]
+    tls = {"CHRONOSYNC_TLS_CA": str(certs.ca), "CHRONOSYNC_TLS_CERT": str(certs.cert),
+           "CHRONOSYNC_TLS_KEY": str(certs.key)}
+    cluster.start("scheduler", CHRONOSYNC_API_TOKEN=TOKEN, **tls)
+    cluster.start("coordinator", **tls)
+    cluster.start("worker", CHRONOSYNC_API_TOKEN=TOKEN, **tls)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    wait_for(lambda: cluster.query("SELECT 1 FROM nodes WHERE kind = 'worker'"), timeout=30,
+             what="the worker")
+    _, body = cluster.http("POST", "/schedule", {"command": "env"}, headers=auth)
+
+    def finished() -> dict | None:
+        task = cluster.http("GET", f"/tasks/{body['id']}", headers=auth)[1]
+        return task if task["status"] in ("succeeded", "failed") else None
+
+    task = wait_for(finished, timeout=30, what="env to run")
+    assert task["status"] == "succeeded"
+    output = task["output"]
+    assert f"CHRONOSYNC_TASK_ID={body['id']}" in output
+    for secret in (cluster.dsn, TOKEN, str(certs.key), str(certs.cert), "CHRONOSYNC_DSN",
+                   "CHRONOSYNC_TLS"):
+        assert secret not in output
+
+
+def test_an_allowlist_refuses_other_commands_and_chained_ones(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    cluster.start("worker", CHRONOSYNC_COMMAND_ALLOWLIST="echo\n/bin/true")
+    cluster.wait_ready(coordinators=1, workers=1)
+    marker = tmp_path / "pwned"
+    ok = cluster.http("POST", "/schedule", {"command": "echo allowed"})[1]
+    refused = [cluster.http("POST", "/schedule", {"command": c})[1] for c in
+               (f"touch {marker}", f"echo hi; touch {marker}", f"echo $(touch {marker})")]
+    assert cluster.wait_task(ok["id"], ("succeeded", "failed"))["output"] == "allowed\n"
+    for body in refused:
+        task = cluster.wait_task(body["id"], ("succeeded", "failed"))
+        assert task["status"] == "failed"
+        assert task["error"] == "spawn: command not allowed on this worker"
+        assert task["started_at"] is None and task["attempts"] == []
+    assert not marker.exists()
+
+
+def test_output_capture_stays_bounded_for_a_command_writing_a_lot(cluster: Cluster) -> None:
+    cluster.start_default(coordinators=1, workers=1)
+    _, body = cluster.http("POST", "/schedule", {
+        "command": "head -c 300000000 /dev/zero | tr '\\0' a; echo; echo the-end"})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"), timeout=120)
+    assert task["status"] == "succeeded"
+    assert len(task["output"].encode()) == 64 * 1024
+    assert task["output"].endswith("\nthe-end\n")
+
+
+INJECTIONS = [
+    "'; DROP TABLE tasks; --",
+    "\" OR 1=1 --",
+    "$$; DELETE FROM nodes; $$",
+    "Robert'); DROP TABLE jobs;--",
+    "%(command)s %s {0} \\x00 \\' \\\\",
+    "🙂 ünïcödé ' \" ` ; --",
+]
+
+
+def test_injection_strings_in_every_field_are_stored_as_text(cluster: Cluster) -> None:
+    cluster.start("scheduler")
+    wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
+    made = []
+    for i, text in enumerate(INJECTIONS):
+        body = {"command": f"echo {text}", "name": text, "idempotency_key": text,
+                "env": {"X": text}, "scheduled_at": "2099-01-01T00:00:00Z"}
+        status, task = cluster.http("POST", "/schedule", body)
+        assert status == 201, task
+        assert (task["command"], task["name"], task["idempotency_key"], task["env"]) == (
+            body["command"], text, text, {"X": text})
+        job_body = {"command": text, "cron": "@daily", "name": f"job {i} {text}"}
+        status, job = cluster.http("POST", "/schedule", job_body)
+        assert status == 201, job
+        assert job["name"] == job_body["name"] and job["command"] == text
+        made.append(task["id"])
+        quoted = quote(text, safe="")
+        for path in (f"/tasks?status={quoted}", f"/tasks?job_id={quoted}",
+                     f"/tasks/{quoted}", f"/jobs/{quoted}"):
+            assert cluster.http("GET", path)[0] < 500
+    stored = cluster.query("SELECT name FROM tasks ORDER BY id")
+    assert [r["name"] for r in stored] == INJECTIONS
+    tables = {r["t"] for r in cluster.query(
+        "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"tasks", "jobs", "nodes", "task_attempts"} <= tables
+
+
+def _dispatch(address: str, credentials: grpc.ChannelCredentials | None,
+              command: str) -> grpc.StatusCode | None:
+    """Offer a task to a worker directly; the gRPC status code on failure, None if taken."""
+    task = worker_pb2.Task(id=1, command=command, claim_token=str(uuid.uuid4()),
+                           scheduled_at="2026-01-01T00:00:00Z")
+    options = [("grpc.ssl_target_name_override", WORKER_TLS_NAME)]
+    channel = (grpc.insecure_channel(address) if credentials is None
+               else grpc.secure_channel(address, credentials, options=options))
+    with channel:
+        try:
+            worker_pb2_grpc.WorkerStub(channel).Dispatch(
+                worker_pb2.DispatchRequest(coordinator_id="intruder", tasks=[task]),
+                timeout=5)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return None
+
+
+def test_a_tls_worker_refuses_dispatches_without_a_cluster_certificate(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    ours = make_certs(tmp_path / "ours")["node"]
+    theirs = make_certs(tmp_path / "theirs")["node"]
+    tls = {"CHRONOSYNC_TLS_CA": str(ours.ca), "CHRONOSYNC_TLS_CERT": str(ours.cert),
+           "CHRONOSYNC_TLS_KEY": str(ours.key)}
+    cluster.start("scheduler", **tls)
+    cluster.start("coordinator", **tls)
+    worker = cluster.start("worker", **tls)
+    cluster.wait_ready(coordinators=1, workers=1)
+    address = cluster.query("SELECT address FROM nodes WHERE id = %s",
+                            (node_id(cluster, worker),))[0]["address"]
+
+    # The cluster itself works over mutual TLS.
+    _, body = cluster.http("POST", "/schedule", {"command": "echo over-tls"})
+    assert cluster.wait_task(body["id"], ("succeeded", "failed"))["output"] == "over-tls\n"
+
+    marker = tmp_path / "intruder-ran"
+    no_cert = grpc.ssl_channel_credentials(root_certificates=ours.ca.read_bytes())
+    other_ca = grpc.ssl_channel_credentials(
+        root_certificates=ours.ca.read_bytes(), private_key=theirs.key.read_bytes(),
+        certificate_chain=theirs.cert.read_bytes())
+    for credentials in (None, no_cert, other_ca):
+        code = _dispatch(address, credentials, f"touch {marker}")
+        assert code == grpc.StatusCode.UNAVAILABLE, code
+    assert not marker.exists()
+    assert "intruder" not in worker.log_path.read_text()  # type: ignore[union-attr]
+    # A proper cluster certificate gets through (the claim token is not the task's, so the
+    # start is fenced off: still nothing runs).
+    code = _dispatch(address, TlsFiles(ours.ca, ours.cert, ours.key).channel_credentials(),
+                     f"touch {marker}")
+    assert code is None
+    wait_for(lambda: "start refused" in worker.log_path.read_text(),  # type: ignore[union-attr]
+             timeout=10, what="the fenced start")
+    assert not marker.exists()
+
+
+def test_a_slow_client_loses_its_connection_and_the_api_stays_up(cluster: Cluster) -> None:
+    cluster.start("scheduler")
+    wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
+    slow = socket.create_connection(("127.0.0.1", cluster.port))
+    slow.sendall(b"GET /tasks HTTP/1.1\r\nHost: x\r\n")  # and never finishes the headers
+    started = time.monotonic()
+    assert _answers(cluster.url)
+
+    def closed() -> bool:
+        slow.settimeout(0.5)
+        try:
+            return slow.recv(1024) == b""
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+
+    try:
+        wait_for(closed, timeout=30, what="the server to drop the slow client")
+    finally:
+        slow.close()
+    assert time.monotonic() - started < 25
+    assert _answers(cluster.url)
