@@ -2,7 +2,11 @@
 # chronosync-worker (pick one with the container's command).
 FROM python:3.11-slim
 
-RUN useradd --system --create-home --home-dir /home/chronosync chronosync
+# openssl: `chronosync certs` makes the cluster's throwaway TLS certificates.
+RUN apt-get update && apt-get install -y --no-install-recommends openssl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --create-home --home-dir /home/chronosync chronosync \
+    && mkdir /certs && chown chronosync /certs
 WORKDIR /app
 COPY libs/chronocore libs/chronocore
 COPY services services
@@ -11,4 +15,5 @@ RUN pip install --no-cache-dir libs/chronocore services/scheduler services/coord
 
 USER chronosync
 ENV PYTHONUNBUFFERED=1
+
 CMD ["chronosync-scheduler"]

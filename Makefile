@@ -35,7 +35,9 @@ bench: $(STAMP) ## the benchmark (not written yet)
 	@echo "make bench: not written yet" >&2; exit 1
 
 up: ## docker compose up --build: PostgreSQL, scheduler, 2 coordinators, 3 workers
-	docker compose up --build
+	@token="$${CHRONOSYNC_API_TOKEN:-$$(openssl rand -hex 16)}"; \
+	echo "API token: $$token  (curl -H 'Authorization: Bearer $$token' localhost:8081/nodes)"; \
+	CHRONOSYNC_API_TOKEN="$$token" docker compose up --build
 
 proto: $(STAMP) ## regenerate the gRPC code from proto/
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=libs/chronocore/src \
