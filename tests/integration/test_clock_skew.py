@@ -55,6 +55,8 @@ LOG_LINE = re.compile(
 
 
 def faketime_wrapper(offset: timedelta) -> list[str]:
+    """The command prefix running a node with its wall clock ``offset`` off: the
+    thread-safe libfaketime (-m: the nodes are threaded), monotonic clock left alone."""
     seconds = int(offset.total_seconds())
     return ["faketime", "-m", "--exclude-monotonic", "-f", f"{seconds:+d}"]
 

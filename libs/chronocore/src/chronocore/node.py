@@ -4,10 +4,13 @@ PostgreSQL (with backoff) and migrating it, and turning SIGTERM/SIGINT into a st
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -21,12 +24,41 @@ RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 3.0
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object a line: time, level, node, logger, message, and task_id when the
+    line is about a task (``extra={"task_id": ...}``)."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self._node_id = node_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "node": self._node_id,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        task_id = getattr(record, "task_id", None)
+        if task_id is not None:
+            line["task_id"] = task_id
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
 def setup_logging(node_id: str) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s",
-    )
+    """Readable lines by default; JSON lines with CHRONOSYNC_LOG_FORMAT=json. Either way
+    every line names the node, and lines about a task name the task."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("CHRONOSYNC_LOG_FORMAT", "").lower() == "json":
+        handler.setFormatter(JsonLines(node_id))
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 def stop_event_on_signals() -> threading.Event:

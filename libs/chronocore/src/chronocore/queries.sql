@@ -100,7 +100,8 @@ WITH started AS (
     INSERT INTO task_attempts (task_id, attempt, worker_id, started_at)
     SELECT id, attempt, worker_id, started_at FROM started
 )
-SELECT attempt, scheduled_at FROM started;
+SELECT attempt, EXTRACT(EPOCH FROM started_at - scheduled_at)::float8 AS lateness_s
+FROM started;
 
 -- name: refuse_task --
 -- A worker will not run this command (its allowlist): failed, never started; fenced.
@@ -205,9 +206,9 @@ SET last_heartbeat_at = now(), address = EXCLUDED.address, capacity = EXCLUDED.c
     stopped_at = NULL;
 
 -- name: heartbeat --
--- A node is still alive; workers also say how many commands they run.
+-- A node is still alive; workers also say how many commands they run; its metrics.
 UPDATE nodes
-SET last_heartbeat_at = now(), running = %(running)s
+SET last_heartbeat_at = now(), running = %(running)s, metrics = %(metrics)s
 WHERE id = %(id)s AND stopped_at IS NULL
 RETURNING id;
 
@@ -360,3 +361,24 @@ WHERE r.concurrency_policy = 'replace'
                 AND t.due_at <= now() AND t.cancelled_at IS NULL
                 AND t.completed_at IS NULL AND t.failed_at IS NULL)
 RETURNING r.id, r.job_id, r.started_at, r.worker_id;
+
+-- name: metrics_sources --
+-- Live nodes' own metrics, for /metrics.
+SELECT id, kind, metrics FROM nodes
+WHERE stopped_at IS NULL AND metrics IS NOT NULL
+  AND last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second';
+
+-- name: queue_depth --
+-- Waiting tasks: due now (and unclaimed), and due later.
+SELECT count(*) FILTER (WHERE due_at <= now()) AS due,
+       count(*) FILTER (WHERE due_at > now()) AS later
+FROM tasks
+WHERE picked_at IS NULL AND cancelled_at IS NULL
+  AND completed_at IS NULL AND failed_at IS NULL;
+
+-- name: in_flight --
+-- Tasks claimed and not finished: picked (not yet started) and running.
+SELECT count(*) FILTER (WHERE started_at IS NULL) AS picked,
+       count(*) FILTER (WHERE started_at IS NOT NULL) AS running
+FROM tasks
+WHERE picked_at IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL;

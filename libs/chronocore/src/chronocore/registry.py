@@ -17,8 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from chronocore import metrics
 from chronocore.queries import QUERIES
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,9 @@ class NodeRegistry:
         )
 
     def heartbeat(self, *, running: int = 0) -> None:
-        if not self._execute("heartbeat", {"id": self.node_id, "running": running}):
+        params = {"id": self.node_id, "running": running,
+                  "metrics": Jsonb(metrics.REGISTRY.snapshot())}
+        if not self._execute("heartbeat", params):
             self.register()  # our row was lost (or we were declared stopped): come back
 
     def mark_draining(self) -> None:
@@ -58,6 +62,9 @@ class NodeRegistry:
 
     def mark_stopped(self) -> None:
         self._execute("mark_node_stopped", {"id": self.node_id})
+
+    def metrics_sources(self, *, ttl_s: float) -> list[dict[str, Any]]:
+        return self._execute("metrics_sources", {"ttl_s": ttl_s})
 
     def list_nodes(self, *, ttl_s: float) -> list[dict[str, Any]]:
         return self._execute("list_nodes", {"ttl_s": ttl_s})

@@ -55,6 +55,12 @@ class ClaimedTask:
     scheduled_at: datetime
 
 
+@dataclass(frozen=True)
+class Started:
+    attempt: int
+    lateness_s: float  # started_at - scheduled_at, by the database clock
+
+
 @dataclass(frozen=True, kw_only=True)
 class Outcome:
     """How one attempt ended, as the worker records it."""
@@ -132,6 +138,16 @@ class TaskRepository:
             "list_tasks", {"status": status, "job_id": job_id, "before": before, "limit": limit}
         )
 
+    def queue_depth(self) -> dict[str, int]:
+        row = self._one("queue_depth", {})
+        assert row is not None
+        return {"due": row["due"], "later": row["later"]}
+
+    def in_flight(self) -> dict[str, int]:
+        row = self._one("in_flight", {})
+        assert row is not None
+        return {"picked": row["picked"], "running": row["running"]}
+
     def cancel(self, task_id: int) -> dict[str, Any] | None:
         """Mark a task cancelled; returns ``{started_at, worker_id}`` if it changed, else None."""
         return self._one("cancel_task", {"id": task_id})
@@ -174,11 +190,11 @@ class TaskRepository:
     # --- the worker's side ----------------------------------------------------------
 
     def mark_started(self, *, task_id: int, token: uuid.UUID,
-                     worker_id: str) -> int | None:
-        """Commit the start of an attempt; returns its number, or None when fenced off
-        (the claim is no longer ours, or the task was cancelled): then never spawn."""
+                     worker_id: str) -> Started | None:
+        """Commit the start of an attempt; None when fenced off (the claim is no longer
+        ours, or the task was cancelled): then never spawn."""
         row = self._one("mark_started", {"id": task_id, "token": token, "worker_id": worker_id})
-        return None if row is None else row["attempt"]
+        return None if row is None else Started(row["attempt"], row["lateness_s"])
 
     def refuse(self, task: ClaimedTask, *, worker_id: str, error: str) -> bool:
         """Fail a claimed task this worker will not run (never started); fenced."""

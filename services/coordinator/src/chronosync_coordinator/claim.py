@@ -15,7 +15,7 @@ import threading
 
 import psycopg
 
-from chronocore import db, failpoints
+from chronocore import db, failpoints, metrics
 from chronocore.repository import TaskRepository
 from chronosync_coordinator.dispatch import FULL_RECHECK_S, Dispatcher
 
@@ -73,12 +73,18 @@ class ClaimLoop:
         tasks = self._repo.claim_due(coordinator_id=self._coordinator_id,
                                      limit=min(free, self._batch))
         if tasks:
+            metrics.REGISTRY.observe("chronosync_claim_batch_size",
+                                     "Tasks taken by one claim statement.", len(tasks),
+                                     buckets=metrics.BATCH_BUCKETS)
             failpoints.pause(failpoints.AFTER_CLAIM, self._stop)
             if self._stop.is_set():  # stopping: hand the claims back now, not after a lease
                 self._repo.release(tasks)
                 return 0.0
             unplaced = self._dispatcher.dispatch(tasks)
             if unplaced:
+                metrics.REGISTRY.inc("chronosync_claims_released_total",
+                                     "Claimed tasks no worker had room for, handed back.",
+                                     len(unplaced))
                 self._repo.release(unplaced)
                 return FULL_RECHECK_S
             return 0.0

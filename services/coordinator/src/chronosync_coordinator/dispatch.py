@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from chronocore import metrics
 from chronocore.model import format_timestamp
 from chronocore.registry import NodeRegistry
 from chronocore.repository import ClaimedTask
@@ -100,6 +101,10 @@ class Dispatcher:
                 continue
             for task_id in reply.accepted:
                 pending.pop(task_id, None)
+                log.debug("task %s: dispatched to %s", task_id, worker.id,
+                          extra={"task_id": task_id})
+            metrics.REGISTRY.inc("chronosync_tasks_dispatched_total",
+                                 "Tasks a worker accepted.", len(reply.accepted))
         return list(pending.values())
 
     def close(self) -> None:
@@ -119,6 +124,8 @@ class Dispatcher:
         except grpc.RpcError as exc:
             log.warning("worker %s unreachable (%s); skipping it until the next refresh",
                         worker.id, exc.code())
+            metrics.REGISTRY.inc("chronosync_dispatch_errors_total",
+                                 "Dispatch calls that failed (worker unreachable).")
             worker.running = worker.capacity
             return None
         worker.capacity = reply.capacity

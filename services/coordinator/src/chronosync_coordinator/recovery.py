@@ -19,18 +19,26 @@ from __future__ import annotations
 
 import logging
 
+from chronocore import metrics
 from chronocore.repository import TaskRepository
 
 log = logging.getLogger(__name__)
 
 
 def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None:
-    requeued = repo.requeue_stale_claims(lease_s=ttl_s)
-    if requeued:
-        log.warning("recovery: %d unstarted claims back to the queue: %s", len(requeued),
-                    requeued[:20])
+    for task_id in repo.requeue_stale_claims(lease_s=ttl_s):
+        log.warning("recovery: task %s claimed but never started; back to the queue",
+                    task_id, extra={"task_id": task_id})
+        _count("redispatched")
     if connected_for_s < ttl_s:
         return
     for row in repo.recover_lost_runs(ttl_s=ttl_s):
         log.warning("recovery: task %s lost its worker; %s", row["task_id"],
-                    "retrying" if row["retry"] else "failed as worker_lost")
+                    "retrying" if row["retry"] else "failed as worker_lost",
+                    extra={"task_id": row["task_id"]})
+        _count("retried" if row["retry"] else "worker_lost")
+
+
+def _count(kind: str) -> None:
+    metrics.REGISTRY.inc("chronosync_recoveries_total",
+                         "Tasks recovered from dead nodes, by what became of them.", kind=kind)

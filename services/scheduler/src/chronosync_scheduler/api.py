@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from chronocore import metrics
 from chronocore.jobs import job_resource, parse_job
 from chronocore.model import (
     STATUSES,
@@ -148,6 +149,34 @@ class Api:
                 node["running"] = row["running"]
             nodes.append(node)
         return 200, {"nodes": nodes}
+
+    def metrics(self) -> str:
+        """The cluster's metrics: every live node's own, and the database's figures."""
+        sources = [({"node": r["id"], "kind": r["kind"]}, r["metrics"])
+                   for r in self.registry.metrics_sources(ttl_s=self.ttl_s)]
+        cluster = metrics.Registry()
+        depth = self.repo.queue_depth()
+        for state in ("due", "later"):
+            cluster.set("chronosync_queue_depth", "Waiting tasks: due and unclaimed, or "
+                        "due later.", depth[state], state=state)
+        for state, count in self.repo.in_flight().items():
+            cluster.set("chronosync_tasks_in_flight", "Claimed tasks not finished.", count,
+                        state=state)
+        nodes: dict[tuple[str, str], int] = {}
+        for node in self.registry.list_nodes(ttl_s=self.ttl_s):
+            nodes[(node["kind"], node["state"])] = nodes.get((node["kind"], node["state"]),
+                                                             0) + 1
+            if node["kind"] == "worker" and node["state"] == "alive":
+                for state, value in (("used", node["running"]),
+                                     ("free", max(0, (node["capacity"] or 0)
+                                                  - node["running"]))):
+                    cluster.set("chronosync_worker_slots", "Command slots of live workers.",
+                                value, worker=node["id"], state=state)
+        for (kind, state), count in nodes.items():
+            cluster.set("chronosync_nodes", "Nodes seen in the last hour by state.", count,
+                        kind=kind, state=state)
+        snapshot = {k: v for k, v in cluster.snapshot().items() if k.startswith("chronosync")}
+        return metrics.render([({}, snapshot), *sources])
 
     def ready(self) -> tuple[int, dict[str, Any]]:
         self.registry.list_nodes(ttl_s=self.ttl_s)  # any round trip proves the database

@@ -23,15 +23,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 import psycopg_pool
 
+from chronocore import metrics
 from chronocore.model import ValidationError
+from chronosync_scheduler import dashboard, openapi
 from chronosync_scheduler.api import MAX_ID, Api, ApiError, is_decimal
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ MAX_JSON_DEPTH = 32
 SOCKET_TIMEOUT_S = 10.0
 REQUEST_DEADLINE_S = 15.0
 MAX_CONNECTIONS = 256
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNAUTHENTICATED_PATHS = ("/healthz", "/readyz")
 _BUSY = b'{"error":"too many connections; try again","field":null}\n'
 TOO_MANY_CONNECTIONS = (
@@ -53,7 +58,18 @@ TOO_MANY_CONNECTIONS = (
 # as long as the label is not clearly something else.
 ACCEPTED_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
 
-Handler = Callable[..., tuple[int, dict[str, Any]]]
+TOKEN_COOKIE = "chronosync_token"
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A response that is not JSON: the dashboard's files, the metrics text."""
+
+    content_type: str
+    data: bytes
+
+
+Handler = Callable[..., tuple[int, "dict[str, Any] | Raw"]]
 
 
 def _reject_constant(name: str) -> Any:
@@ -129,7 +145,17 @@ class Routes:
             ("GET", re.compile(r"/nodes"), lambda q, b: api.list_nodes()),
             ("GET", re.compile(r"/healthz"), lambda q, b: (200, {"status": "ok"})),
             ("GET", re.compile(r"/readyz"), lambda q, b: api.ready()),
+            ("GET", re.compile(r"/metrics"),
+             lambda q, b: (200, Raw(METRICS_CONTENT_TYPE, api.metrics().encode()))),
+            ("GET", re.compile(r"/openapi.json"), lambda q, b: (200, openapi.document())),
+            ("GET", re.compile(r"/"), lambda q, b: (200, dashboard.asset("index.html"))),
+            ("GET", re.compile(r"/static/([\w.-]+)"),
+             lambda name, q, b: (200, dashboard.asset(name))),
         ]
+
+    def described(self) -> list[tuple[str, str]]:
+        """Every (method, path pattern) served, for the OpenAPI test."""
+        return [(method, pattern.pattern) for method, pattern, _ in self._table]
 
     def match(self, method: str, path: str) -> tuple[Handler, tuple[str, ...]]:
         allowed = []
@@ -184,19 +210,31 @@ class RequestHandler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("%s %s failed", method, self.path)
             status, body = 500, {"error": "internal error", "field": None}
+        metrics.REGISTRY.inc("chronosync_http_requests_total", "API requests by status.",
+                             status=str(status))
         self._send(status, body, head_only=method == "HEAD")
 
     def _authenticate(self) -> None:
+        """The bearer token, or the same token in the dashboard's cookie (SameSite)."""
         token = self.server.api_token
         if token is None or urlsplit(self.path).path in UNAUTHENTICATED_PATHS:
             return
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8", "surrogateescape"), token.encode()
-        ):
+        if scheme.lower() != "bearer":
+            given = self._cookie(TOKEN_COOKIE)
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                   token.encode()):
             raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
 
-    def _route(self, method: str) -> tuple[int, dict[str, Any]]:
+    def _cookie(self, name: str) -> str:
+        jar = SimpleCookie()
+        try:
+            jar.load(self.headers.get("Cookie", ""))
+        except CookieError:
+            return ""
+        return unquote(jar[name].value) if name in jar else ""
+
+    def _route(self, method: str) -> tuple[int, dict[str, Any] | Raw]:
         try:
             parts = urlsplit(self.path)
         except ValueError:
@@ -230,12 +268,17 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise ApiError(415, f"send JSON (application/json), not {content_type}")
         return decode_json(raw)
 
-    def _send(self, status: int, body: dict[str, Any], *, head_only: bool) -> None:
-        payload = b""
-        if status != 204:  # "No Content" has no body at all
+    def _send(self, status: int, body: dict[str, Any] | Raw, *, head_only: bool) -> None:
+        content_type, payload = "application/json", b""
+        if status == 401 and "text/html" in self.headers.get("Accept", ""):
+            body = Raw("text/html; charset=utf-8", dashboard.login_page())
+        if isinstance(body, Raw):
+            content_type, payload = body.content_type, body.data
+        elif status != 204:  # "No Content" has no body at all
             payload = (json.dumps(body, separators=(",", ":")) + "\n").encode()
         self.send_response(status, HTTPStatus(status).phrase)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Length", str(len(payload)))
         if status == 401:
             self.send_header("WWW-Authenticate", 'Bearer realm="chronosync"')

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from chronocore import failpoints
+from chronocore import failpoints, metrics
 from chronocore.model import format_timestamp
 from chronocore.reaper import Reaper
-from chronocore.repository import ClaimedTask, Outcome, TaskRepository
+from chronocore.repository import ClaimedTask, Outcome, Started, TaskRepository
 from chronocore.runner import CommandRun, RunAs, RunResult, allowed
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ class SlotPool:
         with self._lock:
             running = {tid: slot.task.token for tid, slot in self._slots.items()}
         for task_id, reason in self._repo.revoked_among(running).items():
-            log.info("task %s: stopping its run (%s)", task_id, reason)
+            log.info("task %s: stopping its run (%s)", task_id, reason,
+                     extra={"task_id": task_id})
             self.stop_task(task_id, reason)
 
     def drain(self, *, grace_s: float) -> None:
@@ -133,57 +134,86 @@ class SlotPool:
         task = slot.task
         try:
             failpoints.pause(failpoints.BEFORE_START)
-            if self._draining:
-                self._repo.release([task])  # hand it back: another worker starts it now
-                log.info("task %s: handed back unstarted (draining)", task.id)
-                return
-            if not allowed(task.command, self._allowlist):
-                log.warning("task %s: command refused by this worker's allowlist", task.id)
-                self._repo.refuse(task, worker_id=self._worker_id,
-                                  error="spawn: command not allowed on this worker")
-                return
-            try:
-                attempt = self._repo.mark_started(
-                    task_id=task.id, token=task.token, worker_id=self._worker_id
-                )
-            except psycopg.Error as exc:
-                # Unknown whether the start was committed: never spawn, and record a
-                # failed spawn once the database is back (fenced, so harmless if not).
-                log.warning("task %s: could not record its start: %s", task.id, exc)
-                self._record(task, RunResult(succeeded=False, exit_code=None,
-                                             error="spawn: database unreachable", output=""))
-                return
-            if attempt is None:
-                log.info("task %s: start refused (claim lost or cancelled); not run", task.id)
-                return
-            try:
-                run = CommandRun(
-                    command=task.command,
-                    env=command_environment(dict(os.environ), task, attempt),
-                    cwd=self._workdir,
-                    timeout_s=task.timeout_s,
-                    kill_grace_s=self._kill_grace_s,
-                    reaper=self._reaper,
-                    run_as=self._run_as,
-                )
-                with self._lock:
-                    slot.run = run
-                    if slot.stop_reason is not None:
-                        run.cancel(slot.stop_reason)
-                log.info("task %s: attempt %s starting", task.id, attempt)
-                result = run.run()
-            except Exception as exc:  # a bug of ours must not leave the task "running"
-                log.exception("task %s: the run failed inside the worker", task.id)
-                result = RunResult(succeeded=False, exit_code=None, error=f"spawn: {exc}",
-                                   output="")
-            log.info("task %s: attempt %s ended: %s", task.id, attempt, result.error or "ok")
-            self._record(task, result)
+            started = self._start(task)
+            if started is not None:
+                result = self._execute(slot, started.attempt)
+                self._record(task, result)
         except Exception:
-            log.exception("task %s: unexpected error in its run", task.id)
+            log.exception("task %s: unexpected error in its run", task.id,
+                          extra={"task_id": task.id})
         finally:
             with self._lock:
                 self._slots.pop(task.id, None)
                 self._idle.notify_all()
+
+    def _start(self, task: ClaimedTask) -> Started | None:
+        """Record the start (fenced) before anything runs; None: do not run it."""
+        if self._draining:
+            self._repo.release([task])  # hand it back: another worker starts it now
+            log.info("task %s: handed back unstarted (draining)", task.id,
+                     extra={"task_id": task.id})
+            return None
+        if not allowed(task.command, self._allowlist):
+            log.warning("task %s: command refused by this worker's allowlist", task.id,
+                        extra={"task_id": task.id})
+            self._repo.refuse(task, worker_id=self._worker_id,
+                              error="spawn: command not allowed on this worker")
+            return None
+        try:
+            started = self._repo.mark_started(task_id=task.id, token=task.token,
+                                              worker_id=self._worker_id)
+        except psycopg.Error as exc:
+            # Unknown whether the start was committed: never spawn, and record a failed
+            # spawn once the database is back (fenced, so harmless if it was not).
+            log.warning("task %s: could not record its start: %s", task.id, exc,
+                        extra={"task_id": task.id})
+            self._record(task, RunResult(succeeded=False, exit_code=None,
+                                         error="spawn: database unreachable", output=""))
+            return None
+        if started is None:
+            log.info("task %s: start refused (claim lost or cancelled); not run", task.id,
+                     extra={"task_id": task.id})
+            return None
+        if started.attempt == 1:
+            metrics.REGISTRY.observe(
+                "chronosync_task_lateness_seconds",
+                "Start lateness of first attempts: started_at - scheduled_at.",
+                max(0.0, started.lateness_s), buckets=metrics.LATENESS_BUCKETS)
+        return started
+
+    def _execute(self, slot: _Slot, attempt: int) -> RunResult:
+        """Spawn and wait; a failure of ours is a result too, never a task left running."""
+        task = slot.task
+        try:
+            run = CommandRun(
+                command=task.command,
+                env=command_environment(dict(os.environ), task, attempt),
+                cwd=self._workdir,
+                timeout_s=task.timeout_s,
+                kill_grace_s=self._kill_grace_s,
+                reaper=self._reaper,
+                run_as=self._run_as,
+            )
+            with self._lock:
+                slot.run = run
+                if slot.stop_reason is not None:
+                    run.cancel(slot.stop_reason)
+            log.info("task %s: attempt %s starting", task.id, attempt,
+                     extra={"task_id": task.id})
+            result = run.run()
+        except Exception as exc:
+            log.exception("task %s: the run failed inside the worker", task.id,
+                          extra={"task_id": task.id})
+            result = RunResult(succeeded=False, exit_code=None, error=f"spawn: {exc}",
+                               output="")
+        log.info("task %s: attempt %s ended: %s", task.id, attempt, result.error or "ok",
+                 extra={"task_id": task.id})
+        outcome = "succeeded" if result.succeeded else (result.error or "failed").split()[0]
+        metrics.REGISTRY.inc("chronosync_runs_total",
+                             "Command runs by how they ended (succeeded, exit, timeout, "
+                             "cancelled, worker_lost, spawn:).",
+                             outcome=outcome.rstrip(":"))
+        return result
 
     def _record(self, task: ClaimedTask, result: RunResult) -> None:
         outcome = Outcome(succeeded=result.succeeded, exit_code=result.exit_code,
@@ -193,10 +223,14 @@ class SlotPool:
             try:
                 if not self._repo.mark_finished(task_id=task.id, token=task.token,
                                                 outcome=outcome):
-                    log.warning("task %s: outcome fenced off (no longer ours)", task.id)
+                    log.warning("task %s: outcome fenced off (no longer ours)", task.id,
+                                extra={"task_id": task.id})
+                    metrics.REGISTRY.inc("chronosync_fenced_writes_total",
+                                         "Late writes refused because the claim moved on.")
                 return
             except psycopg.OperationalError as exc:
-                log.warning("task %s: cannot record outcome yet (%s); retrying", task.id, exc)
+                log.warning("task %s: cannot record outcome yet (%s); retrying", task.id, exc,
+                            extra={"task_id": task.id})
                 time.sleep(delay)
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
 

@@ -1,0 +1,176 @@
+"""The API described as OpenAPI 3 (``GET /openapi.json``); a test keeps it and the routes
+in step, both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chronocore import __version__
+from chronocore.model import DELIVERIES, STATUSES
+
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {str(code): _json(_ref("Error"), text) for code, text in (
+    (400, "bad input (the error names the field)"), (401, "token required or wrong"),
+    (404, "no such resource"), (405, "method not allowed"), (409, "conflict"),
+    (413, "body over 1 MiB"), (415, "not JSON"), (503, "database unavailable"))}
+_ID = {"name": "id", "in": "path", "required": True,
+       "schema": {"type": "integer", "minimum": 1}}
+_PAGING = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                "maximum": 1000, "default": 100}},
+    {"name": "before", "in": "query", "description": "the previous page's `next` cursor",
+     "schema": {"type": "integer", "minimum": 1}},
+]
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error", "field"], "properties": {
+        "error": {"type": "string"}, "field": {"type": "string", "nullable": True}}},
+    "Submission": {
+        "type": "object", "required": ["command"], "additionalProperties": False,
+        "description": "A one-off task (scheduled_at, or neither: now), or a recurring "
+                       "job (cron).",
+        "properties": {
+            "command": {"type": "string", "minLength": 1, "maxLength": 65536},
+            "scheduled_at": {**_TIME, "description": "RFC 3339 with an offset"},
+            "cron": {"type": "string", "description": "5 or 6 fields, or @daily etc."},
+            "timezone": {"type": "string", "description": "IANA name; default UTC"},
+            "name": {"type": "string", "maxLength": 200},
+            "delivery": {"type": "string", "enum": list(DELIVERIES)},
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+            "timeout_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "concurrency_policy": {"type": "string", "enum": ["allow", "forbid", "replace"]},
+            "misfire_policy": {"type": "string", "enum": ["run_once", "skip", "run_all"]},
+            "starting_deadline_s": {"type": "number"},
+            "max_catchup": {"type": "integer", "minimum": 1, "maximum": 10000},
+            "paused": {"type": "boolean"},
+        },
+    },
+    "Attempt": {"type": "object", "properties": {
+        "attempt": {"type": "integer"}, "worker_id": {"type": "string", "nullable": True},
+        "started_at": _TIME, "finished_at": _NULLABLE_TIME,
+        "exit_code": {"type": "integer", "nullable": True},
+        "error": {"type": "string", "nullable": True}}},
+    "Task": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "kind": {"type": "string", "enum": ["task"]},
+        "command": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)},
+        **{name: _NULLABLE_TIME for name in (
+            "scheduled_at", "picked_at", "started_at", "completed_at", "failed_at",
+            "cancelled_at", "created_at")},
+        "delivery": {"type": "string", "enum": list(DELIVERIES)},
+        "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"},
+        "timeout_s": {"type": "number", "nullable": True},
+        "exit_code": {"type": "integer", "nullable": True},
+        "error": {"type": "string", "nullable": True,
+                  "description": "exit N, timeout, worker_lost, cancelled, spawn: ..."},
+        "output": {"type": "string", "nullable": True, "description": "last 64 KiB"},
+        "worker_id": {"type": "string", "nullable": True},
+        "job_id": {"type": "integer", "nullable": True},
+        "idempotency_key": {"type": "string", "nullable": True},
+        "attempts": {"type": "array", "items": _ref("Attempt")}}},
+    "Job": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "kind": {"type": "string", "enum": ["job"]},
+        "name": {"type": "string", "nullable": True}, "command": {"type": "string"},
+        "cron": {"type": "string"}, "timezone": {"type": "string"},
+        "description": {"type": "string", "description": "the expression in words"},
+        "next_runs": {"type": "array", "items": _TIME},
+        "paused": {"type": "boolean"},
+        "concurrency_policy": {"type": "string"}, "misfire_policy": {"type": "string"}}},
+    "Node": {"type": "object", "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["scheduler", "coordinator", "worker"]},
+        "host": {"type": "string"}, "pid": {"type": "integer"},
+        "address": {"type": "string", "nullable": True},
+        "started_at": _TIME, "last_heartbeat_at": _TIME,
+        "state": {"type": "string", "enum": ["alive", "draining", "dead"]},
+        "capacity": {"type": "integer"}, "running": {"type": "integer"}}},
+}
+
+
+def _page(item: str, key: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {
+        key: {"type": "array", "items": _ref(item)},
+        "next": {"type": "string", "nullable": True}}}
+
+
+PATHS: dict[str, Any] = {
+    "/schedule": {"post": {
+        "summary": "Submit a one-off task or a recurring job",
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref("Submission")}}},
+        "responses": {"201": _json(_ref("Task"), "created (a Job when cron was given)"),
+                      "200": _json(_ref("Task"), "idempotent replay"), **_ERRORS}}},
+    "/tasks": {"get": {
+        "summary": "Tasks, newest first",
+        "parameters": [
+            {"name": "status", "in": "query",
+             "schema": {"type": "string", "enum": list(STATUSES)}},
+            {"name": "job_id", "in": "query", "schema": {"type": "integer"}}, *_PAGING],
+        "responses": {"200": _json(_page("Task", "tasks"), "a page"), **_ERRORS}}},
+    "/tasks/{id}": {"get": {
+        "summary": "One task with its attempts", "parameters": [_ID],
+        "responses": {"200": _json(_ref("Task"), "the task"), **_ERRORS}}},
+    "/tasks/{id}/cancel": {"post": {
+        "summary": "Cancel: never starts, or its process group is terminated",
+        "parameters": [_ID],
+        "responses": {"200": _json(_ref("Task"), "the task"), **_ERRORS}}},
+    "/jobs": {"get": {
+        "summary": "Recurring jobs", "parameters": _PAGING,
+        "responses": {"200": _json(_page("Job", "jobs"), "a page"), **_ERRORS}}},
+    "/jobs/{id}": {
+        "get": {"summary": "One job, in words, with its next runs", "parameters": [_ID],
+                "responses": {"200": _json(_ref("Job"), "the job"), **_ERRORS}},
+        "patch": {"summary": "Pause, resume or edit a job", "parameters": [_ID],
+                  "requestBody": {"required": True, "content": {
+                      "application/json": {"schema": _ref("Submission")}}},
+                  "responses": {"200": _json(_ref("Job"), "the job"), **_ERRORS}},
+        "delete": {"summary": "Delete a job; its tasks stay", "parameters": [_ID],
+                   "responses": {"204": {"description": "deleted"}, **_ERRORS}}},
+    "/nodes": {"get": {
+        "summary": "Every live or recently dead node",
+        "responses": {"200": _json({"type": "object", "properties": {
+            "nodes": {"type": "array", "items": _ref("Node")}}}, "the nodes"), **_ERRORS}}},
+    "/healthz": {"get": {"summary": "The process is up", "security": [],
+                         "responses": {"200": {"description": "up"}}}},
+    "/readyz": {"get": {"summary": "The process can reach PostgreSQL", "security": [],
+                        "responses": {"200": {"description": "ready"},
+                                      "503": _json(_ref("Error"), "database unreachable")}}},
+    "/metrics": {"get": {"summary": "Prometheus text: every live node's metrics",
+                         "responses": {"200": {"description": "metrics", "content": {
+                             "text/plain": {"schema": {"type": "string"}}}}, **_ERRORS}}},
+    "/openapi.json": {"get": {"summary": "This document",
+                              "responses": {"200": {"description": "OpenAPI 3"}}}},
+    "/": {"get": {"summary": "The dashboard", "responses": {"200": {
+        "description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+    "/static/{name}": {"get": {
+        "summary": "The dashboard's files",
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "a file"}, **_ERRORS}}},
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ChronoSync", "version": __version__,
+                 "description": "A fault-tolerant distributed cron on PostgreSQL."},
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
