@@ -123,7 +123,9 @@ def test_nodes_with_clocks_10_minutes_off_change_nothing(
 ) -> None:
     cluster = skewed_cluster
     before_start = datetime.now()  # the test's own (true) clock, local time like the logs
-    nodes = {cluster.processes.start(kind, wrapper=faketime_wrapper(offset)): offset
+    # Readable log lines (not JSON): their time stamps show each node's own clock.
+    nodes = {cluster.processes.start(kind, env={"CHRONOSYNC_LOG_FORMAT": "text"},
+                                     wrapper=faketime_wrapper(offset)): offset
              for kind, offset in SKEWED_NODES}
     cluster.wait_ready(coordinators=2, workers=2)
     ready_at = datetime.now()

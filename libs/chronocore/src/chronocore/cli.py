@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -116,7 +117,29 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
     if args.job:
         query += f"&job_id={args.job}"
-    show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS)
+    if not args.watch:
+        show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS)
+        return
+    try:
+        while True:  # until Ctrl-C
+            data = request(args.url, "GET", "/tasks" + query)
+            if not args.json:
+                print("\033[H\033[2J", end="")  # clear the terminal
+                print(f"{args.url}  {time.strftime('%H:%M:%S')}  (Ctrl-C to stop)")
+            show(args, data, "tasks", TASK_COLUMNS)
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_logs(args: argparse.Namespace) -> None:
+    """A task's output (the last 64 KiB of stdout and stderr), as it was written."""
+    task = request(args.url, "GET", f"/tasks/{args.id}")
+    if args.json:
+        print(json.dumps({"id": task["id"], "output": task["output"]}))
+    else:
+        sys.stdout.write(task["output"] or "")
 
 
 def cmd_jobs(args: argparse.Namespace) -> None:
@@ -191,18 +214,56 @@ def cmd_dev(args: argparse.Namespace) -> None:
         for _ in range(args.workers):
             cluster.start("worker")
         addr = os.environ.get("CHRONOSYNC_HTTP_ADDR", "127.0.0.1:8081")
-        print(f"dev: API at http://{addr}  (Ctrl-C stops everything)", flush=True)
+        print(f"dev: API at http://{addr}, dashboard http://{addr}/  (Ctrl-C stops "
+              "everything)", flush=True)
+        status = DevStatus(dsn, dashboard=f"http://{addr}/")
         while not stop.wait(0.5):
             dead = [n.name for n in cluster.nodes if not n.alive()]
             if dead:
                 print(f"dev: {', '.join(dead)} exited; stopping", flush=True)
                 break
+            status.maybe_print()
     finally:
         print("dev: stopping", flush=True)
         cluster.stop()
         if postgres is not None:
             postgres.stop()
             shutil.rmtree(postgres.datadir, ignore_errors=True)
+
+
+class DevStatus:
+    """The compact live line `make dev` prints: tasks per second, running, nodes alive."""
+
+    EVERY_S = 10.0
+
+    def __init__(self, dsn: str, *, dashboard: str) -> None:
+        self._dsn = dsn
+        self._dashboard = dashboard
+        self._last: tuple[float, int] | None = None
+        self._next_at = time.monotonic() + 2.0
+
+    def maybe_print(self) -> None:
+        import psycopg
+
+        from chronocore.queries import QUERIES
+
+        now = time.monotonic()
+        if now < self._next_at:
+            return
+        self._next_at = now + self.EVERY_S
+        try:
+            with psycopg.connect(self._dsn, connect_timeout=2) as conn:
+                finished, running, alive, known = conn.execute(
+                    QUERIES["dev_status"]).fetchone()
+        except psycopg.Error:
+            print("dev: status: database unreachable", flush=True)
+            return
+        rate = 0.0
+        if self._last is not None:
+            rate = (finished - self._last[1]) / max(now - self._last[0], 1e-9)
+        self._last = (now, finished)
+        print(f"dev: {rate:.1f} tasks/s · {running} running · {finished} done · "
+              f"nodes alive {alive}/{known} · dashboard {self._dashboard}", flush=True)
 
 
 def _dev_node_env(postgres: Any, args: argparse.Namespace) -> dict[str, str]:
@@ -279,10 +340,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--status")
     t.add_argument("--job", type=int, help="only this job's tasks")
     t.add_argument("--limit", type=int, default=20)
+    t.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     t.set_defaults(func=cmd_tasks)
     sub.add_parser("jobs", help="recurring jobs").set_defaults(func=cmd_jobs)
     for name, func, text in (("task", cmd_task, "one task with its attempts"),
                              ("cancel", cmd_cancel, "cancel a task"),
+                             ("logs", cmd_logs, "a task's output"),
                              ("job", cmd_job, "one job with its next runs"),
                              ("pause", cmd_pause, "pause a job"),
                              ("resume", cmd_resume, "resume a job"),

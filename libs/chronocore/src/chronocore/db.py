@@ -34,7 +34,9 @@ def open_pool(dsn: str, *, size: int, name: str) -> ConnectionPool:
         kwargs={"autocommit": True, "row_factory": dict_row},
         # Drop connections broken by a database restart before handing them out.
         check=ConnectionPool.check_connection,
-        reconnect_timeout=0,  # never give up: the database may come back at any time
+        # A failed background reconnect gives up at once; the pool then connects again
+        # as soon as a request asks, so nodes recover the moment the database is back.
+        reconnect_timeout=0,
         # A request waits this long for a connection before answering "unavailable",
         # rather than hanging through a whole database outage.
         timeout=POOL_WAIT_S,

@@ -54,8 +54,13 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
+        """Signal the node's process group: the node and any wrapper (faketime forks and
+        does not pass signals on). Its commands and reaper have sessions of their own."""
         if self.alive():
-            os.kill(self.proc.pid, sig)
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def _prefix(self, out: IO[str]) -> None:
         assert self.proc.stdout is not None
@@ -88,6 +93,7 @@ class ProcessCluster:
 
     def stop(self, *, grace_s: float = STOP_GRACE_S) -> None:
         for node in self.nodes:
+            node.signal(signal.SIGCONT)  # a paused node cannot stop
             node.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for node in self.nodes:

@@ -175,7 +175,8 @@ def plan(*, schedule: Schedule, next_run_at: datetime, now: datetime, horizon: t
     return Plan(occurrences=occurrences, next_run_at=following, skipped=skipped)
 
 
-def job_resource(row: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+def job_resource(row: dict[str, Any], *, now: datetime,
+                 recent: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     schedule = Schedule(row["cron"], row["timezone"])
     resource: dict[str, Any] = {"id": row["id"], "kind": "job"}
     for name in ("name", "command", "cron", "timezone", "delivery", "max_attempts",
@@ -187,4 +188,7 @@ def job_resource(row: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     resource["next_runs"] = [format_timestamp(t) for t in schedule.next_runs(now, 5)]
     for name in ("paused_at", "next_run_at", "created_at", "updated_at"):
         resource[name] = format_timestamp(row[name])
+    if recent is not None:
+        resource["recent"] = [{**r, "scheduled_at": format_timestamp(r["scheduled_at"])}
+                              for r in recent]
     return resource

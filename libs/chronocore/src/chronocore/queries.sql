@@ -304,6 +304,29 @@ WHERE job_id = %(id)s AND picked_at IS NULL AND cancelled_at IS NULL
   AND completed_at IS NULL AND failed_at IS NULL
 RETURNING id;
 
+-- name: restore_paused_of_job --
+-- Resuming: the ticks a pause cancelled that are still ahead come back.
+UPDATE tasks
+SET cancelled_at = NULL, error = NULL
+WHERE job_id = %(id)s AND error = %(reason)s AND picked_at IS NULL
+  AND scheduled_at > now()
+RETURNING id;
+
+-- name: recent_outcomes --
+-- The latest tasks of each of these jobs (for the dashboard's strip of outcomes).
+SELECT j.id AS job_id, t.id, t.status, t.error, t.scheduled_at
+FROM unnest(%(ids)s::bigint[]) AS j(id)
+CROSS JOIN LATERAL (
+    SELECT id, scheduled_at, error,
+           task_status(picked_at, started_at, completed_at, failed_at, cancelled_at)
+               AS status
+    FROM tasks
+    WHERE job_id = j.id AND scheduled_at <= now()
+    ORDER BY scheduled_at DESC
+    LIMIT %(count)s
+) t
+ORDER BY j.id, t.scheduled_at;
+
 -- name: delete_job --
 -- Delete a job; the tasks it already made stay, with their history.
 DELETE FROM jobs WHERE id = %(id)s RETURNING id;
@@ -382,3 +405,15 @@ SELECT count(*) FILTER (WHERE started_at IS NULL) AS picked,
        count(*) FILTER (WHERE started_at IS NOT NULL) AS running
 FROM tasks
 WHERE picked_at IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL;
+
+-- name: dev_status --
+-- The figures of `chronosync dev`'s live line: finished and running tasks, nodes alive.
+SELECT (SELECT count(*) FROM tasks
+        WHERE completed_at IS NOT NULL OR failed_at IS NOT NULL) AS finished,
+       (SELECT count(*) FROM tasks
+        WHERE started_at IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL)
+           AS running,
+       (SELECT count(*) FROM nodes
+        WHERE stopped_at IS NULL AND last_heartbeat_at > now() - interval '5 seconds')
+           AS alive,
+       (SELECT count(*) FROM nodes WHERE stopped_at IS NULL) AS known;

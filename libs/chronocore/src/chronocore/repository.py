@@ -229,6 +229,9 @@ class TaskRepository:
             conn.execute(QUERIES[name], params)
 
 
+PAUSED_REASON = "skipped: job paused"
+
+
 class JobExists(Exception):
     """Another job already has this name."""
 
@@ -293,9 +296,12 @@ class JobRepository:
             rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
                 row["cron"], row["timezone"])
             resumed = row["paused_at"] is not None and not spec.paused
+            if resumed and not rescheduled:
+                conn.execute(QUERIES["restore_paused_of_job"],
+                             {"id": job_id, "reason": PAUSED_REASON})
             if rescheduled or resumed:
                 last = conn.execute(QUERIES["last_occurrence"], {"id": job_id}).fetchone()["at"]
-                start = now if resumed or last is None else max(now, last)
+                start = now if last is None else max(now, last)
                 next_run_at = next(spec.schedule.after(start))
             try:
                 conn.execute(QUERIES["update_job"], {**self._columns(spec), "id": job_id,
@@ -304,8 +310,21 @@ class JobRepository:
                 raise JobExists(f"a job named {spec.name!r} exists already") from None
             if spec.paused and row["paused_at"] is None:
                 conn.execute(QUERIES["cancel_pending_of_job"],
-                             {"id": job_id, "reason": "skipped: job paused"})
+                             {"id": job_id, "reason": PAUSED_REASON})
             return conn.execute(QUERIES["get_job"], {"id": job_id}).fetchone()
+
+    def recent_outcomes(self, job_ids: list[int], *, count: int = 10
+                        ) -> dict[int, list[dict[str, Any]]]:
+        """The latest ``count`` due tasks of each job, oldest first."""
+        outcomes: dict[int, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
+        if job_ids:
+            with self._pool.connection() as conn:
+                for row in conn.execute(QUERIES["recent_outcomes"],
+                                        {"ids": job_ids, "count": count}):
+                    outcomes[row["job_id"]].append(
+                        {"id": row["id"], "status": row["status"], "error": row["error"],
+                         "scheduled_at": row["scheduled_at"]})
+        return outcomes
 
     def delete(self, job_id: int) -> bool:
         with self._pool.connection() as conn:

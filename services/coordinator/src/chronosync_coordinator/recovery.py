@@ -11,8 +11,9 @@ re-checked under the row lock, so a task is recovered by exactly one of them.
   -> retried after an exponential backoff while attempts remain.
 
 A sweeper judges other nodes dead only after it has itself been connected for a whole
-TTL: after a database outage every heartbeat is stale, and live workers need that long
-to be seen again. Requeueing unstarted claims needs no such care, being fenced.
+TTL plus the pool's wait: after a database outage every heartbeat is stale, and a live
+worker may need that long to be seen again. Requeueing unstarted claims needs no such
+care, being fenced.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 
 from chronocore import metrics
+from chronocore.db import POOL_WAIT_S
 from chronocore.repository import TaskRepository
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None
         log.warning("recovery: task %s claimed but never started; back to the queue",
                     task_id, extra={"task_id": task_id})
         _count("redispatched")
-    if connected_for_s < ttl_s:
+    if connected_for_s < ttl_s + POOL_WAIT_S:
         return
     for row in repo.recover_lost_runs(ttl_s=ttl_s):
         log.warning("recovery: task %s lost its worker; %s", row["task_id"],

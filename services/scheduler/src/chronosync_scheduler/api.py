@@ -88,8 +88,10 @@ class Api:
         limit = _limit(query)
         rows = self.jobs.list(before=_int_param(query, "before"), limit=limit)
         now = self.jobs.database_now()
+        recent = self.jobs.recent_outcomes([r["id"] for r in rows])
         next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
-        return 200, {"jobs": [job_resource(r, now=now) for r in rows], "next": next_cursor}
+        return 200, {"jobs": [job_resource(r, now=now, recent=recent[r["id"]]) for r in rows],
+                     "next": next_cursor}
 
     def get_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
         return 200, self._job(job_id)
@@ -112,7 +114,8 @@ class Api:
         row = self.jobs.get(job_id)
         if row is None:
             raise ApiError(404, f"no job {job_id}")
-        return job_resource(row, now=self.jobs.database_now())
+        return job_resource(row, now=self.jobs.database_now(),
+                            recent=self.jobs.recent_outcomes([job_id])[job_id])
 
     def list_tasks(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         status = query.get("status")
