@@ -70,6 +70,8 @@ class Config:
     pool_size: int = 4
     # Schedulers make a recurring job's tasks this far ahead of their time.
     horizon_s: float = 5.0
+    # Finished tasks older than this are pruned (in small batches, by every coordinator).
+    retention_s: float = 30 * 86400.0
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -107,6 +109,8 @@ class Config:
             ),
             pool_size=_int(env, "CHRONOSYNC_POOL_SIZE", defaults.pool_size),
             horizon_s=_float(env, "CHRONOSYNC_HORIZON_S", defaults.horizon_s),
+            retention_s=_float(env, "CHRONOSYNC_RETENTION_DAYS", defaults.retention_s / 86400)
+            * 86400,
             tls_ca=env.get("CHRONOSYNC_TLS_CA") or None,
             tls_cert=env.get("CHRONOSYNC_TLS_CERT") or None,
             tls_key=env.get("CHRONOSYNC_TLS_KEY") or None,

@@ -417,3 +417,18 @@ SELECT (SELECT count(*) FROM tasks
         WHERE stopped_at IS NULL AND last_heartbeat_at > now() - interval '5 seconds')
            AS alive,
        (SELECT count(*) FROM nodes WHERE stopped_at IS NULL) AS known;
+
+-- name: prune_finished --
+-- Retention: delete up to LIMIT finished tasks older than the retention age (their
+-- attempts go with them). Small batches and SKIP LOCKED: it never holds up a claim.
+DELETE FROM tasks
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE (completed_at IS NOT NULL OR failed_at IS NOT NULL OR cancelled_at IS NOT NULL)
+      AND coalesce(completed_at, failed_at, cancelled_at)
+          < now() - %(retention_s)s * interval '1 second'
+      AND (started_at IS NULL OR completed_at IS NOT NULL OR failed_at IS NOT NULL)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id;

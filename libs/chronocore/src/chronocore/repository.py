@@ -176,6 +176,10 @@ class TaskRepository:
                 {"ids": [t.id for t in tasks], "tokens": [t.token for t in tasks]},
             )
 
+    def prune_finished(self, *, retention_s: float, limit: int) -> int:
+        """Delete up to ``limit`` finished tasks older than the retention age."""
+        return len(self._all("prune_finished", {"retention_s": retention_s, "limit": limit}))
+
     def requeue_stale_claims(self, *, lease_s: float) -> list[int]:
         return [r["id"] for r in self._all("requeue_stale_claims", {"lease_s": lease_s})]
 

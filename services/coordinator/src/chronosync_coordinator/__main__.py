@@ -19,7 +19,7 @@ from chronocore.repository import Backoff, TaskRepository
 from chronocore.tls import TlsFiles
 from chronosync_coordinator.claim import ClaimLoop
 from chronosync_coordinator.dispatch import Dispatcher
-from chronosync_coordinator.recovery import sweep
+from chronosync_coordinator.recovery import prune, sweep
 
 log = logging.getLogger("chronosync.coordinator")
 
@@ -42,11 +42,11 @@ def main() -> int:
     registry = NodeRegistry(pool, node_id=node_id, kind="coordinator")
     dispatcher = Dispatcher(registry, coordinator_id=node_id, ttl_s=config.node_ttl_s,
                             refresh_s=config.heartbeat_s, tls=tls)
-    heartbeat = Heartbeat(
-        registry, interval_s=config.heartbeat_s,
-        on_beat=lambda: sweep(repo, ttl_s=config.node_ttl_s,
-                              connected_for_s=heartbeat.connected_for()),
-    )
+    def on_beat() -> None:
+        sweep(repo, ttl_s=config.node_ttl_s, connected_for_s=heartbeat.connected_for())
+        prune(repo, retention_s=config.retention_s)
+
+    heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s, on_beat=on_beat)
     loop = ClaimLoop(repo=repo, dispatcher=dispatcher, coordinator_id=node_id,
                      dsn=config.dsn, batch=config.claim_batch, max_idle_s=config.max_idle_s)
     try:

@@ -41,6 +41,20 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None
         _count("retried" if row["retry"] else "worker_lost")
 
 
+# Retention: each sweep deletes at most this many old finished tasks, so pruning a long
+# history is spread over many short statements and never holds up claims.
+PRUNE_BATCH = 500
+
+
+def prune(repo: TaskRepository, *, retention_s: float) -> int:
+    """Delete old finished tasks, one small batch per sweep (any coordinator may)."""
+    pruned = repo.prune_finished(retention_s=retention_s, limit=PRUNE_BATCH)
+    if pruned:
+        metrics.REGISTRY.inc("chronosync_tasks_pruned_total",
+                             "Finished tasks deleted by the retention policy.", pruned)
+    return pruned
+
+
 def _count(kind: str) -> None:
     metrics.REGISTRY.inc("chronosync_recoveries_total",
                          "Tasks recovered from dead nodes, by what became of them.", kind=kind)

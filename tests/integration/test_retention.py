@@ -1,0 +1,32 @@
+"""History retention: old finished tasks are pruned in small batches; nothing else is."""
+
+from __future__ import annotations
+
+from harness import Cluster, wait_for
+
+
+def test_old_finished_tasks_are_pruned_and_nothing_else(cluster: Cluster) -> None:
+    old = "now() - interval '40 days'"
+    cluster.query(f"""
+        INSERT INTO tasks (command, scheduled_at, picked_at, started_at, completed_at)
+        SELECT 'old ok', {old}, {old}, {old}, {old} FROM generate_series(1, 1200);
+        INSERT INTO tasks (command, scheduled_at, picked_at, started_at, failed_at, error)
+        VALUES ('old failed', {old}, {old}, {old}, {old}, 'exit 1');
+        INSERT INTO tasks (command, scheduled_at, cancelled_at)
+        VALUES ('old cancelled', {old}, {old});
+        INSERT INTO tasks (command, scheduled_at, picked_at, started_at, completed_at)
+        VALUES ('recent ok', now() - interval '1 day', now(), now(), now() - interval '1 day');
+        INSERT INTO tasks (command, scheduled_at, picked_at, started_at, cancelled_at)
+        VALUES ('old, cancelled while running', {old}, {old}, {old}, {old});
+        INSERT INTO tasks (command, scheduled_at) VALUES ('waiting', now() + interval '1 day');
+    """)
+    cluster.start("coordinator", CHRONOSYNC_RETENTION_DAYS="30")
+
+    def pruned() -> bool:
+        return not cluster.query("SELECT 1 FROM tasks WHERE command LIKE 'old %' "
+                                 "AND command <> 'old, cancelled while running'")
+
+    wait_for(pruned, timeout=30, what="the old finished tasks to be pruned")
+    left = sorted(r["command"] for r in cluster.query("SELECT command FROM tasks"))
+    assert left == ["old, cancelled while running", "recent ok", "waiting"]
+    assert cluster.query("SELECT count(*) AS n FROM task_attempts")[0]["n"] == 0
