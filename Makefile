@@ -31,8 +31,8 @@ chaos-test: $(STAMP) ## the randomized kill-node scenario (CHAOS_DURATION=180 s,
 	$(BIN)/python tests/chaos/chaos.py --duration $(CHAOS_DURATION) \
 		$(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
-bench: $(STAMP) ## the benchmark (not written yet)
-	@echo "make bench: not written yet" >&2; exit 1
+bench: $(STAMP) ## the benchmark: throughput, lateness, scale, failover (bench/README.md)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 up: ## docker compose up --build: PostgreSQL, scheduler, 2 coordinators, 3 workers
 	@token="$${CHRONOSYNC_API_TOKEN:-$$(openssl rand -hex 16)}"; \

@@ -1,0 +1,414 @@
+"""`make bench`: throughput, lateness, scale and failover of a real local cluster, in one
+run, printed as a table and written to bench/results/<date>.json.
+
+Everything runs here: an ephemeral PostgreSQL (durability settings relaxed, as in the
+tests: the figures are ChronoSync's overhead, not the disk's), 1 scheduler, 1
+coordinator and 2 workers by default (--schedulers/--coordinators/--workers). Figures are
+ratios to what this machine can do at all (spawning `true` from Python), measured in the
+same run, since the machine is shared and noisy. Times come from the database clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from chronocore import failpoints
+from chronocore.devcluster import ProcessCluster
+from chronocore.migrate import apply_migrations
+from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
+from chronocore.queries import QUERIES
+
+BURST_TASKS = 5000
+IDLE_TASKS = 200
+IDLE_SPACING_S = 0.2
+STEADY_RATES = (200, 500)
+STEADY_SECONDS = 10
+CLIENTS = 8
+SUBMIT_SECONDS = 5
+RSS_LIMIT_MB = 100
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.results: dict[str, Any] = {}
+        self.postgres = LocalCluster(datadir=workdir / "pgdata", settings=FAST_TEST_SETTINGS)
+        self.postgres.start()
+        self.dsn = self.postgres.dsn()
+        apply_migrations(self.dsn)
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        env = {"CHRONOSYNC_HTTP_ADDR": self.url, "CHRONOSYNC_ALLOW_ROOT": "1",
+               "CHRONOSYNC_WORKER_CAPACITY": str(args.capacity)}
+        self.cluster = ProcessCluster(dsn=self.dsn, env=env, log_dir=workdir)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def sql(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
+        with psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row) as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+    def start_cluster(self) -> None:
+        for _ in range(self.args.schedulers):
+            self.cluster.start("scheduler")
+        for _ in range(self.args.coordinators):
+            self.cluster.start("coordinator")
+        for _ in range(self.args.workers):
+            self.cluster.start("worker")
+        self.wait(lambda: len(self.sql(
+            "SELECT 1 FROM nodes WHERE stopped_at IS NULL AND last_heartbeat_at > now() - "
+            "interval '2 seconds'")) >= self.args.schedulers + self.args.coordinators
+            + self.args.workers, 60, "the cluster")
+
+    @staticmethod
+    def wait(condition: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def unfinished(self) -> int:
+        return self.sql("SELECT count(*) AS n FROM tasks WHERE completed_at IS NULL "
+                        "AND failed_at IS NULL AND cancelled_at IS NULL")[0]["n"]
+
+    def insert_due(self, count: int, *, at_sql: str, spacing_s: float = 0.0,
+                   command: str = "true") -> None:
+        self.sql(f"INSERT INTO tasks (command, scheduled_at) SELECT %s, {at_sql} + "
+                 "(i * %s) * interval '1 second' FROM generate_series(0, %s - 1) AS i",
+                 (command, spacing_s, count))
+
+    def lateness(self, since_id: int) -> list[float]:
+        rows = self.sql("SELECT EXTRACT(EPOCH FROM started_at - scheduled_at)::float8 AS l "
+                        "FROM tasks WHERE id > %s AND started_at IS NOT NULL", (since_id,))
+        return [r["l"] for r in rows]
+
+    def last_id(self) -> int:
+        return self.sql("SELECT coalesce(max(id), 0) AS id FROM tasks")[0]["id"]
+
+    # --- the measures -----------------------------------------------------------------
+
+    def ceiling(self) -> None:
+        """How fast this machine spawns `true` from Python: one thread, and a pool."""
+        def spawn() -> None:
+            subprocess.run(["/bin/sh", "-c", "true"], check=True)
+
+        n = 300
+        t0 = time.perf_counter()
+        for _ in range(n):
+            spawn()
+        single = n / (time.perf_counter() - t0)
+        n = 2000
+        threads = 2 * (os.cpu_count() or 1) * 2
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda _: spawn(), range(n)))
+        pooled = n / (time.perf_counter() - t0)
+        self.results["ceiling"] = {"single_thread_per_s": round(single, 1),
+                                   "pool_per_s": round(pooled, 1), "pool_threads": threads}
+
+    def burst(self) -> None:
+        rss: dict[str, float] = {}
+        stop = threading.Event()
+        sampler = threading.Thread(target=self._sample_rss, args=(rss, stop), daemon=True)
+        since = self.last_id()
+        due = self.sql("SELECT now() + interval '2 seconds' AS at")[0]["at"]
+        self.sql("INSERT INTO tasks (command, scheduled_at) SELECT 'true', %s "
+                 "FROM generate_series(1, %s)", (due, BURST_TASKS))
+        sampler.start()
+        self.wait(lambda: self.unfinished() == 0, 300, "the burst to finish")
+        stop.set()
+        sampler.join()
+        row = self.sql("SELECT EXTRACT(EPOCH FROM max(coalesce(completed_at, failed_at)) - "
+                       "%s)::float8 AS span, count(*) FILTER (WHERE completed_at IS NOT NULL)"
+                       " AS ok FROM tasks WHERE id > %s", (due, since))[0]
+        per_s = BURST_TASKS / row["span"]
+        pool = self.results["ceiling"]["pool_per_s"]
+        self.results["burst"] = {
+            "tasks": BURST_TASKS, "succeeded": row["ok"], "seconds": round(row["span"], 2),
+            "tasks_per_s": round(per_s, 1), "ratio_to_pool_ceiling": round(per_s / pool, 2),
+            "max_rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
+        }
+
+    def _sample_rss(self, rss: dict[str, float], stop: threading.Event) -> None:
+        while not stop.wait(0.1):
+            for node in self.cluster.nodes:
+                try:
+                    status = Path(f"/proc/{node.pid}/status").read_text()
+                except FileNotFoundError:
+                    continue
+                kb = next(int(line.split()[1]) for line in status.splitlines()
+                          if line.startswith("VmRSS:"))
+                rss[node.name] = max(rss.get(node.name, 0.0), kb / 1024)
+
+    def lateness_runs(self) -> None:
+        out = {}
+        since = self.last_id()
+        self.insert_due(IDLE_TASKS, at_sql="now() + interval '1 second'",
+                        spacing_s=IDLE_SPACING_S)
+        self.wait(lambda: self.unfinished() == 0, 120, "the idle run")
+        out["idle"] = self._summary(self.lateness(since))
+        for rate in STEADY_RATES:
+            since = self.last_id()
+            self.insert_due(rate * STEADY_SECONDS, at_sql="now() + interval '1 second'",
+                            spacing_s=1.0 / rate)
+            self.wait(lambda: self.unfinished() == 0, 300, f"the {rate}/s run")
+            out[f"{rate}_per_s"] = self._summary(self.lateness(since))
+        self.results["lateness_ms"] = out
+
+    @staticmethod
+    def _summary(values: list[float]) -> dict[str, float]:
+        ms = [v * 1000 for v in values]
+        return {"n": len(ms), "p50": round(percentile(ms, 50), 1),
+                "p95": round(percentile(ms, 95), 1), "p99": round(percentile(ms, 99), 1),
+                "max": round(max(ms), 1)}
+
+    def claim_cost(self, history: int) -> float:
+        """Median time of one claim (limit 50, 100 due) with ``history`` finished tasks."""
+        have = self.sql("SELECT count(*) AS n FROM tasks WHERE completed_at IS NOT NULL")[0]["n"]
+        if history > have:
+            self.sql("INSERT INTO tasks (command, scheduled_at, picked_at, started_at, "
+                     "completed_at) SELECT 'history', t, t, t, t FROM (SELECT now() - "
+                     "interval '1 day' - i * interval '1 second' AS t FROM "
+                     "generate_series(1, %s) AS i) s", (history - have,))
+            self.sql("VACUUM ANALYZE tasks")
+        since = self.last_id()
+        self.insert_due(100, at_sql="now() + interval '1 hour'")
+        times = []
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE tasks SET due_at = now() - interval '1 second' WHERE id > %s",
+                         (since,))
+            for _ in range(200):
+                t0 = time.perf_counter()
+                with conn.transaction(force_rollback=True):
+                    conn.execute(QUERIES["claim_due"],
+                                 {"coordinator_id": "bench", "limit": 50}).fetchall()
+                times.append(time.perf_counter() - t0)
+            conn.execute("DELETE FROM tasks WHERE id > %s", (since,))
+        return statistics.median(times) * 1000
+
+    def scale(self) -> None:
+        # The cluster's coordinator would claim our probe tasks: pause it meanwhile.
+        coordinators = [n for n in self.cluster.nodes if n.kind == "coordinator"]
+        for node in coordinators:
+            node.signal(signal.SIGSTOP)
+        try:
+            small = self.claim_cost(10_000)
+            large = self.claim_cost(1_000_000)
+            pruning = self._claim_while_pruning()
+        finally:
+            for node in coordinators:
+                node.signal(signal.SIGCONT)
+        self.results["claim_ms"] = {"history_10k": round(small, 3),
+                                    "history_1m": round(large, 3),
+                                    "ratio_1m_to_10k": round(large / small, 2),
+                                    "history_1m_while_pruning": round(pruning, 3)}
+        self.results["submit_per_s"] = round(self._submit_rate(), 1)
+
+    def _claim_while_pruning(self) -> float:
+        """The claim again while another session prunes old history in batches."""
+        self.sql("UPDATE tasks SET completed_at = completed_at - interval '60 days' "
+                 "WHERE command = 'history' AND id % 2 = 0")
+        stop = threading.Event()
+
+        def prune() -> None:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                while not stop.is_set():
+                    conn.execute(QUERIES["prune_finished"],
+                                 {"retention_s": 30 * 86400, "limit": 500})
+
+        pruner = threading.Thread(target=prune, daemon=True)
+        pruner.start()
+        try:
+            return self.claim_cost(0)
+        finally:
+            stop.set()
+            pruner.join()
+
+    def _submit_rate(self) -> float:
+        body = json.dumps({"command": "true", "scheduled_at": "2099-01-01T00:00:00Z"})
+        deadline = time.monotonic() + SUBMIT_SECONDS
+        counts = [0] * CLIENTS
+
+        def client(i: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            while time.monotonic() < deadline:
+                conn.request("POST", "/schedule", body=body,
+                             headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.status == 201:
+                    counts[i] += 1
+            conn.close()
+
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+            list(pool.map(client, range(CLIENTS)))
+        rate = sum(counts) / (time.monotonic() - t0)
+        self.sql("DELETE FROM tasks WHERE scheduled_at = '2099-01-01T00:00:00Z'")
+        return rate
+
+    def failover(self) -> None:
+        out = {}
+        # A worker running tasks dies: how long until its tasks are recovered.
+        victim = next(n for n in self.cluster.nodes if n.kind == "worker")
+        since = self.last_id()
+        self.sql("INSERT INTO tasks (command, scheduled_at, delivery, max_attempts) "
+                 "SELECT 'sleep 30', now(), 'at_least_once', 2 FROM generate_series(1, 8)")
+        self.wait(lambda: self.sql(
+            "SELECT count(*) AS n FROM tasks t JOIN nodes n ON n.id = t.worker_id "
+            "WHERE t.id > %s AND t.started_at IS NOT NULL AND n.pid = %s",
+            (since, victim.pid))[0]["n"] > 0, 30, "tasks on the victim worker")
+        killed_at = self.sql("SELECT now() AS t")[0]["t"]
+        victim.signal(signal.SIGKILL)
+        self.wait(lambda: self.sql(
+            "SELECT count(*) AS n FROM task_attempts a JOIN tasks t ON t.id = a.task_id "
+            "WHERE t.id > %s AND a.error = 'worker_lost'", (since,))[0]["n"] > 0, 60,
+            "the recovery")
+        recovered = self.sql("SELECT max(finished_at) AS t FROM task_attempts WHERE "
+                             "task_id > %s AND error = 'worker_lost'", (since,))[0]["t"]
+        out["worker_kill_to_recovery_s"] = round((recovered - killed_at).total_seconds(), 2)
+        self.sql("UPDATE tasks SET cancelled_at = now() WHERE id > %s", (since,))
+        self.cluster.start("worker")
+        # A coordinator holding claims dies: how long until they are dispatched again.
+        holder = self.cluster.start("coordinator", env={failpoints.AFTER_CLAIM: "120"})
+        for node in self.cluster.nodes:
+            if node.kind == "coordinator" and node is not holder:
+                node.signal(signal.SIGSTOP)
+        since = self.last_id()
+        self.sql("INSERT INTO tasks (command, scheduled_at) SELECT 'true', now() "
+                 "FROM generate_series(1, 8)")
+        self.wait(lambda: self.sql("SELECT count(*) AS n FROM tasks WHERE id > %s AND "
+                                   "picked_at IS NOT NULL", (since,))[0]["n"] == 8, 60,
+                  "the claims")
+        for node in self.cluster.nodes:
+            if node.kind == "coordinator" and node is not holder:
+                node.signal(signal.SIGCONT)
+        killed_at = self.sql("SELECT now() AS t")[0]["t"]
+        holder.signal(signal.SIGKILL)
+        self.wait(lambda: self.sql("SELECT count(*) AS n FROM tasks WHERE id > %s AND "
+                                   "completed_at IS NOT NULL", (since,))[0]["n"] == 8, 60,
+                  "the redispatch")
+        started = self.sql("SELECT max(started_at) AS t FROM tasks WHERE id > %s",
+                           (since,))[0]["t"]
+        out["coordinator_kill_to_dispatch_s"] = round((started - killed_at).total_seconds(), 2)
+        self.results["failover"] = out
+
+    def close(self) -> None:
+        self.cluster.stop()
+        self.postgres.stop()
+
+
+def machine() -> dict[str, Any]:
+    import grpc
+    import psycopg_pool
+
+    return {
+        "cpus": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "psycopg": psycopg.__version__,
+        "psycopg_pool": psycopg_pool.__version__, "grpcio": grpc.__version__,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    c, b, lat, claim, fo = (results["ceiling"], results["burst"], results["lateness_ms"],
+                            results["claim_ms"], results["failover"])
+    rows = [
+        ("spawn ceiling, 1 thread", f"{c['single_thread_per_s']:.0f} /s", ""),
+        ("spawn ceiling, pool", f"{c['pool_per_s']:.0f} /s", ""),
+        (f"burst of {b['tasks']} `true`", f"{b['tasks_per_s']:.0f} tasks/s",
+         f"{b['ratio_to_pool_ceiling']:.0%} of the pool ceiling (target >= 50%)"),
+        *[(f"lateness {name.replace('_per_s', '/s')}",
+           f"p50 {v['p50']} ms, p95 {v['p95']} ms, p99 {v['p99']} ms, max {v['max']} ms",
+           {"idle": "target p99 <= 10 ms", "200_per_s": "target p99 <= 50 ms"}.get(name, ""))
+          for name, v in lat.items()],
+        ("claim, 10k finished", f"{claim['history_10k']} ms", ""),
+        ("claim, 1M finished", f"{claim['history_1m']} ms",
+         f"{claim['ratio_1m_to_10k']}x the 10k claim (target <= 1.2x)"),
+        ("claim, 1M while pruning", f"{claim['history_1m_while_pruning']} ms", ""),
+        (f"POST /schedule, {CLIENTS} clients", f"{results['submit_per_s']:.0f} req/s", ""),
+        ("worker SIGKILL -> recovery", f"{fo['worker_kill_to_recovery_s']} s",
+         "target ~6 s (TTL + one sweep)"),
+        ("coordinator SIGKILL -> dispatch", f"{fo['coordinator_kill_to_dispatch_s']} s", ""),
+        ("max RSS during the burst", ", ".join(f"{k} {v:.0f} MB"
+                                               for k, v in b["max_rss_mb"].items()),
+         f"target < {RSS_LIMIT_MB} MB each"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a.ljust(width)}  {v.ljust(value_width)}  {note}".rstrip()
+                     for a, v, note in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--schedulers", type=int, default=1)
+    parser.add_argument("--coordinators", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--capacity", type=int, default=2 * (os.cpu_count() or 1) * 2,
+                        help="commands per worker")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="chronosync-bench-"))
+    workdir.chmod(0o755)
+    bench = Bench(args, workdir)
+    try:
+        bench.ceiling()
+        bench.start_cluster()
+        bench.burst()
+        bench.lateness_runs()
+        bench.scale()
+        bench.failover()
+    finally:
+        bench.close()
+    now = datetime.now(UTC)
+    document = {"date": now.isoformat(timespec="seconds"), "machine": machine(),
+                "settings": {**vars(args), "postgres": FAST_TEST_SETTINGS},
+                "results": bench.results}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{now.date().isoformat()}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(table(bench.results))
+    print(f"\nwritten to {path}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
