@@ -1,19 +1,24 @@
 # One image, three entrypoints: chronosync-scheduler, chronosync-coordinator,
-# chronosync-worker (pick one with the container's command).
+# chronosync-worker (pick one with the container's command; `chronosync` is the CLI).
+# Health checks depend on the role, so they live with the roles: docker-compose.yml
+# (healthcheck) and deploy/k8s/ (probes). tests/unit/test_deploy.py keeps them in step.
 FROM python:3.11-slim
 
 # openssl: `chronosync certs` makes the cluster's throwaway TLS certificates.
+# A fixed numeric user, so Kubernetes' runAsNonRoot can verify it (deploy/k8s: 10001).
 RUN apt-get update && apt-get install -y --no-install-recommends openssl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --create-home --home-dir /home/chronosync chronosync \
-    && mkdir /certs && chown chronosync /certs
+    && groupadd --system --gid 10001 chronosync \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/chronosync \
+        chronosync \
+    && mkdir /certs && chown 10001:10001 /certs
 WORKDIR /app
 COPY libs/chronocore libs/chronocore
 COPY services services
 RUN pip install --no-cache-dir libs/chronocore services/scheduler services/coordinator \
         services/worker
 
-USER chronosync
+USER 10001:10001
 ENV PYTHONUNBUFFERED=1
 
 CMD ["chronosync-scheduler"]

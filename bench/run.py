@@ -149,10 +149,13 @@ class Bench:
         due = self.sql("SELECT now() + interval '2 seconds' AS at")[0]["at"]
         self.sql("INSERT INTO tasks (command, scheduled_at) SELECT 'true', %s "
                  "FROM generate_series(1, %s)", (due, BURST_TASKS))
+        profilers = self._profile() if self.args.profile else []
         sampler.start()
         self.wait(lambda: self.unfinished() == 0, 300, "the burst to finish")
         stop.set()
         sampler.join()
+        for profiler in profilers:
+            profiler.wait()
         row = self.sql("SELECT EXTRACT(EPOCH FROM max(coalesce(completed_at, failed_at)) - "
                        "%s)::float8 AS span, count(*) FILTER (WHERE completed_at IS NOT NULL)"
                        " AS ok FROM tasks WHERE id > %s", (due, since))[0]
@@ -163,6 +166,18 @@ class Bench:
             "tasks_per_s": round(per_s, 1), "ratio_to_pool_ceiling": round(per_s / pool, 2),
             "max_rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
         }
+
+    def _profile(self) -> list[subprocess.Popen[bytes]]:
+        """py-spy on every node through the burst: collapsed stacks in the results."""
+        out = Path(self.args.out) / "profiles"
+        out.mkdir(parents=True, exist_ok=True)
+        py_spy = Path(sys.executable).parent / "py-spy"
+        return [subprocess.Popen(
+            [str(py_spy), "record", "--pid", str(node.pid), "--duration", "10",
+             "--format", "raw", "--nonblocking", "--threads", "-o",
+             str(out / f"{node.name}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for node in self.cluster.nodes]
 
     def _sample_rss(self, rss: dict[str, float], stop: threading.Event) -> None:
         while not stop.wait(0.1):
@@ -383,6 +398,9 @@ def main() -> int:
     parser.add_argument("--capacity", type=int, default=2 * (os.cpu_count() or 1) * 2,
                         help="commands per worker")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy every node during the burst (pip install py-spy)")
+    parser.add_argument("--only-burst", action="store_true", help="skip the other measures")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="chronosync-bench-"))
     workdir.chmod(0o755)
@@ -391,6 +409,9 @@ def main() -> int:
         bench.ceiling()
         bench.start_cluster()
         bench.burst()
+        if args.only_burst:
+            print(json.dumps(bench.results, indent=2))
+            return 0
         bench.lateness_runs()
         bench.scale()
         bench.failover()

@@ -41,7 +41,8 @@ def main() -> int:
                                                 max_s=config.retry_backoff_max_s))
     registry = NodeRegistry(pool, node_id=node_id, kind="coordinator")
     dispatcher = Dispatcher(registry, coordinator_id=node_id, ttl_s=config.node_ttl_s,
-                            refresh_s=config.heartbeat_s, tls=tls)
+                            refresh_s=config.heartbeat_s, tls=tls,
+                            on_slots_freed=lambda: loop.wake())
     def on_beat() -> None:
         sweep(repo, ttl_s=config.node_ttl_s, connected_for_s=heartbeat.connected_for())
         prune(repo, retention_s=config.retention_s)

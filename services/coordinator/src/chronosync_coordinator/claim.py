@@ -51,6 +51,10 @@ class ClaimLoop:
         self._stop.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look again now (a slot was freed, or a task added)."""
+        self._wake.set()
+
     def run(self) -> None:
         while not self._stop.is_set():
             try:

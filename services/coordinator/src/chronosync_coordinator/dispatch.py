@@ -1,5 +1,8 @@
 """The dispatch path: offer claimed tasks to live workers, least loaded first.
 
+Each coordinator follows every live worker's slot stream (``WatchSlots``): a freed slot
+wakes the claim loop at once, so a busy cluster dispatches as fast as commands end.
+
 A worker answers each offer with what it accepted (each accepted task owns one of its
 slots) and what it rejected (full or draining); rejected tasks go to the next worker.
 What no worker takes goes back to the queue at once (``release``), fenced by its token.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -26,8 +30,8 @@ from chronocore.tls import TlsFiles, open_channel
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT_S = 5.0
-# While every worker is full, look again at most this often (a slot frees when any
-# command ends; workers do not announce it, so we ask).
+# While every worker is full, look again at most this often. Watched workers announce
+# freed slots at once (WatchSlots); this bounds the wait for the others.
 FULL_RECHECK_S = 0.02
 # With no live worker known, read the registry this often until one appears.
 NO_WORKERS_RECHECK_S = 0.1
@@ -55,9 +59,12 @@ def to_message(task: ClaimedTask) -> worker_pb2.Task:
 
 class Dispatcher:
     def __init__(self, registry: NodeRegistry, *, coordinator_id: str, ttl_s: float,
-                 refresh_s: float, tls: TlsFiles | None) -> None:
+                 refresh_s: float, tls: TlsFiles | None,
+                 on_slots_freed: Callable[[], None] = lambda: None) -> None:
         self._registry = registry
         self._tls = tls
+        self._on_slots_freed = on_slots_freed
+        self._watches: dict[str, grpc.Future] = {}
         self._coordinator_id = coordinator_id
         self._ttl_s = ttl_s
         self._refresh_s = refresh_s
@@ -65,7 +72,7 @@ class Dispatcher:
         self._refreshed_at = float("-inf")
         self._rechecked_at = float("-inf")
         self._channels: dict[str, grpc.Channel] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # refresh opens channels while holding it
 
     def free_slots(self) -> int:
         """Our best estimate of free slots across live workers (refreshing as needed)."""
@@ -79,13 +86,49 @@ class Dispatcher:
         return self._total_free()
 
     def refresh(self) -> None:
-        """Read the live workers from the registry (the database decides who is alive)."""
+        """Read the live workers from the registry (the database decides who is alive);
+        watch each one's slots, whose stream is fresher than the heartbeat's figure."""
         rows = self._registry.live_workers(ttl_s=self._ttl_s)
-        self._workers = {
-            r["id"]: WorkerView(r["id"], r["address"], r["capacity"] or 0, r["running"])
-            for r in rows if r["address"]
-        }
+        workers = {}
+        for r in rows:
+            if not r["address"]:
+                continue
+            known = self._workers.get(r["id"])
+            if known is not None and r["id"] in self._watches:
+                workers[r["id"]] = known
+            else:
+                workers[r["id"]] = WorkerView(r["id"], r["address"], r["capacity"] or 0,
+                                              r["running"])
+        self._workers = workers
+        with self._lock:
+            for worker_id in [w for w in self._watches if w not in workers]:
+                self._watches.pop(worker_id).cancel()
+            for worker in workers.values():
+                if worker.id not in self._watches:
+                    self._watches[worker.id] = self._watch(worker)
         self._refreshed_at = time.monotonic()
+
+    def _watch(self, worker: WorkerView) -> grpc.Future:
+        """Follow a worker's slot stream on a thread of its own until it ends."""
+        stub = worker_pb2_grpc.WorkerStub(self._channel(worker.address))
+        call = stub.WatchSlots(worker_pb2.HealthRequest())
+
+        def follow() -> None:
+            try:
+                for update in call:
+                    worker.capacity = update.capacity
+                    worker.running = update.capacity if update.draining else update.running
+                    if worker.free > 0:
+                        self._on_slots_freed()
+            except grpc.RpcError:
+                pass  # cancelled, or the worker went away: the next refresh decides
+            finally:
+                with self._lock:
+                    if self._watches.get(worker.id) is call:
+                        del self._watches[worker.id]
+
+        threading.Thread(target=follow, name=f"watch-{worker.id}", daemon=True).start()
+        return call
 
     def dispatch(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
         """Offer tasks to workers; returns those nobody accepted."""
@@ -109,6 +152,9 @@ class Dispatcher:
 
     def close(self) -> None:
         with self._lock:
+            for call in self._watches.values():
+                call.cancel()
+            self._watches.clear()
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
@@ -135,7 +181,10 @@ class Dispatcher:
         return reply
 
     def _ask_workers(self) -> None:
+        """The fallback for workers whose slot stream is not (yet) open."""
         for worker in self._workers.values():
+            if worker.id in self._watches:
+                continue
             stub = worker_pb2_grpc.WorkerStub(self._channel(worker.address))
             try:
                 health = stub.Health(worker_pb2.HealthRequest(), timeout=RPC_TIMEOUT_S)

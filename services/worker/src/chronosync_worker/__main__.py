@@ -30,7 +30,8 @@ from chronosync_worker.server import WorkerServicer
 
 log = logging.getLogger("chronosync.worker")
 
-RPC_THREADS = 8
+# Dispatch and cancel calls, plus one long-lived slot watch per coordinator.
+RPC_THREADS = 64
 
 
 def advertised_address(bound_host: str, port: int, override: str | None) -> str:

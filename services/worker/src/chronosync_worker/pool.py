@@ -72,6 +72,7 @@ class SlotPool:
         self._slots: dict[int, _Slot] = {}
         self._draining = False
         self._idle = threading.Condition(self._lock)
+        self._version = 0  # bumped whenever a slot is taken or freed
         self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="run")
 
     @property
@@ -94,9 +95,19 @@ class SlotPool:
                     continue
                 slot = self._slots[task.id] = _Slot(task)
                 accepted.append(slot)
+            if accepted:
+                self._version += 1
+                self._idle.notify_all()
         for slot in accepted:
             self._executor.submit(self._run_task, slot)
         return [slot.task.id for slot in accepted], rejected
+
+    def wait_change(self, seen: int, *, timeout: float) -> tuple[int, int]:
+        """Block until the slots change after version ``seen`` (or the timeout);
+        returns ``(version, running)``."""
+        with self._lock:
+            self._idle.wait_for(lambda: self._version != seen, timeout=timeout)
+            return self._version, len(self._slots)
 
     def stop_task(self, task_id: int, reason: str = "cancelled") -> bool:
         """Terminate a task's process group if it runs here; True if it did."""
@@ -124,6 +135,8 @@ class SlotPool:
         """Take no new work; wait up to ``grace_s`` for running commands, then stop them."""
         with self._lock:
             self._draining = True
+            self._version += 1
+            self._idle.notify_all()
             self._idle.wait_for(lambda: not self._slots, timeout=grace_s)
             left = list(self._slots)
         for task_id in left:
@@ -144,6 +157,7 @@ class SlotPool:
         finally:
             with self._lock:
                 self._slots.pop(task.id, None)
+                self._version += 1
                 self._idle.notify_all()
 
     def _start(self, task: ClaimedTask) -> Started | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 
 import grpc
@@ -21,6 +22,10 @@ def claimed_task(message: worker_pb2.Task) -> ClaimedTask:
         env=dict(message.env),
         scheduled_at=datetime.fromisoformat(message.scheduled_at.replace("Z", "+00:00")),
     )
+
+
+# A watched worker speaks at least this often, so a dead stream is noticed.
+WATCH_KEEPALIVE_S = 1.0
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -46,7 +51,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     def Health(self, request: worker_pb2.HealthRequest,
                context: grpc.ServicerContext) -> worker_pb2.HealthReply:
+        return self._health(self._pool.running)
+
+    def WatchSlots(self, request: worker_pb2.HealthRequest,
+                   context: grpc.ServicerContext) -> Iterator[worker_pb2.HealthReply]:
+        version, running = self._pool.wait_change(-1, timeout=0)
+        while context.is_active():
+            yield self._health(running)
+            version, running = self._pool.wait_change(version, timeout=WATCH_KEEPALIVE_S)
+
+    def _health(self, running: int) -> worker_pb2.HealthReply:
         return worker_pb2.HealthReply(
             worker_id=self._worker_id, capacity=self._pool.capacity,
-            running=self._pool.running, draining=self._pool.draining,
+            running=running, draining=self._pool.draining,
         )

@@ -49,6 +49,11 @@ class WorkerStub:
                 request_serializer=chronocore_dot_rpc_dot_worker__pb2.HealthRequest.SerializeToString,
                 response_deserializer=chronocore_dot_rpc_dot_worker__pb2.HealthReply.FromString,
                 _registered_method=True)
+        self.WatchSlots = channel.unary_stream(
+                '/chronosync.worker.v1.Worker/WatchSlots',
+                request_serializer=chronocore_dot_rpc_dot_worker__pb2.HealthRequest.SerializeToString,
+                response_deserializer=chronocore_dot_rpc_dot_worker__pb2.HealthReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -75,6 +80,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSlots(self, request, context):
+        """Load and state now, then again whenever a slot is taken or freed (at least every
+        second): a coordinator learns at once that it may dispatch more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +103,11 @@ def add_WorkerServicer_to_server(servicer, server):
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
+                    request_deserializer=chronocore_dot_rpc_dot_worker__pb2.HealthRequest.FromString,
+                    response_serializer=chronocore_dot_rpc_dot_worker__pb2.HealthReply.SerializeToString,
+            ),
+            'WatchSlots': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSlots,
                     request_deserializer=chronocore_dot_rpc_dot_worker__pb2.HealthRequest.FromString,
                     response_serializer=chronocore_dot_rpc_dot_worker__pb2.HealthReply.SerializeToString,
             ),
@@ -173,6 +191,33 @@ class Worker:
             request,
             target,
             '/chronosync.worker.v1.Worker/Health',
+            chronocore_dot_rpc_dot_worker__pb2.HealthRequest.SerializeToString,
+            chronocore_dot_rpc_dot_worker__pb2.HealthReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSlots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chronosync.worker.v1.Worker/WatchSlots',
             chronocore_dot_rpc_dot_worker__pb2.HealthRequest.SerializeToString,
             chronocore_dot_rpc_dot_worker__pb2.HealthReply.FromString,
             options,
