@@ -34,7 +34,7 @@ chaos-test: $(STAMP) ## the randomized kill-node scenario (CHAOS_DURATION=180 s,
 bench: $(STAMP) ## the benchmark: throughput, lateness, scale, failover (bench/README.md)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-up: ## docker compose up --build: PostgreSQL, scheduler, 2 coordinators, 3 workers
+up: ## docker compose up --build: PostgreSQL, 2 schedulers, 2 coordinators, 3 workers
 	@token="$${CHRONOSYNC_API_TOKEN:-$$(openssl rand -hex 16)}"; \
 	echo "API token: $$token  (curl -H 'Authorization: Bearer $$token' localhost:8081/nodes)"; \
 	CHRONOSYNC_API_TOKEN="$$token" docker compose up --build
