@@ -150,10 +150,12 @@ class Bench:
         self.sql("INSERT INTO tasks (command, scheduled_at) SELECT 'true', %s "
                  "FROM generate_series(1, %s)", (due, BURST_TASKS))
         profilers = self._profile() if self.args.profile else []
+        cpu_before = self._cpu_by_role()
         sampler.start()
         self.wait(lambda: self.unfinished() == 0, 300, "the burst to finish")
         stop.set()
         sampler.join()
+        cpu_after = self._cpu_by_role()
         for profiler in profilers:
             profiler.wait()
         row = self.sql("SELECT EXTRACT(EPOCH FROM max(coalesce(completed_at, failed_at)) - "
@@ -165,7 +167,41 @@ class Bench:
             "tasks": BURST_TASKS, "succeeded": row["ok"], "seconds": round(row["span"], 2),
             "tasks_per_s": round(per_s, 1), "ratio_to_pool_ceiling": round(per_s / pool, 2),
             "max_rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
+            # Where the CPU went during the burst (seconds, all cores): the breakdown
+            # that says what to make faster.
+            "cpu_s": {role: round(cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0), 2)
+                      for role in sorted(set(cpu_after) | set(cpu_before))},
         }
+
+    def _cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds so far: each kind of node, PostgreSQL, the commands, the machine."""
+        tick = os.sysconf("SC_CLK_TCK")
+        roles: dict[str, float] = {}
+        node_pids = {node.pid: node.kind for node in self.cluster.nodes}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            # utime, stime, and the children's (commands are reaped by the workers).
+            used = sum(int(x) for x in fields[11:15]) / tick
+            pid = int(entry.name)
+            if pid in node_pids:
+                role = node_pids[pid]
+            elif b"postgres" in cmdline[:64]:
+                role = "postgres"
+            else:
+                continue
+            roles[role] = roles.get(role, 0.0) + used
+        with open("/proc/stat") as stat:
+            total = [int(x) for x in stat.readline().split()[1:]]
+        roles["machine_busy"] = (sum(total) - total[3] - total[4]) / tick
+        roles["machine_total"] = sum(total) / tick
+        return roles
 
     def _profile(self) -> list[subprocess.Popen[bytes]]:
         """py-spy on every node through the burst: collapsed stacks in the results."""
@@ -380,6 +416,9 @@ def table(results: dict[str, Any]) -> str:
         ("worker SIGKILL -> recovery", f"{fo['worker_kill_to_recovery_s']} s",
          "target ~6 s (TTL + one sweep)"),
         ("coordinator SIGKILL -> dispatch", f"{fo['coordinator_kill_to_dispatch_s']} s", ""),
+        ("CPU during the burst", ", ".join(
+            f"{k} {v:.1f} s" for k, v in b["cpu_s"].items() if not k.startswith("machine"))
+         + f" of {b['cpu_s'].get('machine_busy', 0):.1f} s busy", ""),
         ("max RSS during the burst", ", ".join(f"{k} {v:.0f} MB"
                                                for k, v in b["max_rss_mb"].items()),
          f"target < {RSS_LIMIT_MB} MB each"),
@@ -395,7 +434,7 @@ def main() -> int:
     parser.add_argument("--schedulers", type=int, default=1)
     parser.add_argument("--coordinators", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--capacity", type=int, default=2 * (os.cpu_count() or 1) * 2,
+    parser.add_argument("--capacity", type=int, default=16 * (os.cpu_count() or 1),
                         help="commands per worker")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--profile", action="store_true",

@@ -10,6 +10,10 @@ demand, else ``nobody``) that owns the data directory. ``stop()`` (or leaving
 the ``with`` block) is the normal way to shut a cluster down: if the process
 that started it is killed, the server keeps running until someone calls
 ``stop()`` on a ``LocalCluster`` for the same data directory.
+
+For failover tests a cluster can also be copied into a streaming standby
+(``LocalCluster.standby_of``: ``pg_basebackup -R``), promoted (``promote()``), and
+crashed (``kill()``: SIGKILL of the postmaster and every process it started).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -146,6 +152,36 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _gone(pid: int) -> bool:
+    """The process no longer runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        st = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return st.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 class LocalCluster:
     """One PostgreSQL cluster in ``datadir``, serving on 127.0.0.1:``port``."""
 
@@ -168,16 +204,26 @@ class LocalCluster:
         """A libpq conninfo string for ``dbname`` as the ``postgres`` superuser."""
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def _tool(self, name: str) -> Path:
+        """A server program: in the bindir, or beside what its pg_ctl links to (PATH may
+        hold symlinks to initdb, pg_ctl and postgres only, not pg_basebackup)."""
         if self._bindir is None:
             self._bindir = find_bindir()
+        path = self._bindir / name
+        if not os.access(path, os.X_OK):
+            beside = (self._bindir / "pg_ctl").resolve().parent / name
+            if os.access(beside, os.X_OK):
+                return beside
+        return path
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         kw: dict[str, Any] = {}
         if self._user is not None:
             # extra_groups=[] drops root's supplementary groups too.
             kw = {"user": self._user.pw_uid, "group": self._user.pw_gid,
                   "extra_groups": []}
         return subprocess.run(
-            [str(self._bindir / args[0]), *args[1:]], capture_output=True,
+            [str(self._tool(args[0])), *args[1:]], capture_output=True,
             text=True, cwd="/", timeout=120, check=False, **kw,
         )
 
@@ -230,6 +276,91 @@ class LocalCluster:
         if self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode != 3:
             raise PostgresError(
                 f"pg_ctl stop failed in {self.datadir}:\n{res.stdout}{res.stderr}")
+
+    @classmethod
+    def standby_of(cls, primary: LocalCluster, *, datadir: Path,
+                   application_name: str = "standby1", port: int | None = None,
+                   settings: dict[str, str] | None = None) -> LocalCluster:
+        """A streaming standby of the running ``primary``, copied into ``datadir`` by
+        ``pg_basebackup -R`` (so it starts in standby mode, its ``primary_conninfo``
+        naming ``application_name``); not started yet.
+
+        Its settings are the primary's (a hot standby needs ``max_connections`` and
+        the like at least as high) with ``synchronous_standby_names`` cleared, so that
+        once promoted with no standby of its own its commits do not wait forever;
+        ``settings`` overrides either.
+        """
+        standby = cls(datadir=datadir, port=port, settings={
+            **primary.settings, "synchronous_standby_names": "", **(settings or {})})
+        standby._bindir = primary._bindir
+        d = standby.datadir
+        if d.exists() and any(d.iterdir()):
+            raise PostgresError(f"{d} is not empty: pg_basebackup needs an empty directory")
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if standby._user is not None:
+            _check_traversable(d, standby._user)
+            os.chown(d, standby._user.pw_uid, standby._user.pw_gid)
+        os.chmod(d, 0o700)
+        conninfo = (f"host=127.0.0.1 port={primary.port} user=postgres "
+                    f"application_name={application_name}")
+        res = standby._run("pg_basebackup", "-d", conninfo, "-D", str(d), "-R",
+                           "-X", "stream", "-c", "fast", "--no-sync")
+        if res.returncode != 0:
+            raise PostgresError(
+                f"pg_basebackup from port {primary.port} into {d} failed:\n"
+                f"{res.stdout}{res.stderr}")
+        # The copy holds the primary's log file when it lives in the data directory.
+        if standby.log_path.exists():
+            standby.log_path.write_text("")
+        return standby
+
+    def promote(self) -> None:
+        """Turn a standby into a primary (``pg_ctl promote``, waiting until it is one)."""
+        res = self._run("pg_ctl", "promote", "-w", "-t", "60", "-D", str(self.datadir))
+        if res.returncode != 0:
+            raise PostgresError(
+                f"pg_ctl promote failed in {self.datadir}:\n{res.stdout}{res.stderr}\n"
+                f"--- tail of {self.log_path} ---\n{self._log_tail()}")
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid, from ``postmaster.pid``; None without one."""
+        try:
+            first = (self.datadir / "postmaster.pid").read_text().split("\n", 1)[0]
+        except OSError:
+            return None
+        try:
+            return int(first)
+        except ValueError:
+            return None
+
+    def kill(self, *, timeout_s: float = 30.0) -> None:
+        """Crash the server: SIGKILL the postmaster and every process it started (no
+        shutdown checkpoint, no goodbye to clients: their connections just break), and
+        wait until they are gone. The stale ``postmaster.pid`` is removed so that no later
+        ``pg_ctl`` signals a recycled pid; ``stop()`` then has nothing to do, and
+        ``start()`` runs crash recovery."""
+        pid = self.postmaster_pid()
+        if pid is None or _gone(pid):
+            return
+        try:
+            os.kill(pid, signal.SIGSTOP)  # no new children while we list them
+        except ProcessLookupError:
+            return
+        # Children first, while the stopped postmaster cannot react, so no backend
+        # outlives it long enough to say goodbye to its client.
+        victims = [*_children_of(pid), pid]
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while not all(_gone(v) for v in victims):
+            if time.monotonic() > deadline:
+                raise PostgresError(f"processes {victims} of {self.datadir} outlived SIGKILL")
+            time.sleep(0.01)
+        if self.postmaster_pid() == pid:
+            (self.datadir / "postmaster.pid").unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         self.start()

@@ -110,13 +110,17 @@ class Heartbeat:
         return 0.0 if since is None else time.monotonic() - since
 
     def run_once(self) -> None:
+        began = time.monotonic()
         try:
             self._registry.heartbeat(running=self._running())
         except (psycopg.Error, OSError):
             self._connected_since = None
             raise
-        if self._connected_since is None:
-            self._connected_since = time.monotonic()
+        ended = time.monotonic()
+        # A beat that had to wait (for a connection, a failover) is a break too: others'
+        # beats may have waited as long, so judging them needs a fresh full TTL.
+        if self._connected_since is None or ended - began > self._interval_s:
+            self._connected_since = ended
         if self._on_beat is not None:
             self._on_beat()
 
