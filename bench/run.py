@@ -178,6 +178,7 @@ class Bench:
         tick = os.sysconf("SC_CLK_TCK")
         roles: dict[str, float] = {}
         node_pids = {node.pid: node.kind for node in self.cluster.nodes}
+        postmaster = int((self.postgres.datadir / "postmaster.pid").read_text().split()[0])
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -187,12 +188,13 @@ class Bench:
             except OSError:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
-            # utime, stime, and the children's (commands are reaped by the workers).
+            # utime, stime, and the children's once reaped (the commands, by the workers;
+            # ended backends, by the postmaster).
             used = sum(int(x) for x in fields[11:15]) / tick
-            pid = int(entry.name)
+            pid, parent = int(entry.name), int(fields[1])
             if pid in node_pids:
                 role = node_pids[pid]
-            elif b"postgres" in cmdline[:64]:
+            elif postmaster in (pid, parent) and b"postgres" in cmdline[:64]:
                 role = "postgres"
             else:
                 continue
