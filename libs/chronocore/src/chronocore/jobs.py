@@ -26,6 +26,7 @@ from chronocore.model import (
     SUBMISSION_FIELDS,
     ValidationError,
     check_fields,
+    fingerprint,
     format_timestamp,
     parse_common,
 )
@@ -67,13 +68,8 @@ class JobSpec:
     paused: bool = False
 
     def request_hash(self) -> str:
-        import hashlib
-        import json
-
-        data = asdict(self)
-        data["schedule"] = [self.schedule.expression, self.schedule.timezone]
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return fingerprint({**asdict(self), "schedule": [self.schedule.expression,
+                                                         self.schedule.timezone]})
 
 
 def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...]) -> str:

@@ -161,10 +161,14 @@ class Submission:
 
     def request_hash(self) -> str:
         """Fingerprint of what was asked, to tell an idempotent replay from a conflict."""
-        data = asdict(self)
-        data["scheduled_at"] = format_timestamp(self.scheduled_at)
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return fingerprint({**asdict(self),
+                            "scheduled_at": format_timestamp(self.scheduled_at)})
+
+
+def fingerprint(data: dict[str, Any]) -> str:
+    """A stable hash of a request's validated content."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check_fields(body: object, allowed: frozenset[str]) -> dict[str, Any]:

@@ -130,8 +130,7 @@ WITH current AS (
         started_at = CASE WHEN c.retry THEN NULL ELSE t.started_at END,
         claim_token = CASE WHEN c.retry THEN NULL ELSE t.claim_token END,
         due_at = CASE WHEN c.retry
-                      THEN now() + least(%(backoff_base_s)s * 2 ^ (c.attempt - 1),
-                                         %(backoff_max_s)s) * interval '1 second'
+                      THEN retry_due_at(c.attempt, %(backoff_base_s)s, %(backoff_max_s)s)
                       ELSE t.due_at END,
         exit_code = %(exit_code)s, error = %(error)s, output = %(output)s
     FROM current c
@@ -183,8 +182,7 @@ WITH lost AS (
         started_at = CASE WHEN l.retry THEN NULL ELSE t.started_at END,
         claim_token = CASE WHEN l.retry THEN NULL ELSE t.claim_token END,
         due_at = CASE WHEN l.retry
-                      THEN now() + least(%(backoff_base_s)s * 2 ^ (l.attempt - 1),
-                                         %(backoff_max_s)s) * interval '1 second'
+                      THEN retry_due_at(l.attempt, %(backoff_base_s)s, %(backoff_max_s)s)
                       ELSE t.due_at END,
         error = 'worker_lost', exit_code = NULL
     FROM lost l

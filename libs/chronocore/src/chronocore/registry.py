@@ -51,6 +51,20 @@ class NodeRegistry:
              "pid": os.getpid(), "address": self.address, "capacity": self.capacity},
         )
 
+    def announce(self) -> None:
+        """Register at start-up; with the database away, the first heartbeat will."""
+        try:
+            self.register()
+        except psycopg.OperationalError as exc:
+            log.warning("could not register yet (%s); the heartbeat will", exc)
+
+    def leave(self) -> None:
+        """Say we stopped cleanly (best effort: the TTL says it anyway)."""
+        try:
+            self.mark_stopped()
+        except psycopg.Error as exc:
+            log.warning("could not mark stopped: %s", exc)
+
     def heartbeat(self, *, running: int = 0) -> None:
         params = {"id": self.node_id, "running": running,
                   "metrics": Jsonb(metrics.REGISTRY.snapshot())}

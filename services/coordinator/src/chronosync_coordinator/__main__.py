@@ -9,8 +9,6 @@ import logging
 import sys
 import threading
 
-import psycopg
-
 from chronocore import db
 from chronocore.config import Config, ConfigError
 from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
@@ -50,10 +48,7 @@ def main() -> int:
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s, on_beat=on_beat)
     loop = ClaimLoop(repo=repo, dispatcher=dispatcher, coordinator_id=node_id,
                      dsn=config.dsn, batch=config.claim_batch, max_idle_s=config.max_idle_s)
-    try:
-        registry.register()
-    except psycopg.OperationalError as exc:
-        log.warning("could not register yet (%s); the heartbeat will", exc)
+    registry.announce()
     heartbeat.start()
     loop.start()
     runner = threading.Thread(target=loop.run, name="claim-loop")
@@ -65,10 +60,7 @@ def main() -> int:
     runner.join()
     heartbeat.stop()
     dispatcher.close()
-    try:
-        registry.mark_stopped()
-    except psycopg.Error as exc:
-        log.warning("could not mark stopped: %s", exc)
+    registry.leave()
     pool.close()
     return 0
 

@@ -9,8 +9,6 @@ import logging
 import sys
 import threading
 
-import psycopg
-
 from chronocore import db
 from chronocore.config import Config, ConfigError, is_loopback, split_host_port
 from chronocore.node import migrate_when_reachable, setup_logging, stop_event_on_signals
@@ -61,10 +59,7 @@ def main() -> int:
         log.error("cannot listen on %s: %s", config.http_addr, exc)
         return 1
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s)
-    try:
-        registry.register()
-    except psycopg.OperationalError as exc:
-        log.warning("could not register yet (%s); the heartbeat will", exc)
+    registry.announce()
     heartbeat.start()
     materializer.start()
     serving = threading.Thread(target=server.serve_forever, name="http")
@@ -77,10 +72,7 @@ def main() -> int:
     serving.join()
     server.server_close()
     heartbeat.stop()
-    try:
-        registry.mark_stopped()
-    except psycopg.Error as exc:
-        log.warning("could not mark stopped: %s", exc)
+    registry.leave()
     pool.close()
     return 0
 

@@ -14,7 +14,6 @@ import tempfile
 from concurrent import futures
 
 import grpc
-import psycopg
 
 from chronocore import db
 from chronocore.config import Config, ConfigError, is_loopback, split_host_port
@@ -111,10 +110,7 @@ def main() -> int:
     # from us while we were paused or cut off.
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s,
                           running=lambda: slots.running, on_beat=slots.stop_revoked)
-    try:
-        registry.register()
-    except psycopg.OperationalError as exc:
-        log.warning("could not register yet (%s); the heartbeat will", exc)
+    registry.announce()
     heartbeat.start()
     log.info("worker listening on %s (capacity %d, workdir %s)", address,
              config.worker_capacity, workdir)
@@ -129,10 +125,7 @@ def main() -> int:
     reaper.close()
     server.stop(grace=1).wait()
     heartbeat.stop()
-    try:
-        registry.mark_stopped()
-    except Exception as exc:
-        log.warning("could not mark stopped: %s", exc)
+    registry.leave()
     pool.close()
     return 0
 

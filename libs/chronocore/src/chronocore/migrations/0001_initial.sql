@@ -83,6 +83,13 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END
 $$;
 
+-- When a failed attempt may run again: exponential backoff from base_s, capped at max_s.
+CREATE FUNCTION retry_due_at(attempt integer, base_s double precision,
+                             max_s double precision)
+RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT now() + least(base_s * 2 ^ (attempt - 1), max_s) * interval '1 second'
+$$;
+
 -- A new task is first due when it is scheduled.
 CREATE FUNCTION set_task_due_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
