@@ -226,11 +226,11 @@ def test_it_rejects_a_garbage_scheduled_at() -> None:
     assert_rejected({"command": "true", "scheduled_at": "next tuesday"}, "scheduled_at")
 
 
-# --- cron and timezone (not available yet) --------------------------------------------------
+# --- cron and timezone: a one-off task has neither (jobs: tests/unit/test_cron.py) ---------
 
 
 @pytest.mark.parametrize("cron", ["*/5 * * * *", "*/5 * * * * *", "", 5])
-def test_it_currently_rejects_cron_and_names_the_field(cron: object) -> None:
+def test_a_one_off_submission_refuses_cron_and_names_the_field(cron: object) -> None:
     assert_rejected({"command": "true", "cron": cron}, "cron")
 
 
