@@ -4,11 +4,15 @@ liveness timings shrunk so failures show in seconds, not minutes, and polling he
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +21,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from chronocore.devcluster import NodeProcess, ProcessCluster
+from chronocore.migrate import apply_migrations
+from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresNotFound
 
 T = TypeVar("T")
 
@@ -156,3 +162,68 @@ def process_gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    """The end of a log file, for a failing test's report."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+
+
+@contextmanager
+def own_postgres(prefix: str, settings: dict[str, str] | None = None,
+                 ) -> Iterator[LocalCluster]:
+    """A migrated PostgreSQL of the test's own (one it may stop, kill or cut off);
+    stopped at the end, with its log printed for the report."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)  # under root the server runs as an unprivileged user
+    server = LocalCluster(datadir=base / "pgdata",
+                          settings={**FAST_TEST_SETTINGS, **(settings or {})})
+    try:
+        try:
+            server.start()
+        except PostgresNotFound as exc:
+            pytest.skip(f"no PostgreSQL server binaries to run a cluster of our own: {exc}")
+        apply_migrations(server.dsn())
+        yield server
+    finally:
+        server.stop()
+        print(f"===== postgres.log =====\n{tail(server.log_path)}")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int | None  # None: no HTTP answer at all
+    body: Any  # decoded JSON, or a description of what came instead
+    began: float  # time.monotonic()
+    ended: float
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.began
+
+
+def bounded_request(url: str, method: str, path: str, body: Any = None, *,
+                    timeout: float) -> Answer:
+    """One request with a bounded wait; never raises for what the server does."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+        exc.close()
+    except OSError as exc:
+        return Answer(None, f"no answer: {exc!r}", began, time.monotonic())
+    try:
+        decoded = json.loads(raw) if raw else None
+    except ValueError:
+        decoded = f"not JSON: {raw[:200]!r}"
+    return Answer(status, decoded, began, time.monotonic())

@@ -12,24 +12,17 @@ runs its own PostgreSQL cluster and stops that one.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Cluster, log_of, wait_for
+from harness import Answer, Cluster, bounded_request, log_of, own_postgres, wait_for
 
 from chronocore import db
-from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresNotFound
+from chronocore.pgcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 
@@ -51,73 +44,27 @@ MAX_REFUSED_PER_S = 10
 DUE_DURING_OUTAGE_S = (5.0, 10.0)
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int | None  # None: no HTTP answer at all
-    body: Any  # decoded JSON, or a description of what came instead
-    seconds: float
-
-
 def request(url: str, method: str, path: str, body: Any = None) -> Answer:
-    """One request with a bounded wait; never raises for what the server does."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    began = time.monotonic()
-    try:
-        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-        exc.close()
-    except OSError as exc:
-        return Answer(None, f"no answer: {exc!r}", time.monotonic() - began)
-    seconds = time.monotonic() - began
-    try:
-        decoded = json.loads(raw)
-    except ValueError:
-        decoded = f"not JSON: {raw[:200]!r}"
-    return Answer(status, decoded, seconds)
+    return bounded_request(url, method, path, body, timeout=REQUEST_TIMEOUT_S)
 
 
 @pytest.fixture
-def own_postgres() -> Iterator[LocalCluster]:
-    """A PostgreSQL cluster of this test's own, migrated, stopped (if still up) at the end."""
-    base = Path(tempfile.mkdtemp(prefix="chronosync-outage-"))
-    base.chmod(0o755)  # under root the server runs as an unprivileged user
-    server = LocalCluster(datadir=base / "pgdata", settings=FAST_TEST_SETTINGS)
-    try:
-        try:
-            server.start()
-        except PostgresNotFound as exc:
-            pytest.skip(f"no PostgreSQL server binaries to run a stoppable cluster: {exc}")
-        apply_migrations(server.dsn())
+def own_pg() -> Iterator[LocalCluster]:
+    with own_postgres("chronosync-outage-") as server:
         yield server
-    finally:
-        server.stop()
-        print(f"===== postgres.log =====\n{_tail(server.log_path)}")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
-def outage_cluster(own_postgres: LocalCluster, tmp_path: Path) -> Iterator[Cluster]:
+def outage_cluster(own_pg: LocalCluster, tmp_path: Path) -> Iterator[Cluster]:
     """Nodes on the test's own PostgreSQL; stopped before that PostgreSQL is."""
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    running = Cluster(dsn=own_postgres.dsn(), log_dir=log_dir)
+    running = Cluster(dsn=own_pg.dsn(), log_dir=log_dir)
     try:
         yield running
     finally:
         running.stop()
         print(running.processes.logs())  # shown by pytest when the test failed
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(unreadable: {exc})"
 
 
 def db_now(cluster: Cluster) -> datetime:
@@ -146,7 +93,7 @@ def unavailable_problem(what: str, answer: Answer) -> str | None:
 
 
 def test_a_15_second_database_outage_keeps_nodes_up_answers_503_and_loses_nothing(
-    own_postgres: LocalCluster, outage_cluster: Cluster, tmp_path: Path
+    own_pg: LocalCluster, outage_cluster: Cluster, tmp_path: Path
 ) -> None:
     cluster = outage_cluster
     cluster.start_default(coordinators=2, workers=2)
@@ -175,7 +122,7 @@ def test_a_15_second_database_outage_keeps_nodes_up_answers_503_and_loses_nothin
     # The outage. Every write after this instant happens after the database is back.
     went_down_at = db_now(cluster)
     assert cluster.task(long_task)["status"] == "running", "the long task ended too soon"
-    own_postgres.stop()
+    own_pg.stop()
     outage_began = time.monotonic()
     outage_ends = outage_began + OUTAGE_S
     # They really fall due while the database is away (not before it went).
@@ -210,7 +157,7 @@ def test_a_15_second_database_outage_keeps_nodes_up_answers_503_and_loses_nothin
             problems.append(f"GET /healthz answered {health.status}: {health.body}")
     note_exits()
     time.sleep(max(0.0, outage_ends - time.monotonic()))  # hold the outage for OUTAGE_S
-    own_postgres.start()  # same data directory, same port
+    own_pg.start()  # same data directory, same port
     back_at = db_now(cluster)
 
     assert not exited, f"nodes exited during the outage (name: exit code): {exited}"

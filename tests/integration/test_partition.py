@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from harness import FAST_TIMINGS, Cluster, log_of, node_id, wait_for
+from harness import FAST_TIMINGS, Cluster, log_of, node_id, own_postgres, wait_for
 
 from chronocore import db
-from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresNotFound
+from chronocore.pgcluster import LocalCluster
 from chronocore.tls import make_certs
 
 pytestmark = pytest.mark.slow
@@ -150,38 +149,24 @@ def link() -> Iterator[Link]:
             _ip(*args, check=False)
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(unreadable: {exc})"
-
-
 @pytest.fixture
-def own_postgres(link: Link) -> Iterator[LocalCluster]:
+def link_pg(link: Link) -> Iterator[LocalCluster]:
     """PostgreSQL on 127.0.0.1 and the root-side veth address, trusting the namespace's
     address, migrated; stopped at the end."""
-    base = Path(tempfile.mkdtemp(prefix="chronosync-partition-"))
-    base.chmod(0o755)  # under root the server runs as an unprivileged user
+    hba_dir = Path(tempfile.mkdtemp(prefix="chronosync-partition-hba-"))
+    hba_dir.chmod(0o755)  # under root the server runs as an unprivileged user
     # initdb's pg_hba.conf trusts loopback only; the worker comes from its namespace.
-    hba = base / "pg_hba.conf"
+    hba = hba_dir / "pg_hba.conf"
     hba.write_text("host all all 127.0.0.1/32 trust\n"
                    f"host all all {link.ns_addr}/32 trust\n")
     hba.chmod(0o644)
-    server = LocalCluster(datadir=base / "pgdata", settings={
-        **FAST_TEST_SETTINGS, "listen_addresses": f"127.0.0.1,{link.root_addr}",
-        "hba_file": str(hba)})
     try:
-        try:
-            server.start()
-        except PostgresNotFound as exc:
-            pytest.skip(f"no PostgreSQL server binaries to run a cluster of our own: {exc}")
-        apply_migrations(server.dsn())
-        yield server
+        with own_postgres("chronosync-partition-", {
+                "listen_addresses": f"127.0.0.1,{link.root_addr}",
+                "hba_file": str(hba)}) as server:
+            yield server
     finally:
-        server.stop()
-        print(f"===== postgres.log =====\n{_tail(server.log_path)}")
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(hba_dir, ignore_errors=True)
 
 
 def ns_dsn(server: LocalCluster, link: Link) -> str:
@@ -200,13 +185,13 @@ def reachable_from_namespace(server: LocalCluster, link: Link) -> bool:
 
 
 @pytest.fixture
-def partition_cluster(own_postgres: LocalCluster, link: Link,
+def partition_cluster(link_pg: LocalCluster, link: Link,
                       tmp_path: Path) -> Iterator[Cluster]:
     """Nodes on the test's own PostgreSQL; the link is healed and the nodes stopped
     before PostgreSQL is."""
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    running = Cluster(dsn=own_postgres.dsn(), log_dir=log_dir)
+    running = Cluster(dsn=link_pg.dsn(), log_dir=log_dir)
     try:
         yield running
     finally:
@@ -258,11 +243,11 @@ def submit(cluster: Cluster, command: str, **fields: Any) -> int:
 
 
 def test_a_cut_off_worker_s_tasks_are_recovered_and_its_late_writes_fenced_off(
-    own_postgres: LocalCluster, link: Link, partition_cluster: Cluster, tmp_path: Path
+    link_pg: LocalCluster, link: Link, partition_cluster: Cluster, tmp_path: Path
 ) -> None:
     cluster = partition_cluster
     began = time.monotonic()
-    wait_for(lambda: reachable_from_namespace(own_postgres, link), timeout=30,
+    wait_for(lambda: reachable_from_namespace(link_pg, link), timeout=30,
              what=f"PostgreSQL to accept connections from {link.ns_addr} (the namespace)",
              interval=0.5)
     tls = make_certs(tmp_path / "tls")["node"]
@@ -274,7 +259,7 @@ def test_a_cut_off_worker_s_tasks_are_recovered_and_its_late_writes_fenced_off(
         cluster.start("coordinator", **tls_env, **FAST_RETRY)
     cut_off = cluster.processes.start("worker", wrapper=link.exec_prefix(), env={
         **tls_env, **FAST_RETRY,
-        "CHRONOSYNC_DSN": ns_dsn(own_postgres, link),
+        "CHRONOSYNC_DSN": ns_dsn(link_pg, link),
         "CHRONOSYNC_WORKER_ADDR": f"{link.ns_addr}:0",
         "CHRONOSYNC_WORKER_CAPACITY": NS_CAPACITY,
     })

@@ -28,8 +28,6 @@ import shutil
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import FAST_TIMINGS, Cluster, wait_for
+from harness import FAST_TIMINGS, Answer, Cluster, bounded_request, tail, wait_for
 from psycopg.rows import dict_row
 
 from chronocore import db
@@ -87,34 +85,8 @@ SETTLE_TIMEOUT_S = 45.0
 CRASH_ERRORS = ("spawn: database unreachable",)
 
 
-@dataclass(frozen=True)
-class Answer:
-    began: float  # time.monotonic()
-    ended: float
-    status: int | None  # None: no HTTP answer at all
-    body: Any
-
-
 def request(url: str, method: str, path: str, body: Any = None) -> Answer:
-    """One request with a bounded wait; never raises for what the server does."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    began = time.monotonic()
-    try:
-        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-        exc.close()
-    except OSError as exc:
-        return Answer(began, time.monotonic(), None, f"no answer: {exc!r}")
-    try:
-        decoded = json.loads(raw) if raw else None
-    except ValueError:
-        decoded = f"not JSON: {raw[:200]!r}"
-    return Answer(began, time.monotonic(), status, decoded)
+    return bounded_request(url, method, path, body, timeout=REQUEST_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -205,13 +177,6 @@ class ReadyProbe:
             self._stop.wait(0.1)
 
 
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(unreadable: {exc})"
-
-
 def _query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row,
                          connect_timeout=5) as conn:
@@ -267,7 +232,7 @@ def replicated_postgres() -> Iterator[Replicated]:
                 server.stop()
             finally:
                 print(f"===== {server.datadir.name} postgres.log =====\n"
-                      f"{_tail(server.log_path)}")
+                      f"{tail(server.log_path)}")
         shutil.rmtree(base, ignore_errors=True)
 
 
