@@ -86,6 +86,10 @@ def test_dev_runs_the_seed_example_and_stops_every_process_on_sigterm(
     pids = [n["pid"] for n in http(url, "GET", "/nodes")[1]["nodes"]]
     postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
     assert len(pids) == 5 and all(alive(p) for p in [*pids, postmaster])
+    # The live status line and the dashboard's address (printed every few seconds).
+    wait_for(lambda: "nodes alive 5/5" in (data_dir / "dev.log").read_text(), timeout=30,
+             what="dev's live status line")
+    assert "dashboard http://" in (data_dir / "dev.log").read_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     leftovers = [p for p in [*pids, postmaster] if alive(p)]

@@ -59,10 +59,11 @@ def test_metrics_gather_every_node_s_figures_and_the_database_s(cluster: Cluster
     def counted() -> dict | None:
         samples = scrape(cluster)
         done = total(samples, "chronosync_runs_total", outcome="succeeded")
-        return samples if done >= 6 and total(samples, "chronosync_runs_total",
-                                              outcome="exit") >= 1 else None
+        failed = total(samples, "chronosync_runs_total", outcome="exit")
+        created = total(samples, "chronosync_http_requests_total", status="201")
+        return samples if done >= 6 and failed >= 1 and created >= 8 else None
 
-    samples = wait_for(counted, timeout=10, what="the workers' next heartbeats")
+    samples = wait_for(counted, timeout=20, what="every node's next heartbeat")
     assert total(samples, "chronosync_task_lateness_seconds_count") >= 7
     assert total(samples, "chronosync_task_lateness_seconds_bucket", le="+Inf") >= 7
     assert total(samples, "chronosync_claim_batch_size_count", kind="coordinator") >= 1

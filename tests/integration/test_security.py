@@ -100,6 +100,7 @@ def test_the_command_environment_holds_no_secret(cluster: Cluster, tmp_path: Pat
     auth = {"Authorization": f"Bearer {TOKEN}"}
     wait_for(lambda: cluster.query("SELECT 1 FROM nodes WHERE kind = 'worker'"), timeout=30,
              what="the worker")
+    wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
     _, body = cluster.http("POST", "/schedule", {"command": "env"}, headers=auth)
 
     def finished() -> dict | None:
@@ -261,3 +262,33 @@ def test_a_slow_client_loses_its_connection_and_the_api_stays_up(cluster: Cluste
         slow.close()
     assert time.monotonic() - started < 25
     assert _answers(cluster.url)
+
+
+def test_connections_beyond_the_bound_get_a_503_and_the_api_recovers(
+    cluster: Cluster,
+) -> None:
+    from chronosync_scheduler.http import MAX_CONNECTIONS
+
+    cluster.start("scheduler")
+    wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            held.append(socket.create_connection(("127.0.0.1", cluster.port), timeout=10))
+
+        def refused() -> bytes | None:
+            # The server answers a connection over the bound as soon as it accepts it.
+            try:
+                with socket.create_connection(("127.0.0.1", cluster.port),
+                                              timeout=10) as extra:
+                    answer = extra.recv(4096)
+            except OSError:
+                return None
+            return answer if answer.startswith(b"HTTP/1.1 503") else None
+
+        answer = wait_for(refused, timeout=30, what="a connection beyond the bound refused")
+        assert b'"error"' in answer
+    finally:
+        for conn in held:
+            conn.close()
+    wait_for(lambda: _answers(cluster.url), timeout=30, what="the API to answer again")

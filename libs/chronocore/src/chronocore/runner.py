@@ -14,6 +14,7 @@ import errno
 import os
 import pwd
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -31,17 +32,30 @@ _NEVER = float("inf")
 
 @dataclass(frozen=True)
 class RunAs:
-    """The unprivileged user a root worker runs commands as (CHRONOSYNC_RUN_AS)."""
+    """The unprivileged user a root worker runs commands as (CHRONOSYNC_RUN_AS).
+
+    The switch is made by util-linux's ``setpriv`` exec'd before the shell, not by
+    Popen's ``user=``: that makes Python fork (not vfork) a process full of gRPC threads
+    and change ids in the child, which crashed now and then (SIGSEGV before exec)."""
 
     name: str
     uid: int
     gid: int
     home: str
+    setpriv: str
 
     @classmethod
     def lookup(cls, name: str) -> RunAs:
         entry = pwd.getpwnam(name)  # KeyError when there is no such user
-        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise FileNotFoundError("setpriv (util-linux) is needed to run commands as "
+                                    f"{name}")
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, setpriv)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}",
+                "--clear-groups", "--", *argv]
 
 
 # With an allowlist, a command must be an allowed prefix followed by plain arguments:
@@ -115,8 +129,11 @@ class CommandRun:
                     return RunResult(succeeded=False, exit_code=None,
                                      error=self._stop_reason, output="")
                 try:
+                    argv = ["/bin/sh", "-c", self._command]
+                    if self._run_as is not None:
+                        argv = self._run_as.wrap(argv)
                     self._proc = subprocess.Popen(
-                        ["/bin/sh", "-c", self._command],
+                        argv,
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,
@@ -124,7 +141,6 @@ class CommandRun:
                         env=self._env,
                         start_new_session=True,
                         close_fds=True,
-                        **self._identity(),
                     )
                 except OSError as exc:
                     return RunResult(succeeded=False, exit_code=None,
@@ -188,11 +204,6 @@ class CommandRun:
             return RunResult(succeeded=True, exit_code=0, error=None, output=output)
         return RunResult(succeeded=False, exit_code=exit_code, error=f"exit {exit_code}",
                          output=output)
-
-    def _identity(self) -> dict[str, object]:
-        if self._run_as is None:
-            return {}
-        return {"user": self._run_as.uid, "group": self._run_as.gid, "extra_groups": []}
 
     def _escalate(self, *, now: float, deadline: float | None, pgid: int) -> None:
         """Timeout or cancel: SIGTERM the group once, SIGKILL it after the grace period."""

@@ -309,6 +309,7 @@ class ApiServer(ThreadingHTTPServer):
     deadline (a watchdog thread shuts the sockets of those too slow)."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: bursts of clients wait, not retry
 
     def __init__(self, address: tuple[str, int], handler: type[RequestHandler], *,
                  api_token: str | None) -> None:

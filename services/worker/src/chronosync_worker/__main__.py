@@ -50,6 +50,8 @@ def command_user(config: Config) -> RunAs | None:
             run_as = RunAs.lookup(config.run_as)
         except KeyError:
             raise ConfigError(f"CHRONOSYNC_RUN_AS: no user {config.run_as!r}") from None
+        except FileNotFoundError as exc:
+            raise ConfigError(f"CHRONOSYNC_RUN_AS: {exc}") from None
         if run_as.uid == 0 and not config.allow_root:
             raise ConfigError("CHRONOSYNC_RUN_AS names root; set CHRONOSYNC_ALLOW_ROOT=1 "
                               "if you really mean it")
