@@ -74,6 +74,13 @@ def http(base: str, method: str, path: str, body: Any = None, *,
     return status, (json.loads(payload) if payload else None)
 
 
+def query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
+    """One statement on its own autocommit connection; rows as dicts ([] if none)."""
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
 class Cluster:
     """A ProcessCluster plus what tests ask of it: the API URL and the database."""
 
@@ -119,9 +126,7 @@ class Cluster:
         return http(self.url, method, path, body, **kw)
 
     def query(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
-        with psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row) as conn:
-            cur = conn.execute(statement, params)
-            return cur.fetchall() if cur.description else []
+        return query(self.dsn, statement, params)
 
     def task(self, task_id: int) -> dict[str, Any]:
         status, body = self.http("GET", f"/tasks/{task_id}")

@@ -10,12 +10,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
-from harness import wait_for
-from psycopg.rows import dict_row
+from harness import query, wait_for
 
 from chronocore.db import open_pool
 from chronocore.repository import TaskRepository
@@ -59,11 +56,6 @@ try:
 finally:
     pool.close()
 """
-
-
-def query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
-    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-        return conn.execute(statement, params).fetchall()
 
 
 @pytest.fixture

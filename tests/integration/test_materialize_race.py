@@ -16,14 +16,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
-from harness import wait_for
+from harness import query, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from chronocore.cron import Schedule, parse_schedule
@@ -70,11 +67,6 @@ try:
 finally:
     pool.close()
 """
-
-
-def query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
-    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-        return conn.execute(statement, params).fetchall()
 
 
 @pytest.fixture

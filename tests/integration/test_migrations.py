@@ -9,11 +9,9 @@ import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import psycopg
-from harness import wait_for
-from psycopg.rows import dict_row
+from harness import query, wait_for
 
 from chronocore.migrate import MIGRATION_LOCK_ID, apply_migrations, available
 
@@ -21,11 +19,6 @@ CHRONOSYNC = Path(sys.executable).parent / "chronosync"
 MIGRATORS = 5
 # The documented naming rule (chronocore.migrate): migrations/NNNN_name.sql.
 MIGRATION_FILE = re.compile(r"^\d{4}_\w+\.sql$")
-
-
-def query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
-    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-        return conn.execute(statement, params).fetchall()
 
 
 def schema_snapshot(dsn: str) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rejection import assert_rejected_by, assert_wordy
 
 from chronocore.model import (
     MAX_COMMAND_BYTES,
@@ -34,23 +35,9 @@ IST = timezone(timedelta(hours=5, minutes=30))
 # --- helpers -----------------------------------------------------------------------------
 
 
-def assert_wordy(error: ValidationError) -> None:
-    """An error a human can read: non-empty, made of words, same as str(error)."""
-    assert isinstance(error.message, str)
-    assert error.message.strip(), "the error message is empty"
-    assert re.search(r"[A-Za-z]{2,}\W+[A-Za-z]{2,}", error.message), error.message
-    assert str(error) == error.message
-
-
 def assert_rejected(body: object, field: str | None) -> ValidationError:
     """parse_submission(body) raises a ValidationError naming ``field``, in words."""
-    try:
-        accepted = parse_submission(body)
-    except ValidationError as error:
-        assert error.field == field, f"error names {error.field!r}, expected {field!r}"
-        assert_wordy(error)
-        return error
-    pytest.fail(f"accepted {body!r} as {accepted!r}; expected a ValidationError on {field!r}")
+    return assert_rejected_by(lambda: parse_submission(body), field, given=body)
 
 
 def assert_timestamp_rejected(value: object, field: str = "scheduled_at") -> ValidationError:
