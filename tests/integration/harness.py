@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -232,3 +234,22 @@ def bounded_request(url: str, method: str, path: str, body: Any = None, *,
     except ValueError:
         decoded = f"not JSON: {raw[:200]!r}"
     return Answer(status, decoded, began, time.monotonic())
+
+
+def launch_until_ready(procs: dict[str, subprocess.Popen[bytes]],
+                       argv: dict[str, list[str]], ready: Callable[[str], Path], *,
+                       what: str) -> None:
+    """Start ``python ARGS`` for each name (into ``procs``, so the caller's cleanup reaps
+    them) and wait until each has touched its ready file; fail if one exits first."""
+    for name, args in argv.items():
+        procs[name] = subprocess.Popen([sys.executable, *args],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def all_ready() -> bool:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                pytest.fail(f"{name} exited early ({proc.returncode}): {err.decode()}")
+        return all(ready(name).exists() for name in argv)
+
+    wait_for(all_ready, timeout=30, what=what)

@@ -5,14 +5,13 @@ never hand out (tasks not yet due by the database clock, cancelled or finished o
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import query, wait_for
+from harness import launch_until_ready, query, wait_for
 
 from chronocore.db import open_pool
 from chronocore.repository import TaskRepository
@@ -94,22 +93,11 @@ def test_two_racing_claimers_never_claim_one_task_twice(dsn: str, tmp_path: Path
     names = ["claimer-a", "claimer-b"]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name in names:
-            procs[name] = subprocess.Popen(
-                [sys.executable, str(script), dsn, name, str(tmp_path / f"{name}.ready"),
-                 str(go), str(tmp_path / f"{name}.out"), str(BATCH),
-                 str(EMPTY_CLAIMS_TO_STOP)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )
-
-        def both_ready() -> bool:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    _, err = proc.communicate()
-                    pytest.fail(f"{name} exited early ({proc.returncode}): {err.decode()}")
-            return all((tmp_path / f"{name}.ready").exists() for name in names)
-
-        wait_for(both_ready, timeout=30, what="both claimers to connect")
+        launch_until_ready(procs, {
+            name: [str(script), dsn, name, str(tmp_path / f"{name}.ready"), str(go),
+                   str(tmp_path / f"{name}.out"), str(BATCH), str(EMPTY_CLAIMS_TO_STOP)]
+            for name in names
+        }, lambda name: tmp_path / f"{name}.ready", what="both claimers to connect")
         started = time.monotonic()
         go.touch()
         for name, proc in procs.items():

@@ -9,7 +9,6 @@ A real database, no service processes."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from harness import query, wait_for
+from harness import launch_until_ready, query
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
@@ -128,22 +127,11 @@ def test_racing_threads_and_processes_make_every_second_exactly_one_task(
 
     threads = [threading.Thread(target=race_in_thread, args=(name,)) for name in made_by]
     try:
-        for name in names:
-            procs[name] = subprocess.Popen(
-                [sys.executable, str(script), dsn, name, str(tmp_path / f"{name}.ready"),
-                 str(go), str(tmp_path / f"{name}.out"), str(RACE_S), str(HORIZON_S),
-                 str(LIMIT)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )
-
-        def all_ready() -> bool:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    _, err = proc.communicate()
-                    pytest.fail(f"{name} exited early ({proc.returncode}): {err.decode()}")
-            return all((tmp_path / f"{name}.ready").exists() for name in names)
-
-        wait_for(all_ready, timeout=30, what="the racing processes to connect")
+        launch_until_ready(procs, {
+            name: [str(script), dsn, name, str(tmp_path / f"{name}.ready"), str(go),
+                   str(tmp_path / f"{name}.out"), str(RACE_S), str(HORIZON_S), str(LIMIT)]
+            for name in names
+        }, lambda name: tmp_path / f"{name}.ready", what="the racing processes to connect")
         for thread in threads:
             thread.start()
         go.touch()
