@@ -1,4 +1,5 @@
-"""The ``cluster`` fixture: a Cluster (see harness.py) torn down after each test."""
+"""The ``cluster`` fixture: a Cluster (see harness.py) torn down after each test; and
+``repo``, a TaskRepository on the test's own database."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 import pytest
 from harness import Cluster
+
+from chronocore.db import open_pool
+from chronocore.repository import TaskRepository
 
 
 @pytest.fixture
@@ -18,3 +22,12 @@ def cluster(dsn: str, tmp_path: Path) -> Iterator[Cluster]:
     yield running
     running.stop()
     print(running.processes.logs())  # shown by pytest when the test failed
+
+
+@pytest.fixture
+def repo(dsn: str) -> Iterator[TaskRepository]:
+    pool = open_pool(dsn, size=4, name="test-repo")
+    try:
+        yield TaskRepository(pool)
+    finally:
+        pool.close()

@@ -7,13 +7,10 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from harness import launch_until_ready, query, wait_for
 
-from chronocore.db import open_pool
 from chronocore.repository import TaskRepository
 
 TASKS = 5_000
@@ -55,15 +52,6 @@ try:
 finally:
     pool.close()
 """
-
-
-@pytest.fixture
-def repo(dsn: str) -> Iterator[TaskRepository]:
-    pool = open_pool(dsn, size=2, name="test-claim")
-    try:
-        yield TaskRepository(pool)
-    finally:
-        pool.close()
 
 
 def read_claims(path: Path) -> dict[int, uuid.UUID]:

@@ -5,15 +5,12 @@ pin its precedence for every combination of timestamps, and check that listing b
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg.rows import dict_row
 
-from chronocore.db import open_pool
 from chronocore.queries import QUERIES
 from chronocore.repository import TaskRepository
 
@@ -51,15 +48,6 @@ def db_now(conn: psycopg.Connection[dict[str, Any]]) -> datetime:
     row = conn.execute("SELECT now() AS now").fetchone()
     assert row is not None
     return row["now"]
-
-
-@pytest.fixture
-def repo(dsn: str) -> Iterator[TaskRepository]:
-    pool = open_pool(dsn, size=2, name="test-status")
-    try:
-        yield TaskRepository(pool)
-    finally:
-        pool.close()
 
 
 def test_expected_statuses_follow_the_documented_rule() -> None:

@@ -58,7 +58,8 @@ def setup_logging(node_id: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(
             f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    level = os.environ.get("CHRONOSYNC_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def stop_event_on_signals() -> threading.Event:

@@ -89,18 +89,20 @@ FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
 WHERE t.id = r.id AND t.claim_token = r.token AND t.started_at IS NULL;
 
 -- name: mark_started --
--- Record the start of an attempt, fenced by token; committed before the process is spawned.
+-- Record the start of attempts, fenced by token; committed before any is spawned. One
+-- statement for a batch of (id, token) pairs; returns the ones that may run.
 WITH started AS (
-    UPDATE tasks
-    SET started_at = now(), attempt = attempt + 1, worker_id = %(worker_id)s
-    WHERE id = %(id)s AND claim_token = %(token)s
-      AND started_at IS NULL AND cancelled_at IS NULL
-    RETURNING id, attempt, started_at, worker_id, scheduled_at
+    UPDATE tasks t
+    SET started_at = now(), attempt = t.attempt + 1, worker_id = %(worker_id)s
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+    WHERE t.id = r.id AND t.claim_token = r.token
+      AND t.started_at IS NULL AND t.cancelled_at IS NULL
+    RETURNING t.id, t.attempt, t.started_at, t.worker_id, t.scheduled_at
 ), attempt AS (
     INSERT INTO task_attempts (task_id, attempt, worker_id, started_at)
     SELECT id, attempt, worker_id, started_at FROM started
 )
-SELECT attempt, EXTRACT(EPOCH FROM started_at - scheduled_at)::float8 AS lateness_s
+SELECT id, attempt, EXTRACT(EPOCH FROM started_at - scheduled_at)::float8 AS lateness_s
 FROM started;
 
 -- name: refuse_task --
@@ -112,33 +114,40 @@ WHERE id = %(id)s AND claim_token = %(token)s
 RETURNING id;
 
 -- name: mark_finished --
--- Record how an attempt ended, fenced by token; a failed at_least_once attempt with
--- attempts left goes back to the queue after an exponential backoff instead.
-WITH current AS (
-    SELECT id, attempt,
-           (NOT %(succeeded)s AND delivery = 'at_least_once' AND attempt < max_attempts
-            AND cancelled_at IS NULL) AS retry
-    FROM tasks
-    WHERE id = %(id)s AND claim_token = %(token)s AND started_at IS NOT NULL
-      AND completed_at IS NULL AND failed_at IS NULL
-    FOR UPDATE
+-- Record how attempts ended, fenced by token, one statement for a batch; a failed
+-- at_least_once attempt with attempts left goes back to the queue after an exponential
+-- backoff instead. Returns the ids written (the others were fenced off).
+WITH outcome AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(succeeded)s::boolean[],
+                %(exit_codes)s::integer[], %(errors)s::text[], %(outputs)s::text[])
+         AS o(id, token, succeeded, exit_code, error, output)
+), current AS (
+    SELECT t.id, t.attempt, o.succeeded, o.exit_code, o.error, o.output,
+           (NOT o.succeeded AND t.delivery = 'at_least_once' AND t.attempt < t.max_attempts
+            AND t.cancelled_at IS NULL) AS retry
+    FROM tasks t
+    JOIN outcome o ON o.id = t.id AND o.token = t.claim_token
+    WHERE t.started_at IS NOT NULL AND t.completed_at IS NULL AND t.failed_at IS NULL
+    ORDER BY t.id
+    FOR UPDATE OF t
 ), finished AS (
     UPDATE tasks t
-    SET completed_at = CASE WHEN %(succeeded)s THEN now() END,
-        failed_at = CASE WHEN NOT %(succeeded)s AND NOT c.retry THEN now() END,
+    SET completed_at = CASE WHEN c.succeeded THEN now() END,
+        failed_at = CASE WHEN NOT c.succeeded AND NOT c.retry THEN now() END,
         picked_at = CASE WHEN c.retry THEN NULL ELSE t.picked_at END,
         started_at = CASE WHEN c.retry THEN NULL ELSE t.started_at END,
         claim_token = CASE WHEN c.retry THEN NULL ELSE t.claim_token END,
         due_at = CASE WHEN c.retry
                       THEN retry_due_at(c.attempt, %(backoff_base_s)s, %(backoff_max_s)s)
                       ELSE t.due_at END,
-        exit_code = %(exit_code)s, error = %(error)s, output = %(output)s
+        exit_code = c.exit_code, error = c.error, output = c.output
     FROM current c
     WHERE t.id = c.id
     RETURNING t.id
 )
 UPDATE task_attempts a
-SET finished_at = now(), exit_code = %(exit_code)s, error = %(error)s
+SET finished_at = now(), exit_code = c.exit_code, error = c.error
 FROM current c
 WHERE a.task_id = c.id AND a.attempt = c.attempt
 RETURNING a.task_id;

@@ -193,12 +193,16 @@ class TaskRepository:
 
     # --- the worker's side ----------------------------------------------------------
 
-    def mark_started(self, *, task_id: int, token: uuid.UUID,
-                     worker_id: str) -> Started | None:
-        """Commit the start of an attempt; None when fenced off (the claim is no longer
-        ours, or the task was cancelled): then never spawn."""
-        row = self._one("mark_started", {"id": task_id, "token": token, "worker_id": worker_id})
-        return None if row is None else Started(row["attempt"], row["lateness_s"])
+    def mark_started(self, tasks: list[ClaimedTask], *,
+                     worker_id: str) -> dict[int, Started]:
+        """Commit the start of these attempts in one statement; returns the ones that may
+        run, by id. A task left out was fenced off (the claim is no longer ours, or the
+        task was cancelled): never spawn it."""
+        ordered = sorted(tasks, key=lambda t: t.id)  # one lock order for every batch
+        rows = self._all("mark_started", {"ids": [t.id for t in ordered],
+                                          "tokens": [t.token for t in ordered],
+                                          "worker_id": worker_id})
+        return {r["id"]: Started(r["attempt"], r["lateness_s"]) for r in rows}
 
     def refuse(self, task: ClaimedTask, *, worker_id: str, error: str) -> bool:
         """Fail a claimed task this worker will not run (never started); fenced."""
@@ -206,18 +210,19 @@ class TaskRepository:
                                         "worker_id": worker_id, "error": error})
         return row is not None
 
-    def mark_finished(self, *, task_id: int, token: uuid.UUID, outcome: Outcome) -> bool:
-        """Record an attempt's end; False when fenced off (someone else owns the task)."""
-        row = self._one(
-            "mark_finished",
-            {
-                "id": task_id, "token": token, "succeeded": outcome.succeeded,
-                "exit_code": outcome.exit_code, "error": outcome.error,
-                "output": outcome.output, "backoff_base_s": self._backoff.base_s,
-                "backoff_max_s": self._backoff.max_s,
-            },
-        )
-        return row is not None
+    def mark_finished(self, finished: list[tuple[ClaimedTask, Outcome]]) -> set[int]:
+        """Record these attempts' ends in one statement; returns the ids written. A task
+        left out was fenced off (someone else owns it now)."""
+        ordered = sorted(finished, key=lambda f: f[0].id)
+        rows = self._all("mark_finished", {
+            "ids": [t.id for t, _ in ordered], "tokens": [t.token for t, _ in ordered],
+            "succeeded": [o.succeeded for _, o in ordered],
+            "exit_codes": [o.exit_code for _, o in ordered],
+            "errors": [o.error for _, o in ordered],
+            "outputs": [o.output for _, o in ordered],
+            "backoff_base_s": self._backoff.base_s, "backoff_max_s": self._backoff.max_s,
+        })
+        return {r["task_id"] for r in rows}
 
     def revoked_among(self, running: dict[int, uuid.UUID]) -> dict[int, str]:
         """Of these running attempts (id -> token), those that must stop, with why:

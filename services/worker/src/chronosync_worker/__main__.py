@@ -83,7 +83,9 @@ def main() -> int:
     stop = stop_event_on_signals()
     if not migrate_when_reachable(config.dsn, stop):
         return 0
-    pool = db.open_pool(config.dsn, size=config.pool_size + config.worker_capacity,
+    # Slots record starts and outcomes through two group-commit writers, one connection
+    # each; the rest is heartbeats, revocation checks and hand-backs.
+    pool = db.open_pool(config.dsn, size=config.pool_size + 2,
                         name="worker")
     repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
                                                 max_s=config.retry_backoff_max_s))

@@ -5,7 +5,9 @@ Per task, on a pool thread: ``mark_started`` (fenced by the claim token, committ
 spawn -> wait -> ``mark_finished`` (fenced). A start the database refuses means the claim
 is no longer ours or the task was cancelled: the command is never spawned. An outcome that
 cannot be written because the database is down is retried until it is written or fenced
-off, since the process already ran and its record must not be lost.
+off, since the process already ran and its record must not be lost. Starts and outcomes
+that threads record at the same time share one statement (``chronocore.groupcommit``);
+each thread still waits for its own commit.
 
 Every spawned process group is reported to the reaper (``chronocore.reaper``), which
 kills it if this worker dies. A stopping worker (``drain``) hands back tasks it accepted
@@ -19,12 +21,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
 
 from chronocore import failpoints, metrics
+from chronocore.groupcommit import GroupCommit
 from chronocore.model import format_timestamp
 from chronocore.reaper import Reaper
 from chronocore.repository import ClaimedTask, Outcome, Started, TaskRepository
@@ -36,11 +40,16 @@ RECORD_RETRY_FIRST_S = 0.2
 RECORD_RETRY_MAX_S = 3.0
 
 
+def base_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment without any CHRONOSYNC_* setting (DSN, token, keys)."""
+    return {k: v for k, v in worker_env.items() if not k.startswith("CHRONOSYNC_")}
+
+
 def command_environment(base: dict[str, str], task: ClaimedTask,
                         attempt: int) -> dict[str, str]:
-    """The worker's environment without any CHRONOSYNC_* setting (DSN, token, keys), plus
-    the task's own variables and the three the command may rely on."""
-    env = {k: v for k, v in base.items() if not k.startswith("CHRONOSYNC_")}
+    """The base environment plus the task's own variables and the three the command may
+    rely on."""
+    env = dict(base)
     env.update(task.env)
     env["CHRONOSYNC_TASK_ID"] = str(task.id)
     env["CHRONOSYNC_ATTEMPT"] = str(attempt)
@@ -66,6 +75,7 @@ class SlotPool:
         self._worker_id = worker_id
         self.capacity = capacity
         self._workdir = workdir
+        self._base_env = base_environment(os.environ)
         self._kill_grace_s = kill_grace_s
         self._reaper = reaper
         self._lock = threading.Lock()
@@ -74,6 +84,10 @@ class SlotPool:
         self._idle = threading.Condition(self._lock)
         self._version = 0  # bumped whenever a slot is taken or freed
         self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="run")
+        self._starts: GroupCommit[ClaimedTask, Started | None] = GroupCommit(
+            self._write_starts, name="record-starts")
+        self._outcomes: GroupCommit[tuple[ClaimedTask, Outcome], bool] = GroupCommit(
+            self._write_outcomes, name="record-outcomes")
 
     @property
     def running(self) -> int:
@@ -95,9 +109,8 @@ class SlotPool:
                     continue
                 slot = self._slots[task.id] = _Slot(task)
                 accepted.append(slot)
-            if accepted:
-                self._version += 1
-                self._idle.notify_all()
+            # No version bump: the dispatcher learns of taken slots from our reply, and
+            # watchers need to hear only of freed ones (half the stream's messages).
         for slot in accepted:
             self._executor.submit(self._run_task, slot)
         return [slot.task.id for slot in accepted], rejected
@@ -142,6 +155,8 @@ class SlotPool:
         for task_id in left:
             self.stop_task(task_id, "worker_lost")
         self._executor.shutdown(wait=True)
+        self._starts.stop()
+        self._outcomes.stop()
 
     def _run_task(self, slot: _Slot) -> None:
         task = slot.task
@@ -174,8 +189,7 @@ class SlotPool:
                               error="spawn: command not allowed on this worker")
             return None
         try:
-            started = self._repo.mark_started(task_id=task.id, token=task.token,
-                                              worker_id=self._worker_id)
+            started = self._starts.submit(task)
         except psycopg.Error as exc:
             # Unknown whether the start was committed: never spawn, and record a failed
             # spawn once the database is back (fenced, so harmless if it was not).
@@ -201,7 +215,7 @@ class SlotPool:
         try:
             run = CommandRun(
                 command=task.command,
-                env=command_environment(dict(os.environ), task, attempt),
+                env=command_environment(self._base_env, task, attempt),
                 cwd=self._workdir,
                 timeout_s=task.timeout_s,
                 kill_grace_s=self._kill_grace_s,
@@ -212,7 +226,9 @@ class SlotPool:
                 slot.run = run
                 if slot.stop_reason is not None:
                     run.cancel(slot.stop_reason)
-            log.info("task %s: attempt %s starting", task.id, attempt,
+            # One INFO line per attempt, at its end: a line costs a busy worker as much
+            # as a database write (see bench/README.md).
+            log.debug("task %s: attempt %s starting", task.id, attempt,
                      extra={"task_id": task.id})
             result = run.run()
         except Exception as exc:
@@ -235,8 +251,7 @@ class SlotPool:
         delay = RECORD_RETRY_FIRST_S
         while True:
             try:
-                if not self._repo.mark_finished(task_id=task.id, token=task.token,
-                                                outcome=outcome):
+                if not self._outcomes.submit((task, outcome)):
                     log.warning("task %s: outcome fenced off (no longer ours)", task.id,
                                 extra={"task_id": task.id})
                     metrics.REGISTRY.inc("chronosync_fenced_writes_total",
@@ -249,3 +264,11 @@ class SlotPool:
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
 
+
+    def _write_starts(self, tasks: list[ClaimedTask]) -> list[Started | None]:
+        started = self._repo.mark_started(tasks, worker_id=self._worker_id)
+        return [started.get(task.id) for task in tasks]
+
+    def _write_outcomes(self, finished: list[tuple[ClaimedTask, Outcome]]) -> list[bool]:
+        written = self._repo.mark_finished(finished)
+        return [task.id in written for task, _ in finished]
