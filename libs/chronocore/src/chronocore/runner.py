@@ -169,7 +169,7 @@ class CommandRun:
         sel.register(out_fd, selectors.EVENT_READ, "out")
         sel.register(pidfd, selectors.EVENT_READ, "exit")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        exited = False
+        exited = at_eof = False
         try:
             while not exited:
                 now = time.monotonic()
@@ -180,6 +180,7 @@ class CommandRun:
                     if key.data == "out":
                         if not self._read_into(out_fd, tail):
                             sel.unregister(out_fd)
+                            at_eof = True
                     elif key.data == "exit":
                         exited = True
                     else:
@@ -187,7 +188,8 @@ class CommandRun:
             returncode = proc.wait()
             # Anything the shell left running in its group dies with the run.
             _killpg(pgid, signal.SIGKILL)
-            self._drain(out_fd, tail)
+            if not at_eof:
+                self._drain(out_fd, tail)
         finally:
             sel.close()
             os.close(pidfd)
