@@ -65,6 +65,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.results: dict[str, Any] = {}
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self.postgres = LocalCluster(datadir=workdir / "pgdata", settings=FAST_TEST_SETTINGS)
         self.postgres.start()
         self.dsn = self.postgres.dsn()
@@ -78,9 +79,12 @@ class Bench:
     # --- helpers ------------------------------------------------------------------------
 
     def sql(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
-        with psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row) as conn:
-            cur = conn.execute(statement, params)
-            return cur.fetchall() if cur.description else []
+        # One connection for the whole run: a new one per poll would fork a backend
+        # twenty times a second, CPU taken from the cluster being measured.
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row)
+        cur = self._conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
 
     def start_cluster(self) -> None:
         for _ in range(self.args.schedulers):
@@ -161,12 +165,19 @@ class Bench:
         row = self.sql("SELECT EXTRACT(EPOCH FROM max(coalesce(completed_at, failed_at)) - "
                        "%s)::float8 AS span, count(*) FILTER (WHERE completed_at IS NOT NULL)"
                        " AS ok FROM tasks WHERE id > %s", (due, since))[0]
+        # Each statement stamps its rows with one now(): distinct stamps count statements,
+        # so these are the mean batch sizes of the claim, the start and the outcome writes.
+        batches = self.sql("SELECT count(*)::float8 / count(DISTINCT picked_at) AS claim, "
+                           "count(*)::float8 / count(DISTINCT started_at) AS start, "
+                           "count(*)::float8 / count(DISTINCT completed_at) AS finish "
+                           "FROM tasks WHERE id > %s", (since,))[0]
         per_s = BURST_TASKS / row["span"]
         pool = self.results["ceiling"]["pool_per_s"]
         self.results["burst"] = {
             "tasks": BURST_TASKS, "succeeded": row["ok"], "seconds": round(row["span"], 2),
             "tasks_per_s": round(per_s, 1), "ratio_to_pool_ceiling": round(per_s / pool, 2),
             "max_rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
+            "mean_batch": {k: round(v, 1) for k, v in batches.items()},
             # Where the CPU went during the burst (seconds, all cores): the breakdown
             # that says what to make faster.
             "cpu_s": {role: round(cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0), 2)
@@ -212,7 +223,7 @@ class Bench:
         py_spy = Path(sys.executable).parent / "py-spy"
         return [subprocess.Popen(
             [str(py_spy), "record", "--pid", str(node.pid), "--duration", "10",
-             "--format", "raw", "--nonblocking", "--threads", "-o",
+             "--format", "raw", "--threads", "-o",
              str(out / f"{node.name}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for node in self.cluster.nodes]
@@ -382,6 +393,8 @@ class Bench:
         self.results["failover"] = out
 
     def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
         self.cluster.stop()
         self.postgres.stop()
 
