@@ -83,20 +83,41 @@ WHERE picked_at IS NULL AND cancelled_at IS NULL
 
 -- name: release_claims --
 -- Hand claimed, unstarted tasks back to the queue (no worker took them); fenced by token.
+-- Statements about a batch of tasks find each one by its own index probe (a LATERAL
+-- subquery holding a row lock runs once per id): with statistics older than a burst of
+-- new tasks, a plain join would let the planner scan the whole table once per id.
+WITH held AS (
+    SELECT t.id
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+    CROSS JOIN LATERAL (
+        SELECT id FROM tasks
+        WHERE id = r.id AND claim_token = r.token AND started_at IS NULL
+        FOR UPDATE
+    ) t
+)
 UPDATE tasks t
 SET picked_at = NULL, claim_token = NULL, claimed_by = NULL
-FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
-WHERE t.id = r.id AND t.claim_token = r.token AND t.started_at IS NULL;
+FROM held
+WHERE t.id = held.id;
 
 -- name: mark_started --
 -- Record the start of attempts, fenced by token; committed before any is spawned. One
--- statement for a batch of (id, token) pairs; returns the ones that may run.
-WITH started AS (
+-- statement for a batch of (id, token) pairs, sorted by id (one lock order for all);
+-- returns the ones that may run.
+WITH startable AS (
+    SELECT t.id
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+    CROSS JOIN LATERAL (
+        SELECT id FROM tasks
+        WHERE id = r.id AND claim_token = r.token
+          AND started_at IS NULL AND cancelled_at IS NULL
+        FOR UPDATE
+    ) t
+), started AS (
     UPDATE tasks t
     SET started_at = now(), attempt = t.attempt + 1, worker_id = %(worker_id)s
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
-    WHERE t.id = r.id AND t.claim_token = r.token
-      AND t.started_at IS NULL AND t.cancelled_at IS NULL
+    FROM startable s
+    WHERE t.id = s.id
     RETURNING t.id, t.attempt, t.started_at, t.worker_id, t.scheduled_at
 ), attempt AS (
     INSERT INTO task_attempts (task_id, attempt, worker_id, started_at)
@@ -114,23 +135,22 @@ WHERE id = %(id)s AND claim_token = %(token)s
 RETURNING id;
 
 -- name: mark_finished --
--- Record how attempts ended, fenced by token, one statement for a batch; a failed
--- at_least_once attempt with attempts left goes back to the queue after an exponential
--- backoff instead. Returns the ids written (the others were fenced off).
-WITH outcome AS (
-    SELECT *
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(succeeded)s::boolean[],
-                %(exit_codes)s::integer[], %(errors)s::text[], %(outputs)s::text[])
-         AS o(id, token, succeeded, exit_code, error, output)
-), current AS (
+-- Record how attempts ended, fenced by token, one statement for a batch sorted by id; a
+-- failed at_least_once attempt with attempts left goes back to the queue after an
+-- exponential backoff instead. Returns the ids written (the others were fenced off).
+WITH current AS (
     SELECT t.id, t.attempt, o.succeeded, o.exit_code, o.error, o.output,
            (NOT o.succeeded AND t.delivery = 'at_least_once' AND t.attempt < t.max_attempts
             AND t.cancelled_at IS NULL) AS retry
-    FROM tasks t
-    JOIN outcome o ON o.id = t.id AND o.token = t.claim_token
-    WHERE t.started_at IS NOT NULL AND t.completed_at IS NULL AND t.failed_at IS NULL
-    ORDER BY t.id
-    FOR UPDATE OF t
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(succeeded)s::boolean[],
+                %(exit_codes)s::integer[], %(errors)s::text[], %(outputs)s::text[])
+         AS o(id, token, succeeded, exit_code, error, output)
+    CROSS JOIN LATERAL (
+        SELECT id, attempt, delivery, max_attempts, cancelled_at FROM tasks
+        WHERE id = o.id AND claim_token = o.token AND started_at IS NOT NULL
+          AND completed_at IS NULL AND failed_at IS NULL
+        FOR UPDATE
+    ) t
 ), finished AS (
     UPDATE tasks t
     SET completed_at = CASE WHEN c.succeeded THEN now() END,

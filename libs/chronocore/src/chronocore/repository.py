@@ -171,10 +171,9 @@ class TaskRepository:
 
     def release(self, tasks: list[ClaimedTask]) -> None:
         if tasks:
-            self._run(
-                "release_claims",
-                {"ids": [t.id for t in tasks], "tokens": [t.token for t in tasks]},
-            )
+            ordered = sorted(tasks, key=lambda t: t.id)  # one lock order for every batch
+            self._run("release_claims", {"ids": [t.id for t in ordered],
+                                         "tokens": [t.token for t in ordered]})
 
     def prune_finished(self, *, retention_s: float, limit: int) -> int:
         """Delete up to ``limit`` finished tasks older than the retention age."""
