@@ -2,17 +2,20 @@
 group), stdout and stderr captured as a bounded tail, a timeout and a cancel that
 terminate the whole group (SIGTERM, then SIGKILL after a grace period).
 
-One ``CommandRun`` is driven by one pool thread: ``wait()`` blocks on a selector over the
-output pipe, a pidfd (readable when the shell exits) and a wake-up pipe used by
-``cancel()`` from other threads. When the shell exits, whatever it left behind in its
-group is killed, so nothing outlives the run unattended and the pipe reaches EOF.
+One ``CommandRun`` is driven by one pool thread: ``wait()`` polls the output pipe, a pidfd
+(readable when the shell exits) and a wake-up eventfd written by ``cancel()`` from other
+threads (``poll``, not an epoll selector: no descriptor of its own to create per run).
+When the shell exits, whatever it left behind in its group is killed, so nothing
+outlives the run unattended and the pipe reaches EOF.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pwd
+import select
 import selectors
 import shutil
 import signal
@@ -106,7 +109,7 @@ class CommandRun:
         self._lock = threading.Lock()
         self._stop_reason: str | None = None  # "timeout" or "cancelled", once decided
         self._kill_at: float | None = None  # monotonic instant for SIGKILL after SIGTERM
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._closed = False
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -119,7 +122,7 @@ class CommandRun:
             if self._stop_reason is None:
                 self._stop_reason = reason
             if not self._closed:
-                os.write(self._wake_w, b"x")
+                os.eventfd_write(self._wake, 1)
 
     def run(self) -> RunResult:
         """Spawn the command and wait for it; never raises for the command's failures."""
@@ -155,8 +158,7 @@ class CommandRun:
         finally:
             with self._lock:
                 self._closed = True
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+                os.close(self._wake)
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> RunResult:
         assert proc.stdout is not None
@@ -165,33 +167,32 @@ class CommandRun:
         tail = bytearray()
         pidfd = os.pidfd_open(proc.pid)
         out_fd = proc.stdout.fileno()
-        sel = selectors.DefaultSelector()
-        sel.register(out_fd, selectors.EVENT_READ, "out")
-        sel.register(pidfd, selectors.EVENT_READ, "exit")
-        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        poller = select.poll()
+        for fd in (out_fd, pidfd, self._wake):
+            poller.register(fd, select.POLLIN)
         exited = at_eof = False
         try:
             while not exited:
                 now = time.monotonic()
                 self._escalate(now=now, deadline=deadline, pgid=pgid)
                 wake_at = self._kill_at if self._kill_at is not None else deadline
-                timeout = None if wake_at in (None, _NEVER) else max(0.0, wake_at - now)
-                for key, _ in sel.select(timeout):
-                    if key.data == "out":
+                timeout_ms = (None if wake_at in (None, _NEVER)
+                              else max(0, math.ceil((wake_at - now) * 1000)))
+                for fd, _ in poller.poll(timeout_ms):
+                    if fd == out_fd:
                         if not self._read_into(out_fd, tail):
-                            sel.unregister(out_fd)
+                            poller.unregister(out_fd)
                             at_eof = True
-                    elif key.data == "exit":
+                    elif fd == pidfd:
                         exited = True
                     else:
-                        os.read(self._wake_r, 64)
+                        os.eventfd_read(self._wake)
             returncode = proc.wait()
             # Anything the shell left running in its group dies with the run.
             _killpg(pgid, signal.SIGKILL)
             if not at_eof:
                 self._drain(out_fd, tail)
         finally:
-            sel.close()
             os.close(pidfd)
             proc.stdout.close()
             if proc.returncode is None:  # only on an unexpected error above
