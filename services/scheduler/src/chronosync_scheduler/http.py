@@ -176,6 +176,10 @@ class Routes:
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT_S
+    # Headers and body leave in two writes: with Nagle's algorithm the body waited for
+    # the client's delayed ACK of the headers, 40 ms per response on a kept-alive
+    # connection (8 clients: ~180 requests/s in all).
+    disable_nagle_algorithm = True
     server_version = "ChronoSync"
     sys_version = ""
     routes: Routes  # set on a subclass by make_server
