@@ -169,7 +169,7 @@ class Bench:
         # so these are the mean batch sizes of the claim, the start and the outcome writes.
         batches = self.sql("SELECT count(*)::float8 / count(DISTINCT picked_at) AS claim, "
                            "count(*)::float8 / count(DISTINCT started_at) AS start, "
-                           "count(*)::float8 / count(DISTINCT completed_at) AS finish "
+                           "count(*)::float8 / count(DISTINCT completed_at) AS outcome "
                            "FROM tasks WHERE id > %s", (since,))[0]
         per_s = BURST_TASKS / row["span"]
         pool = self.results["ceiling"]["pool_per_s"]
@@ -431,6 +431,8 @@ def table(results: dict[str, Any]) -> str:
         ("worker SIGKILL -> recovery", f"{fo['worker_kill_to_recovery_s']} s",
          "target ~6 s (TTL + one sweep)"),
         ("coordinator SIGKILL -> dispatch", f"{fo['coordinator_kill_to_dispatch_s']} s", ""),
+        ("tasks per statement in the burst", ", ".join(
+            f"{k} {v:.0f}" for k, v in b["mean_batch"].items()), ""),
         ("CPU during the burst", ", ".join(
             f"{k} {v:.1f} s" for k, v in b["cpu_s"].items() if not k.startswith("machine"))
          + f" of {b['cpu_s'].get('machine_busy', 0):.1f} s busy", ""),
@@ -449,7 +451,7 @@ def main() -> int:
     parser.add_argument("--schedulers", type=int, default=1)
     parser.add_argument("--coordinators", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--capacity", type=int, default=16 * (os.cpu_count() or 1),
+    parser.add_argument("--capacity", type=int, default=64 * (os.cpu_count() or 1),
                         help="commands per worker")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--profile", action="store_true",
@@ -473,7 +475,9 @@ def main() -> int:
         bench.close()
     now = datetime.now(UTC)
     document = {"date": now.isoformat(timespec="seconds"), "machine": machine(),
-                "settings": {**vars(args), "postgres": FAST_TEST_SETTINGS},
+                # What shaped the figures; not where they were written.
+                "settings": {**{k: v for k, v in vars(args).items() if k != "out"},
+                             "postgres": FAST_TEST_SETTINGS},
                 "results": bench.results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
