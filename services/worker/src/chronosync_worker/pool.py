@@ -82,7 +82,7 @@ class SlotPool:
         self._slots: dict[int, _Slot] = {}
         self._draining = False
         self._idle = threading.Condition(self._lock)
-        self._version = 0  # bumped whenever a slot is taken or freed
+        self._version = 0  # bumped whenever a slot is freed, and when draining starts
         self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="run")
         self._starts: GroupCommit[ClaimedTask, Started | None] = GroupCommit(
             self._write_starts, name="record-starts")
@@ -116,8 +116,8 @@ class SlotPool:
         return [slot.task.id for slot in accepted], rejected
 
     def wait_change(self, seen: int, *, timeout: float) -> tuple[int, int]:
-        """Block until the slots change after version ``seen`` (or the timeout);
-        returns ``(version, running)``."""
+        """Block until a slot is freed (or draining starts) after version ``seen``, or the
+        timeout; returns ``(version, running)``."""
         with self._lock:
             self._idle.wait_for(lambda: self._version != seen, timeout=timeout)
             return self._version, len(self._slots)
@@ -229,7 +229,7 @@ class SlotPool:
             # One INFO line per attempt, at its end: a line costs a busy worker as much
             # as a database write (see bench/README.md).
             log.debug("task %s: attempt %s starting", task.id, attempt,
-                     extra={"task_id": task.id})
+                      extra={"task_id": task.id})
             result = run.run()
         except Exception as exc:
             log.exception("task %s: the run failed inside the worker", task.id,
@@ -262,8 +262,6 @@ class SlotPool:
                             extra={"task_id": task.id})
                 time.sleep(delay)
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
-
-
 
     def _write_starts(self, tasks: list[ClaimedTask]) -> list[Started | None]:
         started = self._repo.mark_started(tasks, worker_id=self._worker_id)
