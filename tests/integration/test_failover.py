@@ -229,6 +229,26 @@ def test_a_worker_dying_between_accepting_and_starting_costs_nothing(
     assert marker.read_text().split() == ["once"]
 
 
+def test_a_command_spawned_just_before_its_worker_died_dies_too(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The reaper learns a command's process group after the spawn; a worker killed in
+    between must not leave the command running unattended (an at_least_once retry would
+    run beside it)."""
+    start_base(cluster)
+    doomed = cluster.start("worker", **{failpoints.AFTER_SPAWN: "120"})
+    cluster.wait_ready(coordinators=1, workers=1)
+    pids = tmp_path / "pids"
+    cluster.http("POST", "/schedule", {
+        "command": f"sleep 300 & echo $! $$ > {pids}; wait", "delivery": "at_least_once"})
+    child, shell = wait_for(lambda: read_ints(pids), timeout=20, what="the command to start")
+    wait_for(lambda: "failpoint" in log_of(doomed), timeout=20,
+             what="the worker to pause between the spawn and telling the reaper")
+    doomed.signal(signal.SIGKILL)
+    wait_for(lambda: process_gone(child) and process_gone(shell), timeout=5,
+             what="the command the reaper was never told of to be killed with its child")
+
+
 def test_an_unreachable_worker_is_skipped_and_every_task_runs_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:

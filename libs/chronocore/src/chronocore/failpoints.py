@@ -1,11 +1,13 @@
-"""Failpoints: pauses at the two instants where a node's death matters most, so the
-failover tests can kill a real process exactly there instead of hoping to hit the window.
+"""Failpoints: pauses at the instants where a node's death matters most, so the failover
+tests can kill a real process exactly there instead of hoping to hit the window.
 
 Off unless the environment names them; production never sets these variables.
 
 - CHRONOSYNC_FAILPOINT_AFTER_CLAIM_S: a coordinator pauses between claim and dispatch.
 - CHRONOSYNC_FAILPOINT_BEFORE_START_S: a worker pauses between accepting a task and
   recording its start.
+- CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S: a worker pauses between spawning a command and
+  reporting its process group to the reaper.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 AFTER_CLAIM = "CHRONOSYNC_FAILPOINT_AFTER_CLAIM_S"
 BEFORE_START = "CHRONOSYNC_FAILPOINT_BEFORE_START_S"
+AFTER_SPAWN = "CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S"
 
 
 def pause(name: str, stop: threading.Event | None = None) -> None:

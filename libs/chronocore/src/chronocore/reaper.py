@@ -6,8 +6,15 @@ is the pipe's only writer: when the worker dies, even by SIGKILL, the kernel clo
 pipe, the reaper reads end-of-file and SIGKILLs every group still listed, then exits.
 A parent-death signal would only reach the shell, not the children it started.
 
-Run as ``python -m chronocore.reaper``; the protocol is one line per event, ``+PGID`` or
-``-PGID``.
+A group is only known once the command is spawned, so a worker killed between the spawn
+and its report would leave that command running unattended. Before spawning, the worker
+therefore names the run by environment entries only its processes carry (the task id and
+attempt); a run named but never reported is looked for in every process's environment
+when the pipe closes, and its group killed.
+
+Run as ``python -m chronocore.reaper``; the protocol is one line per event: ``?ENTRIES``
+(a run is about to be spawned; entries ``NAME=value`` separated by spaces), ``+PGID
+ENTRIES`` (it was, as this group), ``!ENTRIES`` (its spawn failed), ``-PGID`` (it ended).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +40,19 @@ class Reaper:
             stdin=subprocess.PIPE, start_new_session=True, close_fds=True,
         )
 
-    def watch(self, pgid: int) -> None:
-        self._send(f"+{pgid}\n")
+    def expect(self, run: tuple[str, ...]) -> None:
+        """A run is about to be spawned; ``run`` holds ``NAME=value`` entries of its
+        environment that no other process carries."""
+        if not run:
+            raise ValueError("an expected run needs at least one environment entry")
+        self._send(f"?{_entries(run)}\n")
+
+    def watch(self, pgid: int, run: tuple[str, ...] = ()) -> None:
+        self._send(f"+{pgid} {_entries(run)}\n")
+
+    def forget(self, run: tuple[str, ...]) -> None:
+        """The expected run was never spawned."""
+        self._send(f"!{_entries(run)}\n")
 
     def unwatch(self, pgid: int) -> None:
         self._send(f"-{pgid}\n")
@@ -55,22 +74,69 @@ class Reaper:
                 log.error("the reaper is gone: commands may outlive this worker")
 
 
+def _entries(run: tuple[str, ...]) -> str:
+    if any("=" not in entry or any(c.isspace() for c in entry) for entry in run):
+        raise ValueError(f"run entries must be non-empty and without spaces: {run!r}")
+    return " ".join(run)
+
+
+# A process found by its environment may still have been between fork and exec at the
+# first look (it then shows the worker's environment): look twice.
+SEARCH_AGAIN_AFTER_S = 0.5
+
+
+def processes_of(runs: set[frozenset[bytes]]) -> list[int]:
+    """Pids of processes whose environment holds every entry of one of ``runs``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = set(f.read().split(b"\0"))
+        except OSError:
+            continue  # gone, or not ours to read
+        if any(run <= environ for run in runs):
+            found.append(int(entry))
+    return found
+
+
+def _kill_group_of(pid: int) -> None:
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def main() -> int:
     # Our parent's Ctrl-C or SIGTERM must not stop us before the pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     groups: set[int] = set()
+    expected: set[frozenset[bytes]] = set()  # named, not yet reported as spawned
     for raw in sys.stdin.buffer:
-        line = raw.strip()
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
+        kind, line = raw[:1], raw[1:].strip()
+        if kind == b"?" and line:  # an empty name would match every process
+            expected.add(frozenset(line.split()))
+        elif kind == b"+":
+            pgid, *run = line.split()
+            groups.add(int(pgid))
+            expected.discard(frozenset(run))
+        elif kind == b"!":
+            expected.discard(frozenset(line.split()))
+        elif kind == b"-":
+            groups.discard(int(line))
     for pgid in groups:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    if expected:
+        for pid in processes_of(expected):
+            _kill_group_of(pid)
+        time.sleep(SEARCH_AGAIN_AFTER_S)
+        for pid in processes_of(expected):
+            _kill_group_of(pid)
     return 0
 
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from chronocore import failpoints
 from chronocore.reaper import Reaper
 
 OUTPUT_TAIL_BYTES = 64 * 1024
@@ -96,9 +97,13 @@ def _killpg(pgid: int, sig: int) -> None:
 class CommandRun:
     def __init__(self, *, command: str, env: Mapping[str, str], cwd: str,
                  timeout_s: float | None, kill_grace_s: float,
-                 reaper: Reaper | None = None, run_as: RunAs | None = None) -> None:
+                 reaper: Reaper | None = None, run_as: RunAs | None = None,
+                 identity: tuple[str, ...] = ()) -> None:
+        """``identity``: names of ``env`` only this run's processes carry; the reaper finds
+        them by it should the worker die between the spawn and reporting its group."""
         self._command = command
         self._reaper = reaper
+        self._identity = tuple(f"{name}={env[name]}" for name in identity)
         self._run_as = run_as
         self._env = dict(env)
         if run_as is not None:
@@ -131,6 +136,9 @@ class CommandRun:
                 if self._stop_reason is not None:
                     return RunResult(succeeded=False, exit_code=None,
                                      error=self._stop_reason, output="")
+                expected = self._reaper is not None and bool(self._identity)
+                if expected:
+                    self._reaper.expect(self._identity)
                 try:
                     argv = ["/bin/sh", "-c", self._command]
                     if self._run_as is not None:
@@ -146,10 +154,13 @@ class CommandRun:
                         close_fds=True,
                     )
                 except OSError as exc:
+                    if expected:
+                        self._reaper.forget(self._identity)
                     return RunResult(succeeded=False, exit_code=None,
                                      error=f"spawn: {exc}", output="")
+            failpoints.pause(failpoints.AFTER_SPAWN)
             if self._reaper is not None:
-                self._reaper.watch(self._proc.pid)
+                self._reaper.watch(self._proc.pid, self._identity)
             try:
                 return self._wait(self._proc)
             finally:

@@ -40,6 +40,11 @@ RECORD_RETRY_FIRST_S = 0.2
 RECORD_RETRY_MAX_S = 3.0
 
 
+# The variables that tell one run's processes from any other's (a task's attempt runs
+# once), by which the reaper finds a command spawned just before the worker died.
+RUN_IDENTITY = ("CHRONOSYNC_TASK_ID", "CHRONOSYNC_ATTEMPT")
+
+
 def base_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
     """The worker's environment without any CHRONOSYNC_* setting (DSN, token, keys)."""
     return {k: v for k, v in worker_env.items() if not k.startswith("CHRONOSYNC_")}
@@ -221,6 +226,7 @@ class SlotPool:
                 kill_grace_s=self._kill_grace_s,
                 reaper=self._reaper,
                 run_as=self._run_as,
+                identity=RUN_IDENTITY,
             )
             with self._lock:
                 slot.run = run
