@@ -171,3 +171,28 @@ def test_batch_statements_probe_each_task_even_with_statistics_older_than_the_bu
         assert join_filter_removals(plan) < 50, f"{name} compares the batch with every task"
     assert query(dsn, "SELECT count(*) AS n FROM tasks WHERE completed_at IS NOT NULL"
                       )[0]["n"] == 0, "EXPLAIN ANALYZE ran inside a rolled-back transaction"
+
+
+def test_a_start_and_its_confirmation_are_signs_of_life_and_say_who_owns_the_attempt(
+        dsn: str, repo: TaskRepository) -> None:
+    query(dsn, "INSERT INTO nodes (id, kind, host, pid, address, capacity, last_heartbeat_at)"
+               " VALUES (%s, 'worker', 'test', 1, 'nowhere:1', 4, now() - interval '1 hour')",
+          (WORKER,))
+
+    def heartbeat_age() -> float:
+        return query(dsn, "SELECT EXTRACT(EPOCH FROM now() - last_heartbeat_at)::float8 AS s"
+                          " FROM nodes WHERE id = %s", (WORKER,))[0]["s"]
+
+    ours, cancelled, stolen = claim(dsn, repo, [("true", "at_least_once", 3)] * 3)
+    assert repo.mark_started([ours, cancelled, stolen], worker_id=WORKER).keys() == {
+        ours.id, cancelled.id, stolen.id}
+    assert heartbeat_age() < 60, "a start moves the worker's heartbeat"
+    query(dsn, "UPDATE nodes SET last_heartbeat_at = now() - interval '1 hour'")
+    assert repo.cancel(cancelled.id) is not None
+    steal(dsn, stolen)
+
+    assert repo.confirm_start(ours, worker_id=WORKER) is None
+    assert heartbeat_age() < 60, "a confirmation moves the worker's heartbeat"
+    assert repo.confirm_start(cancelled, worker_id=WORKER) == "cancelled"
+    assert repo.confirm_start(stolen, worker_id=WORKER) == "worker_lost"
+    assert repo.confirm_start(ours, worker_id="another-worker") == "worker_lost"

@@ -229,6 +229,52 @@ def test_a_worker_dying_between_accepting_and_starting_costs_nothing(
     assert marker.read_text().split() == ["once"]
 
 
+def test_a_worker_paused_between_start_and_spawn_never_runs_the_recovered_attempt(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The start is committed, then the worker stops (SIGSTOP) before spawning, long
+    enough to be judged dead: its attempt is recovered and retried elsewhere. Resumed, it
+    must not spawn the stale attempt beside the retry."""
+    start_base(cluster)
+    doomed = cluster.start("worker", **{failpoints.AFTER_START: "2"})
+    cluster.wait_ready(coordinators=1, workers=1)
+    marker = tmp_path / "attempts"
+    _, body = cluster.http("POST", "/schedule", {
+        "command": f'echo "$CHRONOSYNC_ATTEMPT" >> {marker}', "delivery": "at_least_once"})
+    wait_for(lambda: "failpoint" in log_of(doomed), timeout=20,
+             what="the worker to record the start and pause before the spawn")
+    doomed.signal(signal.SIGSTOP)
+    try:
+        cluster.start("worker")
+        task = cluster.wait_task(body["id"], ("succeeded",), timeout=20)
+        assert task["attempt"] == 2
+    finally:
+        doomed.signal(signal.SIGCONT)
+    wait_for(lambda: f"task {body['id']}: attempt 1 ended" in log_of(doomed),
+             timeout=10, what="the resumed worker to be done with the recovered attempt")
+    assert read_ints(marker) == [2], "the recovered attempt ran beside its retry"
+    assert f"task {body['id']}: attempt 1 ended: worker_lost" in log_of(doomed)
+    assert "confirming the claim" in log_of(doomed)
+
+
+def test_a_spawn_late_for_its_start_still_runs_once_the_claim_is_confirmed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A start's lease is half the TTL; a spawn later than that asks the database first
+    and, the claim still being the worker's, runs the command as usual."""
+    start_base(cluster)
+    worker = cluster.start("worker", **{failpoints.AFTER_START: "1"})  # lease: 0.75 s
+    cluster.wait_ready(coordinators=1, workers=1)
+    marker = tmp_path / "attempts"
+    _, body = cluster.http("POST", "/schedule",
+                           {"command": f'echo "$CHRONOSYNC_ATTEMPT" >> {marker}'})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"), timeout=20)
+    assert (task["status"], task["attempt"]) == ("succeeded", 1)
+    assert read_ints(marker) == [1]
+    assert any(f"task {body['id']}: " in line and "confirming the claim" in line
+               for line in log_of(worker).splitlines())
+
+
 def test_a_command_spawned_just_before_its_worker_died_dies_too(
     cluster: Cluster, tmp_path: Path
 ) -> None:

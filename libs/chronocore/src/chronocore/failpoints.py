@@ -6,6 +6,8 @@ Off unless the environment names them; production never sets these variables.
 - CHRONOSYNC_FAILPOINT_AFTER_CLAIM_S: a coordinator pauses between claim and dispatch.
 - CHRONOSYNC_FAILPOINT_BEFORE_START_S: a worker pauses between accepting a task and
   recording its start.
+- CHRONOSYNC_FAILPOINT_AFTER_START_S: a worker pauses between recording a start and
+  spawning the command.
 - CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S: a worker pauses between spawning a command and
   reporting its process group to the reaper.
 """
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 AFTER_CLAIM = "CHRONOSYNC_FAILPOINT_AFTER_CLAIM_S"
 BEFORE_START = "CHRONOSYNC_FAILPOINT_BEFORE_START_S"
+AFTER_START = "CHRONOSYNC_FAILPOINT_AFTER_START_S"
 AFTER_SPAWN = "CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S"
 
 

@@ -103,8 +103,12 @@ WHERE t.id = held.id;
 -- name: mark_started --
 -- Record the start of attempts, fenced by token; committed before any is spawned. One
 -- statement for a batch of (id, token) pairs, sorted by id (one lock order for all);
--- returns the ones that may run.
-WITH startable AS (
+-- returns the ones that may run. Starting is a sign of life: the worker's heartbeat moves
+-- to now(), so no sweep can judge it dead for a TTL after it sent this statement.
+WITH alive AS (
+    UPDATE nodes SET last_heartbeat_at = now()
+    WHERE id = %(worker_id)s AND stopped_at IS NULL
+), startable AS (
     SELECT t.id
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
     CROSS JOIN LATERAL (
@@ -125,6 +129,20 @@ WITH startable AS (
 )
 SELECT id, attempt, EXTRACT(EPOCH FROM started_at - scheduled_at)::float8 AS lateness_s
 FROM started;
+
+-- name: confirm_start --
+-- Is this started attempt still the worker's to spawn? Asked when the spawn comes long
+-- after the start was sent (the worker was paused or starved, and may have been judged
+-- dead meanwhile). Moves the heartbeat like a start, and locks the task so that a
+-- recovery in flight is waited for and seen.
+WITH alive AS (
+    UPDATE nodes SET last_heartbeat_at = now()
+    WHERE id = %(worker_id)s AND stopped_at IS NULL
+)
+SELECT cancelled_at IS NOT NULL AS cancelled FROM tasks
+WHERE id = %(id)s AND claim_token = %(token)s AND worker_id = %(worker_id)s
+  AND started_at IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL
+FOR UPDATE;
 
 -- name: refuse_task --
 -- A worker will not run this command (its allowlist): failed, never started; fenced.

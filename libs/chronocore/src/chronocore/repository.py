@@ -17,6 +17,11 @@ How a task moves, and who may move it (the rules the whole cluster relies on):
 * Started before spawn: ``mark_started`` commits ``started_at`` before the worker spawns
   the command. A task that was claimed but never started can always be handed out again;
   one that started is never started again unless it is ``at_least_once``.
+* Spawn within the start's lease: ``mark_started`` also moves the worker's heartbeat, so
+  no sweep can judge the worker dead (and recover the attempt) until a TTL after it sent
+  the start. The worker spawns only within half of that; a spawn later than that (the
+  worker was paused or starved) first asks again (``confirm_start``, a heartbeat too), so
+  an attempt recovered meanwhile never runs beside its retry.
 * Time is the database's: every ``now()`` is PostgreSQL's, never a node's clock.
 """
 
@@ -202,6 +207,16 @@ class TaskRepository:
                                           "tokens": [t.token for t in ordered],
                                           "worker_id": worker_id})
         return {r["id"]: Started(r["attempt"], r["lateness_s"]) for r in rows}
+
+    def confirm_start(self, task: ClaimedTask, *, worker_id: str) -> str | None:
+        """None while a started attempt is still this worker's to spawn, else why not:
+        "cancelled", or "worker_lost" (recovered or finished meanwhile). Also a
+        heartbeat, as ``mark_started`` is."""
+        row = self._one("confirm_start", {"id": task.id, "token": task.token,
+                                          "worker_id": worker_id})
+        if row is None:
+            return "worker_lost"
+        return "cancelled" if row["cancelled"] else None
 
     def refuse(self, task: ClaimedTask, *, worker_id: str, error: str) -> bool:
         """Fail a claimed task this worker will not run (never started); fenced."""

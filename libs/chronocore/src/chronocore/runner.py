@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from chronocore import failpoints
@@ -98,12 +98,16 @@ class CommandRun:
     def __init__(self, *, command: str, env: Mapping[str, str], cwd: str,
                  timeout_s: float | None, kill_grace_s: float,
                  reaper: Reaper | None = None, run_as: RunAs | None = None,
-                 identity: tuple[str, ...] = ()) -> None:
+                 identity: tuple[str, ...] = (),
+                 guard: Callable[[], str | None] | None = None) -> None:
         """``identity``: names of ``env`` only this run's processes carry; the reaper finds
-        them by it should the worker die between the spawn and reporting its group."""
+        them by it should the worker die between the spawn and reporting its group.
+        ``guard``: asked right before the spawn and right after it; None while the run may
+        go on, else why it must not (before: it never spawns; after: it is stopped)."""
         self._command = command
         self._reaper = reaper
         self._identity = tuple(f"{name}={env[name]}" for name in identity)
+        self._guard = guard
         self._run_as = run_as
         self._env = dict(env)
         if run_as is not None:
@@ -132,7 +136,10 @@ class CommandRun:
     def run(self) -> RunResult:
         """Spawn the command and wait for it; never raises for the command's failures."""
         try:
+            # Asked outside the lock: it may take a round trip, and cancel() must not wait.
+            refused = self._guard() if self._guard is not None else None
             with self._lock:
+                self._stop_reason = self._stop_reason or refused
                 if self._stop_reason is not None:
                     return RunResult(succeeded=False, exit_code=None,
                                      error=self._stop_reason, output="")
@@ -161,6 +168,8 @@ class CommandRun:
             failpoints.pause(failpoints.AFTER_SPAWN)
             if self._reaper is not None:
                 self._reaper.watch(self._proc.pid, self._identity)
+            if self._guard is not None and (reason := self._guard()) is not None:
+                self.cancel(reason)  # paused between the guard and the spawn
             try:
                 return self._wait(self._proc)
             finally:

@@ -95,6 +95,7 @@ def main() -> int:
     reaper = Reaper()
     slots = SlotPool(repo=repo, worker_id=node_id, capacity=config.worker_capacity,
                      workdir=workdir, kill_grace_s=config.kill_grace_s, reaper=reaper,
+                     lease_s=config.node_ttl_s / 2,
                      run_as=run_as, allowlist=config.command_allowlist)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS))

@@ -9,6 +9,10 @@ off, since the process already ran and its record must not be lost. Starts and o
 that threads record at the same time share one statement (``chronocore.groupcommit``);
 each thread still waits for its own commit.
 
+A command is spawned only within the start's lease (see ``chronocore.repository``): if
+the worker was paused or starved between sending the start and spawning, it asks the
+database again first, so an attempt recovered meanwhile never runs beside its retry.
+
 Every spawned process group is reported to the reaper (``chronocore.reaper``), which
 kills it if this worker dies. A stopping worker (``drain``) hands back tasks it accepted
 but has not started, lets running commands finish within the grace period, and gives up
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 
 RECORD_RETRY_FIRST_S = 0.2
 RECORD_RETRY_MAX_S = 3.0
+# A confirmation that itself comes back too late is asked again, this many times at most.
+CONFIRM_TRIES = 3
 
 
 # The variables that tell one run's processes from any other's (a task's attempt runs
@@ -67,13 +73,18 @@ class _Slot:
     task: ClaimedTask
     run: CommandRun | None = None
     stop_reason: str | None = None  # set when asked to stop before the run existed
+    # Monotonic instant the start (or its latest confirmation) was sent: the worker
+    # counts as alive in the database from then on, for a TTL.
+    lease_from: float = 0.0
 
 
 class SlotPool:
     def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
                  workdir: str, kill_grace_s: float, reaper: Reaper | None,
-                 run_as: RunAs | None = None,
+                 lease_s: float, run_as: RunAs | None = None,
                  allowlist: tuple[str, ...] | None = None) -> None:
+        """``lease_s``: how long after sending a start the worker may still spawn without
+        asking again; well under the TTL after which sweepers judge it dead."""
         self._repo = repo
         self._run_as = run_as
         self._allowlist = allowlist
@@ -82,6 +93,7 @@ class SlotPool:
         self._workdir = workdir
         self._base_env = base_environment(os.environ)
         self._kill_grace_s = kill_grace_s
+        self._lease_s = lease_s
         self._reaper = reaper
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}
@@ -89,7 +101,7 @@ class SlotPool:
         self._idle = threading.Condition(self._lock)
         self._version = 0  # bumped whenever a slot is freed, and when draining starts
         self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="run")
-        self._starts: GroupCommit[ClaimedTask, Started | None] = GroupCommit(
+        self._starts: GroupCommit[ClaimedTask, tuple[Started, float] | None] = GroupCommit(
             self._write_starts, name="record-starts")
         self._outcomes: GroupCommit[tuple[ClaimedTask, Outcome], bool] = GroupCommit(
             self._write_outcomes, name="record-outcomes")
@@ -167,8 +179,9 @@ class SlotPool:
         task = slot.task
         try:
             failpoints.pause(failpoints.BEFORE_START)
-            started = self._start(task)
+            started = self._start(slot)
             if started is not None:
+                failpoints.pause(failpoints.AFTER_START)
                 result = self._execute(slot, started.attempt)
                 self._record(task, result)
         except Exception:
@@ -180,8 +193,9 @@ class SlotPool:
                 self._version += 1
                 self._idle.notify_all()
 
-    def _start(self, task: ClaimedTask) -> Started | None:
+    def _start(self, slot: _Slot) -> Started | None:
         """Record the start (fenced) before anything runs; None: do not run it."""
+        task = slot.task
         if self._draining:
             self._repo.release([task])  # hand it back: another worker starts it now
             log.info("task %s: handed back unstarted (draining)", task.id,
@@ -194,7 +208,7 @@ class SlotPool:
                               error="spawn: command not allowed on this worker")
             return None
         try:
-            started = self._starts.submit(task)
+            recorded = self._starts.submit(task)
         except psycopg.Error as exc:
             # Unknown whether the start was committed: never spawn, and record a failed
             # spawn once the database is back (fenced, so harmless if it was not).
@@ -203,10 +217,11 @@ class SlotPool:
             self._record(task, RunResult(succeeded=False, exit_code=None,
                                          error="spawn: database unreachable", output=""))
             return None
-        if started is None:
+        if recorded is None:
             log.info("task %s: start refused (claim lost or cancelled); not run", task.id,
                      extra={"task_id": task.id})
             return None
+        started, slot.lease_from = recorded
         if started.attempt == 1:
             metrics.REGISTRY.observe(
                 "chronosync_task_lateness_seconds",
@@ -227,6 +242,7 @@ class SlotPool:
                 reaper=self._reaper,
                 run_as=self._run_as,
                 identity=RUN_IDENTITY,
+                guard=lambda: self._still_ours(slot),
             )
             with self._lock:
                 slot.run = run
@@ -269,9 +285,33 @@ class SlotPool:
                 time.sleep(delay)
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
-    def _write_starts(self, tasks: list[ClaimedTask]) -> list[Started | None]:
+    def _still_ours(self, slot: _Slot) -> str | None:
+        """The run's guard: None while its start's lease holds (or the database confirms
+        the attempt is still ours), else why it must not run."""
+        task = slot.task
+        tries = 0
+        while (late := time.monotonic() - slot.lease_from) >= self._lease_s:
+            if tries == CONFIRM_TRIES:
+                return "spawn: claim not confirmed in time"
+            tries += 1
+            log.warning("task %s: %.1fs since its start was sent; confirming the claim "
+                        "before it runs", task.id, late, extra={"task_id": task.id})
+            sent = time.monotonic()
+            try:
+                revoked = self._repo.confirm_start(task, worker_id=self._worker_id)
+            except psycopg.Error as exc:
+                log.warning("task %s: cannot confirm its claim: %s", task.id, exc,
+                            extra={"task_id": task.id})
+                return "spawn: claim not confirmed (database unreachable)"
+            if revoked is not None:
+                return revoked  # recovered or cancelled while we were away
+            slot.lease_from = sent
+        return None
+
+    def _write_starts(self, tasks: list[ClaimedTask]) -> list[tuple[Started, float] | None]:
+        sent = time.monotonic()
         started = self._repo.mark_started(tasks, worker_id=self._worker_id)
-        return [started.get(task.id) for task in tasks]
+        return [(started[t.id], sent) if t.id in started else None for t in tasks]
 
     def _write_outcomes(self, finished: list[tuple[ClaimedTask, Outcome]]) -> list[bool]:
         written = self._repo.mark_finished(finished)
