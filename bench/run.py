@@ -465,14 +465,19 @@ def main() -> int:
         bench.ceiling()
         bench.start_cluster()
         bench.burst()
-        if args.only_burst:
-            print(json.dumps(bench.results, indent=2))
-            return 0
-        bench.lateness_runs()
-        bench.scale()
-        bench.failover()
-    finally:
+        if not args.only_burst:
+            bench.lateness_runs()
+            bench.scale()
+            bench.failover()
+    except BaseException:
         bench.close()
+        print(f"bench: the nodes' logs are kept in {workdir}", file=sys.stderr)
+        raise
+    bench.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+    if args.only_burst:
+        print(json.dumps(bench.results, indent=2))
+        return 0
     now = datetime.now(UTC)
     document = {"date": now.isoformat(timespec="seconds"), "machine": machine(),
                 # What shaped the figures; not where they were written.

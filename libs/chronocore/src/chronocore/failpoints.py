@@ -26,9 +26,15 @@ AFTER_START = "CHRONOSYNC_FAILPOINT_AFTER_START_S"
 AFTER_SPAWN = "CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S"
 
 
+# Read once: a process's failpoints are fixed when it starts, and pause() is on every
+# task's path.
+_SECONDS = {name: float(os.environ.get(name) or 0)
+            for name in (AFTER_CLAIM, BEFORE_START, AFTER_START, AFTER_SPAWN)}
+
+
 def pause(name: str, stop: threading.Event | None = None) -> None:
     """Sleep as long as the failpoint says (interrupted by ``stop``), if it is set."""
-    seconds = float(os.environ.get(name, "0") or 0)
+    seconds = _SECONDS[name]
     if seconds > 0:
         log.warning("failpoint %s: pausing %.1fs", name, seconds)
         (stop or threading.Event()).wait(seconds)
