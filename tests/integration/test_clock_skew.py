@@ -47,6 +47,10 @@ BURST = 12
 # How far a node's or a command's clock reading may stray from the expected skew (it is
 # read a little before or after the instant it is compared with).
 CLOCK_SLACK = timedelta(seconds=5)
+# Nodes under libfaketime run far slower than without it: starts here come 0.1-0.9 s
+# after their due time (1.03 s once on a loaded machine), where the bench measures a p99
+# under 10 ms. A clock bug would make them minutes early or late, which this catches.
+LATE_BOUND = timedelta(seconds=3)
 # A faketime node ignores SIGTERM sent to faketime only (see below); it gets this long.
 STOP_S = 20.0
 
@@ -169,8 +173,8 @@ def test_nodes_with_clocks_10_minutes_off_change_nothing(
     assert before <= parse(body["created_at"]) <= after, (body["created_at"], before, after)
     now_task = body["id"]
 
-    # A burst due 2 s ahead (by the database clock): no early start, none late by a second,
-    # every timestamp the database's, and the command sees its scheduled_at.
+    # A burst due 2 s ahead (by the database clock): no early start, none late by more than
+    # LATE_BOUND, every timestamp the database's, and the command sees its scheduled_at.
     submitted = db_now(cluster)
     due = (submitted + timedelta(seconds=2)).astimezone(UTC).isoformat()
     burst = []
@@ -193,7 +197,7 @@ def test_nodes_with_clocks_10_minutes_off_change_nothing(
         scheduled = parse(task["scheduled_at"])
         assert scheduled == parse(due)
         late = parse(task["started_at"]) - scheduled
-        assert timedelta(0) <= late < timedelta(seconds=1), (
+        assert timedelta(0) <= late < LATE_BOUND, (
             f"task {task['id']} started {late} after its scheduled_at")
         for name in ("created_at", "picked_at", "started_at", "completed_at"):
             assert submitted <= parse(task[name]) <= finished, (name, task, submitted, finished)
