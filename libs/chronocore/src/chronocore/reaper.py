@@ -76,7 +76,7 @@ class Reaper:
 
 def _entries(run: tuple[str, ...]) -> str:
     if any("=" not in entry or any(c.isspace() for c in entry) for entry in run):
-        raise ValueError(f"run entries must be non-empty and without spaces: {run!r}")
+        raise ValueError(f"run entries must be NAME=value without spaces: {run!r}")
     return " ".join(run)
 
 
