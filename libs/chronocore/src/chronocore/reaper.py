@@ -47,7 +47,9 @@ class Reaper:
             raise ValueError("an expected run needs at least one environment entry")
         self._send(f"?{_entries(run)}\n")
 
-    def watch(self, pgid: int, run: tuple[str, ...] = ()) -> None:
+    def watch(self, pgid: int, run: tuple[str, ...]) -> None:
+        """The run was spawned as group ``pgid`` (``run``: as named to ``expect``, or
+        empty when it was not)."""
         self._send(f"+{pgid} {_entries(run)}\n")
 
     def forget(self, run: tuple[str, ...]) -> None:
