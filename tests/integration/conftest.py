@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Cluster
+from harness import Cluster, running_cluster
 
 from chronocore.db import open_pool
 from chronocore.repository import TaskRepository
@@ -16,12 +16,8 @@ from chronocore.repository import TaskRepository
 @pytest.fixture
 def cluster(dsn: str, tmp_path: Path) -> Iterator[Cluster]:
     """A cluster with no nodes yet; the test starts what it needs."""
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    running = Cluster(dsn=dsn, log_dir=log_dir)
-    yield running
-    running.stop()
-    print(running.processes.logs())  # shown by pytest when the test failed
+    with running_cluster(dsn, tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

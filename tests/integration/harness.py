@@ -147,6 +147,20 @@ class Cluster:
         self.processes.stop()
 
 
+@contextmanager
+def running_cluster(dsn: str, tmp_path: Path) -> Iterator[Cluster]:
+    """A Cluster on ``dsn`` logging under ``tmp_path``; its nodes are stopped on the way
+    out, and their logs printed (pytest shows them when the test failed)."""
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    running = Cluster(dsn=dsn, log_dir=log_dir)
+    try:
+        yield running
+    finally:
+        running.stop()
+        print(running.processes.logs())
+
+
 def node_id(cluster: Cluster, node: NodeProcess) -> str:
     """The registry id of a started node process (waits for it to register)."""
     def registered() -> str | None:

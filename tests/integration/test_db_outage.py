@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Answer, Cluster, bounded_request, log_of, own_postgres, wait_for
+from harness import (
+    Answer,
+    Cluster,
+    bounded_request,
+    log_of,
+    own_postgres,
+    running_cluster,
+    wait_for,
+)
 
 from chronocore import db
 from chronocore.pgcluster import LocalCluster
@@ -57,14 +65,8 @@ def own_pg() -> Iterator[LocalCluster]:
 @pytest.fixture
 def outage_cluster(own_pg: LocalCluster, tmp_path: Path) -> Iterator[Cluster]:
     """Nodes on the test's own PostgreSQL; stopped before that PostgreSQL is."""
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    running = Cluster(dsn=own_pg.dsn(), log_dir=log_dir)
-    try:
+    with running_cluster(own_pg.dsn(), tmp_path) as running:
         yield running
-    finally:
-        running.stop()
-        print(running.processes.logs())  # shown by pytest when the test failed
 
 
 def db_now(cluster: Cluster) -> datetime:

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from harness import FAST_TIMINGS, Cluster, log_of, node_id, own_postgres, wait_for
+from harness import (
+    FAST_TIMINGS,
+    Cluster,
+    log_of,
+    node_id,
+    own_postgres,
+    running_cluster,
+    wait_for,
+)
 
 from chronocore import db
 from chronocore.pgcluster import LocalCluster
@@ -189,15 +197,12 @@ def partition_cluster(link_pg: LocalCluster, link: Link,
                       tmp_path: Path) -> Iterator[Cluster]:
     """Nodes on the test's own PostgreSQL; the link is healed and the nodes stopped
     before PostgreSQL is."""
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    running = Cluster(dsn=link_pg.dsn(), log_dir=log_dir)
-    try:
-        yield running
-    finally:
-        _ip("link", "set", link.root_if, "up", check=False)  # a failed test may leave it cut
-        running.stop()
-        print(running.processes.logs())
+    with running_cluster(link_pg.dsn(), tmp_path) as running:
+        try:
+            yield running
+        finally:
+            # A failed test may leave the link cut: heal it before the nodes stop.
+            _ip("link", "set", link.root_if, "up", check=False)
 
 
 def db_now(cluster: Cluster) -> datetime:

@@ -37,7 +37,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import FAST_TIMINGS, Answer, Cluster, bounded_request, tail, wait_for
+from harness import (
+    FAST_TIMINGS,
+    Answer,
+    Cluster,
+    bounded_request,
+    running_cluster,
+    tail,
+    wait_for,
+)
 from psycopg.rows import dict_row
 
 from chronocore import db
@@ -239,14 +247,8 @@ def replicated_postgres() -> Iterator[Replicated]:
 @pytest.fixture
 def failover_cluster(replicated_postgres: Replicated, tmp_path: Path) -> Iterator[Cluster]:
     """Nodes on the multi-host DSN; stopped before either PostgreSQL is."""
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    running = Cluster(dsn=replicated_postgres.dsn, log_dir=log_dir)
-    try:
+    with running_cluster(replicated_postgres.dsn, tmp_path) as running:
         yield running
-    finally:
-        running.stop()
-        print(running.processes.logs())  # shown by pytest when the test failed
 
 
 @pytest.fixture
