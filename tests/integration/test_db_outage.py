@@ -110,8 +110,10 @@ def test_a_15_second_database_outage_keeps_nodes_up_answers_503_and_loses_nothin
         assert cluster.wait_task(task_id, ("succeeded", "failed"))["status"] == "succeeded"
 
     # One that is still running when the database goes away, and ends during the outage.
-    long_task = submit(cluster, f"sleep {LONG_TASK_S}; {run_once}")
+    began = tmp_path / "long-task-began"
+    long_task = submit(cluster, f"touch {began}; sleep {LONG_TASK_S}; {run_once}")
     cluster.wait_task(long_task, ("running",), timeout=15)
+    wait_for(began.exists, timeout=15, what="the long task's command to begin")
 
     # Tasks falling due during the outage, and one far in the future.
     submitted_at = db_now(cluster)

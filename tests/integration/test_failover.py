@@ -111,12 +111,13 @@ def test_a_paused_worker_s_late_writes_are_fenced_off(
     start_base(cluster)
     paused = cluster.start("worker")
     cluster.wait_ready(coordinators=1, workers=1)
-    done = tmp_path / "attempt1-done"
-    command = (f'if [ "$CHRONOSYNC_ATTEMPT" = 1 ]; then sleep 1; touch {done}; echo first; '
-               "else echo second; fi")
+    began, done = tmp_path / "attempt1-began", tmp_path / "attempt1-done"
+    command = (f'if [ "$CHRONOSYNC_ATTEMPT" = 1 ]; then touch {began}; sleep 1; touch {done}; '
+               "echo first; else echo second; fi")
     _, body = cluster.http("POST", "/schedule", {
         "command": command, "delivery": "at_least_once", "max_attempts": 3})
-    wait_running(cluster, body["id"])
+    # "running" means the start is recorded; the command itself may spawn a moment later.
+    wait_for(began.exists, timeout=20, what="attempt 1's command to begin")
     paused.signal(signal.SIGSTOP)
     try:
         replacement = cluster.start("worker")
@@ -142,9 +143,10 @@ def test_a_paused_worker_cannot_turn_a_lost_at_most_once_task_into_a_success(
     start_base(cluster)
     paused = cluster.start("worker")
     cluster.wait_ready(coordinators=1, workers=1)
-    done = tmp_path / "done"
-    _, body = cluster.http("POST", "/schedule", {"command": f"sleep 1; touch {done}; echo late"})
-    wait_running(cluster, body["id"])
+    began, done = tmp_path / "began", tmp_path / "done"
+    _, body = cluster.http("POST", "/schedule",
+                           {"command": f"touch {began}; sleep 1; touch {done}; echo late"})
+    wait_for(began.exists, timeout=20, what="the command to begin")
     paused.signal(signal.SIGSTOP)
     try:
         task = cluster.wait_task(body["id"], ("failed",), timeout=15)
