@@ -504,7 +504,8 @@ def read_recorded(dsn: str, starts_path: Path) -> Recorded:
         tasks = {r["id"]: r for r in conn.execute(
             "SELECT id, delivery, attempt, max_attempts, error, worker_id, idempotency_key,"
             " picked_at, started_at, claimed_by,"
-            " task_status(picked_at, started_at, completed_at, failed_at, cancelled_at)"
+            " task_status(picked_at, started_at, completed_at, failed_at, cancelled_at,"
+            " attempt)"
             " AS status FROM tasks").fetchall()}
         attempts: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in conn.execute("SELECT * FROM task_attempts ORDER BY task_id, attempt"):

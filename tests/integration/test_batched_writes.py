@@ -36,7 +36,7 @@ def steal(dsn: str, task: ClaimedTask) -> None:
 
 def task_row(dsn: str, task: ClaimedTask) -> dict:
     return query(dsn, "SELECT *, task_status(picked_at, started_at, completed_at, "
-                      "failed_at, cancelled_at) AS status, due_at > now() AS later "
+                      "failed_at, cancelled_at, attempt) AS status, due_at > now() AS later "
                       "FROM tasks WHERE id = %s", (task.id,))[0]
 
 
@@ -87,7 +87,7 @@ def test_one_outcome_statement_applies_each_tasks_own_rules(
     assert task_row(dsn, ok)["status"] == "succeeded"
     assert (task_row(dsn, failed)["status"], task_row(dsn, failed)["exit_code"]) == ("failed", 3)
     back = task_row(dsn, retried)
-    assert (back["status"], back["claim_token"], back["later"]) == ("scheduled", None, True), \
+    assert (back["status"], back["claim_token"], back["later"]) == ("retrying", None, True), \
         "a failed at_least_once attempt with attempts left goes back after a backoff"
     assert task_row(dsn, exhausted)["status"] == "failed"
     assert task_row(dsn, stolen)["status"] == "running", "a fenced outcome changes nothing"

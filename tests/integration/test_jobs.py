@@ -27,8 +27,8 @@ def create_job(cluster: Cluster, **body: Any) -> dict[str, Any]:
 
 def job_tasks(cluster: Cluster, job_id: int) -> list[dict[str, Any]]:
     return cluster.query(
-        "SELECT *, task_status(picked_at, started_at, completed_at, failed_at, cancelled_at)"
-        " AS status FROM tasks WHERE job_id = %s ORDER BY scheduled_at", (job_id,))
+        "SELECT *, task_status(picked_at, started_at, completed_at, failed_at, cancelled_at,"
+        " attempt) AS status FROM tasks WHERE job_id = %s ORDER BY scheduled_at", (job_id,))
 
 
 def wait_until(cluster: Cluster, instant: datetime) -> None:

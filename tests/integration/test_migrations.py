@@ -94,7 +94,7 @@ def test_five_nodes_migrating_an_empty_database_at_once_all_succeed_and_apply_ea
     )
     assert [f["signature"] for f in functions] == [
         "task_status(timestamp with time zone,timestamp with time zone,"
-        "timestamp with time zone,timestamp with time zone,timestamp with time zone)"
+        "timestamp with time zone,timestamp with time zone,timestamp with time zone,integer)"
     ]
 
 

@@ -90,6 +90,26 @@ def test_a_failing_command_records_its_exit_code_and_output(cluster: Cluster) ->
     assert task["output"] == "oops\n"
 
 
+def test_a_task_waiting_for_its_next_attempt_reads_retrying(cluster: Cluster) -> None:
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    cluster.start("worker", CHRONOSYNC_RETRY_BACKOFF_S="60")
+    cluster.wait_ready(coordinators=1, workers=1)
+    _, body = cluster.http("POST", "/schedule", {
+        "command": "exit 1", "delivery": "at_least_once", "max_attempts": 3})
+    task = cluster.wait_task(body["id"], ("retrying",))
+    assert (task["attempt"], task["error"], task["started_at"]) == (1, "exit 1", None)
+    backoff = (datetime.fromisoformat(task["next_attempt_at"])
+               - datetime.fromisoformat(task["attempts"][0]["finished_at"]))
+    assert 50 < backoff.total_seconds() <= 60, backoff
+    _, listed = cluster.http("GET", "/tasks?status=retrying")
+    assert [t["id"] for t in listed["tasks"]] == [body["id"]]
+    _, waiting = cluster.http("GET", "/tasks?status=scheduled")
+    assert waiting["tasks"] == []
+    cancelled = cluster.http("POST", f"/tasks/{body['id']}/cancel")[1]
+    assert (cancelled["status"], cancelled["next_attempt_at"]) == ("cancelled", None)
+
+
 def test_the_command_environment_carries_the_task_but_not_the_dsn(cluster: Cluster) -> None:
     cluster.start_default(coordinators=1, workers=1)
     status, body = cluster.http("POST", "/schedule", {"command": "env", "env": {"GREETING": "hi"}})

@@ -14,37 +14,40 @@ import urllib.request
 from pathlib import Path
 
 from harness import Cluster, node_id, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 CHRONOSYNC = str(Path(sys.executable).parent / "chronosync")
-SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(\{(?:[a-zA-Z_]\w*="(?:[^"\\]|\\.)*",?)*\})? '
-                    r'(-?[\d.e+-]+|\+Inf|NaN)$')
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
-def scrape(cluster: Cluster) -> dict[str, list[tuple[str, float]]]:
-    """Parse the exposition strictly: every line a comment or a valid sample."""
+def scrape(cluster: Cluster) -> Samples:
+    """Parse the exposition with Prometheus's own client parser (which refuses a duplicate
+    label name), and check what a scrape would choke on or mislead with: a sample of no
+    declared family, a family declared twice, a ``_total`` that is not a counter."""
     with urllib.request.urlopen(cluster.url + "/metrics", timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
-    samples: dict[str, list[tuple[str, float]]] = {}
-    typed = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        if line.startswith("#") or not line:
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a valid sample line: {line!r}"
-        samples.setdefault(match[1], []).append((match[2] or "", float(match[3])))
-    for name in samples:
-        assert re.sub(r"_(bucket|sum|count)$", "", name) in typed or name in typed, name
+    declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(declared) == len(set(declared)), "a family declared twice"
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        assert family.type != "unknown", f"samples without a TYPE: {family.samples[:2]}"
+        for sample in family.samples:
+            assert family.type == "counter" or not sample.name.endswith("_total"), \
+                f"{sample.name} is typed {family.type}"
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
     return samples
 
 
-def total(samples: dict[str, list[tuple[str, float]]], name: str, **labels: str) -> float:
-    wanted = [f'{k}="{v}"' for k, v in labels.items()]
-    return sum(value for text, value in samples.get(name, [])
-               if all(w in text for w in wanted))
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(value for have, value in samples.get(name, [])
+               if all(have.get(k) == v for k, v in labels.items()))
+
+
+def series(samples: Samples, name: str, **labels: str) -> int:
+    return sum(1 for have, _ in samples.get(name, [])
+               if all(have.get(k) == v for k, v in labels.items()))
 
 
 def test_metrics_gather_every_node_s_figures_and_the_database_s(cluster: Cluster) -> None:
@@ -67,14 +70,87 @@ def test_metrics_gather_every_node_s_figures_and_the_database_s(cluster: Cluster
     assert total(samples, "chronosync_task_lateness_seconds_count") >= 7
     assert total(samples, "chronosync_task_lateness_seconds_bucket", le="+Inf") >= 7
     assert total(samples, "chronosync_claim_batch_size_count", kind="coordinator") >= 1
+    assert total(samples, "chronosync_run_duration_seconds_count") >= 7
     assert total(samples, "chronosync_tasks_dispatched_total") >= 7
     assert total(samples, "chronosync_queue_depth", state="later") == 1 and far
     assert total(samples, "chronosync_queue_depth", state="due") == 0
     assert total(samples, "chronosync_worker_slots", state="free") == 16
+    assert {labels["node"] for labels, _ in samples["chronosync_worker_slots"]} == {
+        node_id(cluster, node) for node in cluster.processes.nodes if node.kind == "worker"}
     assert total(samples, "chronosync_nodes", kind="worker", state="alive") == 2
     assert total(samples, "chronosync_http_requests_total", status="201") >= 8
     for kind in ("scheduler", "coordinator", "worker"):
         assert total(samples, "process_resident_memory_bytes", kind=kind) > 0
+
+
+def test_metrics_stay_valid_and_complete_through_failures(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    """A scrape parses at every moment: before any failure (every counter at 0), and
+    after a worker kill, a dispatch error, a retry, a skipped tick and a backdated task."""
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    doomed = cluster.start("worker")
+    cluster.wait_ready(coordinators=1, workers=1)
+
+    def published(samples: Samples) -> bool:
+        return all(series(samples, "process_cpu_seconds_total", kind=kind)
+                   for kind in ("scheduler", "coordinator", "worker"))
+
+    quiet = wait_for(lambda: (lambda s: s if published(s) else None)(scrape(cluster)),
+                     timeout=20, what="every node's first metrics")
+    for name, labels in (("chronosync_recoveries_total", {"reason": "worker_lost"}),
+                         ("chronosync_recoveries_total", {"reason": "retried"}),
+                         ("chronosync_recoveries_total", {"reason": "redispatched"}),
+                         ("chronosync_dispatch_errors_total", {}),
+                         ("chronosync_occurrences_skipped_total", {"policy": "forbid"}),
+                         ("chronosync_occurrences_skipped_total", {"policy": "misfire"}),
+                         ("chronosync_runs_total", {"outcome": "exit"}),
+                         ("chronosync_fenced_writes_total", {})):
+        assert series(quiet, name, **labels) == 1, f"{name}{labels} missing before any event"
+        assert total(quiet, name, **labels) == 0
+
+    # A worker dies while running a command; the next task is offered to it first.
+    started = tmp_path / "started"
+    _, lost = cluster.http("POST", "/schedule", {"command": f"touch {started}; sleep 60"})
+    wait_for(started.exists, timeout=20, what="the doomed worker's command")
+    doomed.signal(signal.SIGKILL)
+    _, offered = cluster.http("POST", "/schedule", {"command": "true"})
+    cluster.start("worker")
+    # A retry, a backdated task, and a job whose second tick is skipped (forbid).
+    marker = tmp_path / "failed-once"
+    _, retried = cluster.http("POST", "/schedule", {
+        "command": f"test -e {marker} || {{ touch {marker}; exit 1; }}",
+        "delivery": "at_least_once", "max_attempts": 2})
+    _, backdated = cluster.http("POST", "/schedule", {
+        "command": "true", "scheduled_at": "2020-01-01T00:00:00Z"})
+    _, job = cluster.http("POST", "/schedule", {
+        "command": "sleep 3", "cron": "* * * * * *", "concurrency_policy": "forbid"})
+
+    assert cluster.wait_task(lost["id"], ("failed",))["error"] == "worker_lost"
+    for task in (offered, retried, backdated):
+        cluster.wait_task(task["id"], ("succeeded",))
+
+    def after_events() -> Samples | None:
+        samples = scrape(cluster)
+        job_labels = {"job_id": str(job["id"])}
+        seen = (total(samples, "chronosync_recoveries_total", reason="worker_lost") >= 1
+                and total(samples, "chronosync_dispatch_errors_total") >= 1
+                and total(samples, "chronosync_runs_total", outcome="exit") >= 1
+                and total(samples, "chronosync_occurrences_skipped_total",
+                          policy="forbid") >= 1
+                and total(samples, "chronosync_job_occurrences_skipped_total",
+                          reason="forbid", **job_labels) >= 1
+                and series(samples, "chronosync_job_last_run_timestamp_seconds",
+                           **job_labels) == 1)
+        return samples if seen else None
+
+    samples = wait_for(after_events, timeout=30, what="every event in /metrics")
+    cluster.http("DELETE", f"/jobs/{job['id']}")
+    assert series(samples, "chronosync_job_last_run_timestamp_seconds") == 1, \
+        "one series per job, none per task"
+    assert total(samples, "chronosync_task_lateness_seconds_sum") < 60, \
+        "a task submitted for 2020 is not years late"
+    assert total(samples, "chronosync_run_duration_seconds_count") >= 3
 
 
 def test_json_logs_name_the_node_and_the_task(cluster: Cluster) -> None:

@@ -296,7 +296,7 @@ def test_nodes_follow_a_promoted_synchronous_standby_and_lose_no_acknowledged_ta
                   [p.answer for p in load.posts[:3]])
             print("tasks:", cluster.query(
                 "SELECT task_status(picked_at, started_at, completed_at, failed_at,"
-                " cancelled_at) AS status, count(*) AS n FROM tasks GROUP BY 1"))
+                " cancelled_at, attempt) AS status, count(*) AS n FROM tasks GROUP BY 1"))
             raise
 
         # The crash: the primary and every process it started, SIGKILLed.

@@ -5,6 +5,10 @@ and writes a snapshot into its ``nodes`` row with every heartbeat. Any scheduler
 ``/metrics`` renders every live node's snapshot, each sample labelled with ``node`` and
 ``kind``, plus figures read from the database itself (queue depth, slots, nodes): one
 scrape target for the whole cluster, reachable even where workers are not.
+
+The exposition stays valid at every moment: ``node`` and ``kind`` are the renderer's
+labels, so a process's own metrics may not use them (``RESERVED_LABELS``); a counter is
+declared, at 0, before its first event, so an alert on its rate has a series to read.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ from typing import Any
 # Lateness (started - scheduled) buckets: from a millisecond to a minute.
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                     30, 60)
+# How long commands run: from a `true` to a nightly batch.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _START_TIME = time.time()
 
 Labels = tuple[tuple[str, str], ...]
+# Added by ``render`` to every node's samples: a process's own labels may not use them.
+RESERVED_LABELS = frozenset({"node", "kind"})
 
 
 class Registry:
     """Metric families of one process; thread-safe; a snapshot is plain JSON."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reserved: frozenset[str] = RESERVED_LABELS) -> None:
         self._lock = threading.Lock()
         self._families: dict[str, dict[str, Any]] = {}
+        self._reserved = reserved
 
     def _family(self, name: str, kind: str, help_text: str,
                 buckets: tuple[float, ...] = ()) -> dict[str, Any]:
@@ -40,22 +49,39 @@ class Registry:
                                              "buckets": list(buckets), "samples": {}}
         return family
 
+    def _key(self, labels: dict[str, str]) -> Labels:
+        clash = self._reserved.intersection(labels)
+        if clash:
+            raise ValueError(f"label {sorted(clash)[0]!r} is reserved for the renderer")
+        return tuple(sorted((k, str(v)) for k, v in labels.items()))
+
+    def declare_counter(self, name: str, help_text: str,
+                        *label_sets: dict[str, str]) -> None:
+        """Make a counter's series exist at 0 (one per label set) before any event."""
+        with self._lock:
+            samples = self._family(name, "counter", help_text)["samples"]
+            for labels in label_sets or ({},):
+                samples.setdefault(self._key(labels), 0.0)
+
     def inc(self, name: str, help_text: str, amount: float = 1.0, **labels: str) -> None:
         with self._lock:
             samples = self._family(name, "counter", help_text)["samples"]
-            key = _key(labels)
+            key = self._key(labels)
             samples[key] = samples.get(key, 0.0) + amount
 
-    def set(self, name: str, help_text: str, value: float, **labels: str) -> None:
+    def set(self, name: str, help_text: str, value: float, *, metric_type: str = "gauge",
+            **labels: str) -> None:
+        """A value taken as it is: a gauge, or (``metric_type="counter"``) a total that another
+        source keeps, such as the kernel's count of CPU seconds."""
         with self._lock:
-            self._family(name, "gauge", help_text)["samples"][_key(labels)] = value
+            self._family(name, metric_type, help_text)["samples"][self._key(labels)] = value
 
     def observe(self, name: str, help_text: str, value: float, *,
                 buckets: tuple[float, ...], **labels: str) -> None:
         with self._lock:
             family = self._family(name, "histogram", help_text, buckets)
             sample = family["samples"].setdefault(
-                _key(labels), {"counts": [0] * (len(buckets) + 1), "sum": 0.0})
+                self._key(labels), {"counts": [0] * (len(buckets) + 1), "sum": 0.0})
             index = next((i for i, b in enumerate(buckets) if value <= b), len(buckets))
             sample["counts"][index] += 1
             sample["sum"] += value
@@ -64,7 +90,8 @@ class Registry:
         """The families as JSON, with this process's own figures added."""
         self.set("process_resident_memory_bytes", "Resident memory of the process.",
                  _rss_bytes())
-        self.set("process_cpu_seconds_total", "CPU time used by the process.", _cpu_seconds())
+        self.set("process_cpu_seconds_total", "CPU time used by the process.", _cpu_seconds(),
+                 metric_type="counter")
         self.set("process_start_time_seconds", "Start of the process, Unix time.",
                  _START_TIME)
         self.set("process_open_fds", "Open file descriptors.", _open_fds())
@@ -72,10 +99,6 @@ class Registry:
             return {name: {**family, "samples": [[list(map(list, key)), value]
                                                  for key, value in family["samples"].items()]}
                     for name, family in self._families.items()}
-
-
-def _key(labels: dict[str, str]) -> Labels:
-    return tuple(sorted((k, str(v)) for k, v in labels.items()))
 
 
 def _rss_bytes() -> float:
@@ -101,6 +124,19 @@ def _open_fds() -> float:
 REGISTRY = Registry()
 
 
+class Counter:
+    """A counter of this process, declared when its module loads: at 0 for each label set
+    given, so its series is there before the first event."""
+
+    def __init__(self, name: str, help_text: str, *label_sets: dict[str, str]) -> None:
+        self.name = name
+        self.help = help_text
+        REGISTRY.declare_counter(name, help_text, *label_sets)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        REGISTRY.inc(self.name, self.help, amount, **labels)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -124,7 +160,7 @@ def render(sources: list[tuple[dict[str, str], dict[str, Any]]]) -> str:
             merged = families.setdefault(name, {"type": family["type"],
                                                 "help": family["help"], "lines": []})
             for key, value in family["samples"]:
-                pairs = [*extra.items(), *(tuple(p) for p in key)]
+                pairs = [*extra.items(), *_own_labels(key, extra)]
                 merged["lines"].extend(_sample_lines(name, family, pairs, value))
     out = []
     for name in sorted(families):
@@ -133,6 +169,12 @@ def render(sources: list[tuple[dict[str, str], dict[str, Any]]]) -> str:
         out.append(f"# TYPE {name} {family['type']}")
         out.extend(family["lines"])
     return "\n".join(out) + "\n"
+
+
+def _own_labels(key: list[list[str]], extra: dict[str, str]) -> list[tuple[str, str]]:
+    """A sample's own labels; one that the renderer adds too (a snapshot written by an
+    older version) is kept as ``exported_<name>``, as Prometheus does on a clash."""
+    return [(f"exported_{k}" if k in extra else k, v) for k, v in key]
 
 
 def _sample_lines(name: str, family: dict[str, Any], pairs: list[tuple[str, str]],

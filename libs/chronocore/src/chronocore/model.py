@@ -23,7 +23,8 @@ MAX_ENV_VALUE_BYTES = 32 * 1024
 MAX_SHORT_TEXT = 200  # names and idempotency keys
 DELIVERIES = ("at_most_once", "at_least_once")
 DEFAULT_MAX_ATTEMPTS = {"at_most_once": 1, "at_least_once": 3}
-STATUSES = ("scheduled", "picked", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("scheduled", "picked", "running", "retrying", "succeeded", "failed",
+            "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 SUBMISSION_FIELDS = frozenset(
@@ -236,6 +237,9 @@ def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) ->
     resource: dict[str, Any] = {"id": row["id"], "kind": "task", "command": row["command"],
                                 "status": row["status"]}
     resource.update({name: format_timestamp(row[name]) for name in times})
+    # Waiting for its next at_least_once attempt: when that attempt becomes due.
+    resource["next_attempt_at"] = (format_timestamp(row["due_at"])
+                                   if row["status"] == "retrying" else None)
     for name in ("delivery", "attempt", "max_attempts", "timeout_s", "exit_code", "error",
                  "output", "worker_id", "job_id", "idempotency_key", "name", "env"):
         resource[name] = row[name]

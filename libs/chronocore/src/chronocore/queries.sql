@@ -18,7 +18,7 @@ SELECT id, request_hash FROM tasks WHERE idempotency_key = %(key)s;
 -- name: get_task --
 -- One task with its derived status.
 SELECT t.*, task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
-                        t.cancelled_at) AS status
+                        t.cancelled_at, t.attempt) AS status
 FROM tasks t
 WHERE t.id = %(id)s;
 
@@ -32,11 +32,11 @@ ORDER BY attempt;
 -- name: list_tasks --
 -- Tasks newest first, optionally by status and job, paged by id.
 SELECT t.*, task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
-                        t.cancelled_at) AS status
+                        t.cancelled_at, t.attempt) AS status
 FROM tasks t
 WHERE (%(status)s::text IS NULL
        OR task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
-                      t.cancelled_at) = %(status)s::text)
+                      t.cancelled_at, t.attempt) = %(status)s::text)
   AND (%(job_id)s::bigint IS NULL OR t.job_id = %(job_id)s::bigint)
   AND (%(before)s::bigint IS NULL OR t.id < %(before)s::bigint)
 ORDER BY t.id DESC
@@ -122,12 +122,13 @@ WITH alive AS (
     SET started_at = now(), attempt = t.attempt + 1, worker_id = %(worker_id)s
     FROM startable s
     WHERE t.id = s.id
-    RETURNING t.id, t.attempt, t.started_at, t.worker_id, t.scheduled_at
+    RETURNING t.id, t.attempt, t.started_at, t.worker_id, t.scheduled_at, t.created_at
 ), attempt AS (
     INSERT INTO task_attempts (task_id, attempt, worker_id, started_at)
     SELECT id, attempt, worker_id, started_at FROM started
 )
-SELECT id, attempt, EXTRACT(EPOCH FROM started_at - scheduled_at)::float8 AS lateness_s
+SELECT id, attempt,
+       EXTRACT(EPOCH FROM started_at - greatest(scheduled_at, created_at))::float8 AS lateness_s
 FROM started;
 
 -- name: confirm_start --
@@ -291,7 +292,7 @@ ORDER BY kind, started_at, id;
 -- name: task_status_of --
 -- The status the database derives for a set of timestamps (used to test the derivation).
 SELECT task_status(%(picked_at)s, %(started_at)s, %(completed_at)s, %(failed_at)s,
-                   %(cancelled_at)s) AS status;
+                   %(cancelled_at)s, %(attempt)s) AS status;
 
 -- name: insert_job --
 -- Store a recurring job; an idempotency key already used inserts nothing.
@@ -363,7 +364,8 @@ SELECT j.id AS job_id, t.id, t.status, t.error, t.scheduled_at
 FROM unnest(%(ids)s::bigint[]) AS j(id)
 CROSS JOIN LATERAL (
     SELECT id, scheduled_at, error,
-           task_status(picked_at, started_at, completed_at, failed_at, cancelled_at)
+           task_status(picked_at, started_at, completed_at, failed_at, cancelled_at,
+                       attempt)
                AS status
     FROM tasks
     WHERE job_id = j.id AND scheduled_at <= now()
@@ -400,8 +402,11 @@ ON CONFLICT (job_id, scheduled_at) DO NOTHING
 RETURNING id;
 
 -- name: advance_job --
--- Remember the next occurrence not yet made a task.
-UPDATE jobs SET next_run_at = %(next_run_at)s WHERE id = %(id)s;
+-- Remember the next occurrence not yet made a task, and count those the misfire policy
+-- skipped on the way.
+UPDATE jobs
+SET next_run_at = %(next_run_at)s, missed_occurrences = missed_occurrences + %(skipped)s
+WHERE id = %(id)s;
 
 -- name: skip_forbidden --
 -- concurrency_policy forbid: a due occurrence whose job still runs an earlier one is
@@ -416,6 +421,27 @@ WHERE t.concurrency_policy = 'forbid' AND t.due_at <= now()
                 AND r.completed_at IS NULL AND r.failed_at IS NULL
                 AND r.cancelled_at IS NULL)
 RETURNING t.id, t.job_id;
+
+-- name: count_forbidden --
+-- Count, on each job, the occurrences the forbid policy skipped (same transaction).
+UPDATE jobs j
+SET forbidden_occurrences = forbidden_occurrences + s.skipped
+FROM (SELECT job_id, count(*) AS skipped FROM unnest(%(job_ids)s::bigint[]) AS s(job_id)
+      GROUP BY job_id) s
+WHERE j.id = s.job_id;
+
+-- name: job_health --
+-- Per job, what cron users alert on: its last run's start, its last success, and the
+-- occurrences its policies skipped. Each job's latest tasks are read through its index.
+SELECT j.id, coalesce(j.name, '') AS name, j.missed_occurrences, j.forbidden_occurrences,
+       (SELECT max(started_at) FROM (SELECT started_at FROM tasks
+                                     WHERE job_id = j.id AND started_at IS NOT NULL
+                                     ORDER BY id DESC LIMIT 1) r) AS last_run_at,
+       (SELECT max(completed_at) FROM (SELECT completed_at FROM tasks
+                                       WHERE job_id = j.id AND completed_at IS NOT NULL
+                                       ORDER BY id DESC LIMIT 1) s) AS last_success_at
+FROM jobs j
+ORDER BY j.id;
 
 -- name: replace_running --
 -- concurrency_policy replace: an earlier occurrence not finished when a later one is due

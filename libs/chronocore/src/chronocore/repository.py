@@ -63,7 +63,7 @@ class ClaimedTask:
 @dataclass(frozen=True)
 class Started:
     attempt: int
-    lateness_s: float  # started_at - scheduled_at, by the database clock
+    lateness_s: float  # started_at - max(scheduled_at, created_at), by the database clock
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,7 +381,8 @@ class JobRepository:
                         {"id": job["id"], "occurrences": step.occurrences},
                     ).fetchall()
                 conn.execute(QUERIES["advance_job"],
-                             {"id": job["id"], "next_run_at": step.next_run_at})
+                             {"id": job["id"], "next_run_at": step.next_run_at,
+                              "skipped": step.skipped})
                 made.append({"job_id": job["id"], "tasks": [r["id"] for r in inserted],
                              "skipped": step.skipped})
         return made
@@ -390,9 +391,18 @@ class JobRepository:
         """forbid: skip due occurrences while an earlier one runs; replace: cancel the
         earlier one. Returns ``(skipped, replaced)`` rows."""
         with self._pool.connection() as conn:
-            skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
+            with conn.transaction():
+                skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
+                if skipped:
+                    conn.execute(QUERIES["count_forbidden"],
+                                 {"job_ids": [r["job_id"] for r in skipped]})
             replaced = conn.execute(QUERIES["replace_running"]).fetchall()
         return skipped, replaced
+
+    def health(self) -> list[dict[str, Any]]:
+        """Per job: last run, last success, skipped occurrences (for /metrics)."""
+        with self._pool.connection() as conn:
+            return conn.execute(QUERIES["job_health"]).fetchall()
 
     @staticmethod
     def _columns(spec: JobSpec) -> dict[str, Any]:

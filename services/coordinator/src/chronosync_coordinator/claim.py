@@ -21,6 +21,9 @@ from chronosync_coordinator.dispatch import FULL_RECHECK_S, Dispatcher
 
 log = logging.getLogger(__name__)
 
+RELEASED = metrics.Counter("chronosync_claims_released_total",
+                           "Claimed tasks no worker had room for, handed back.")
+
 DUE_CHANNEL = "chronosync_due"
 # After an error, wait this long before the next step: quick enough to resume soon after
 # the database returns, slow enough not to spin.
@@ -86,9 +89,7 @@ class ClaimLoop:
                 return 0.0
             unplaced = self._dispatcher.dispatch(tasks)
             if unplaced:
-                metrics.REGISTRY.inc("chronosync_claims_released_total",
-                                     "Claimed tasks no worker had room for, handed back.",
-                                     len(unplaced))
+                RELEASED.inc(len(unplaced))
                 self._repo.release(unplaced)
                 return FULL_RECHECK_S
             return 0.0

@@ -29,6 +29,10 @@ from chronocore.tls import TlsFiles, open_channel
 
 log = logging.getLogger(__name__)
 
+DISPATCHED = metrics.Counter("chronosync_tasks_dispatched_total", "Tasks a worker accepted.")
+DISPATCH_ERRORS = metrics.Counter("chronosync_dispatch_errors_total",
+                                  "Dispatch calls that failed (worker unreachable).")
+
 RPC_TIMEOUT_S = 5.0
 # While every worker is full, look again at most this often. Watched workers announce
 # freed slots at once (WatchSlots); this bounds the wait for the others.
@@ -146,8 +150,7 @@ class Dispatcher:
                 pending.pop(task_id, None)
                 log.debug("task %s: dispatched to %s", task_id, worker.id,
                           extra={"task_id": task_id})
-            metrics.REGISTRY.inc("chronosync_tasks_dispatched_total",
-                                 "Tasks a worker accepted.", len(reply.accepted))
+            DISPATCHED.inc(len(reply.accepted))
         return list(pending.values())
 
     def close(self) -> None:
@@ -170,8 +173,7 @@ class Dispatcher:
         except grpc.RpcError as exc:
             log.warning("worker %s unreachable (%s); skipping it until the next refresh",
                         worker.id, exc.code())
-            metrics.REGISTRY.inc("chronosync_dispatch_errors_total",
-                                 "Dispatch calls that failed (worker unreachable).")
+            DISPATCH_ERRORS.inc()
             worker.running = worker.capacity
             return None
         worker.capacity = reply.capacity

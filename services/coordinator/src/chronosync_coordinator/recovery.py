@@ -26,19 +26,26 @@ from chronocore.repository import TaskRepository
 
 log = logging.getLogger(__name__)
 
+RECOVERIES = metrics.Counter(
+    "chronosync_recoveries_total",
+    "Tasks recovered from dead nodes, by what became of them.",
+    *({"reason": reason} for reason in ("redispatched", "retried", "worker_lost")))
+PRUNED = metrics.Counter("chronosync_tasks_pruned_total",
+                         "Finished tasks deleted by the retention policy.")
+
 
 def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None:
     for task_id in repo.requeue_stale_claims(lease_s=ttl_s):
         log.warning("recovery: task %s claimed but never started; back to the queue",
                     task_id, extra={"task_id": task_id})
-        _count("redispatched")
+        RECOVERIES.inc(reason="redispatched")
     if connected_for_s < ttl_s + POOL_WAIT_S:
         return
     for row in repo.recover_lost_runs(ttl_s=ttl_s):
         log.warning("recovery: task %s lost its worker; %s", row["task_id"],
                     "retrying" if row["retry"] else "failed as worker_lost",
                     extra={"task_id": row["task_id"]})
-        _count("retried" if row["retry"] else "worker_lost")
+        RECOVERIES.inc(reason="retried" if row["retry"] else "worker_lost")
 
 
 # Retention: each sweep deletes at most this many old finished tasks, so pruning a long
@@ -50,11 +57,5 @@ def prune(repo: TaskRepository, *, retention_s: float) -> int:
     """Delete old finished tasks, one small batch per sweep (any coordinator may)."""
     pruned = repo.prune_finished(retention_s=retention_s, limit=PRUNE_BATCH)
     if pruned:
-        metrics.REGISTRY.inc("chronosync_tasks_pruned_total",
-                             "Finished tasks deleted by the retention policy.", pruned)
+        PRUNED.inc(pruned)
     return pruned
-
-
-def _count(kind: str) -> None:
-    metrics.REGISTRY.inc("chronosync_recoveries_total",
-                         "Tasks recovered from dead nodes, by what became of them.", kind=kind)

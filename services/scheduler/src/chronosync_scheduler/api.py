@@ -157,7 +157,7 @@ class Api:
         """The cluster's metrics: every live node's own, and the database's figures."""
         sources = [({"node": r["id"], "kind": r["kind"]}, r["metrics"])
                    for r in self.registry.metrics_sources(ttl_s=self.ttl_s)]
-        cluster = metrics.Registry()
+        cluster = metrics.Registry(reserved=frozenset())  # rendered without added labels
         depth = self.repo.queue_depth()
         for state in ("due", "later"):
             cluster.set("chronosync_queue_depth", "Waiting tasks: due and unclaimed, or "
@@ -174,12 +174,32 @@ class Api:
                                      ("free", max(0, (node["capacity"] or 0)
                                                   - node["running"]))):
                     cluster.set("chronosync_worker_slots", "Command slots of live workers.",
-                                value, worker=node["id"], state=state)
+                                value, node=node["id"], state=state)
         for (kind, state), count in nodes.items():
             cluster.set("chronosync_nodes", "Nodes seen in the last hour by state.", count,
                         kind=kind, state=state)
+        self._job_health(cluster)
         snapshot = {k: v for k, v in cluster.snapshot().items() if k.startswith("chronosync")}
         return metrics.render([({}, snapshot), *sources])
+
+    def _job_health(self, cluster: metrics.Registry) -> None:
+        """One series per job (never per task): what a cron user alerts on."""
+        for job in self.jobs.health():
+            labels = {"job_id": str(job["id"]), "job_name": job["name"]}
+            for reason, column in (("misfire", "missed_occurrences"),
+                                   ("forbid", "forbidden_occurrences")):
+                cluster.set("chronosync_job_occurrences_skipped_total",
+                            "Occurrences of a job not run: missed while no scheduler ran "
+                            "(misfire policy) or skipped while an earlier run was in flight "
+                            "(forbid).", job[column], metric_type="counter", reason=reason,
+                            **labels)
+            for name, column, text in (
+                    ("chronosync_job_last_run_timestamp_seconds", "last_run_at",
+                     "When a job's latest run started, Unix time."),
+                    ("chronosync_job_last_success_timestamp_seconds", "last_success_at",
+                     "When a job's latest successful run ended, Unix time.")):
+                if job[column] is not None:
+                    cluster.set(name, text, job[column].timestamp(), **labels)
 
     def ready(self) -> tuple[int, dict[str, Any]]:
         self.registry.list_nodes(ttl_s=self.ttl_s)  # any round trip proves the database

@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 STEP_EVERY_S = 0.2
 
 
-def _skipped(policy: str, count: int) -> None:
-    metrics.REGISTRY.inc("chronosync_occurrences_skipped_total",
-                         "Occurrences not run (or cut short) because of a job's policy.",
-                         count, policy=policy)
+SKIPPED = metrics.Counter(
+    "chronosync_occurrences_skipped_total",
+    "Occurrences not run (or cut short) because of a job's policy.",
+    *({"policy": policy} for policy in ("misfire", "forbid", "replace")))
+MADE = metrics.Counter("chronosync_occurrences_made_total",
+                       "Recurring jobs' occurrences made into tasks.")
 
 
 class Materializer:
@@ -51,22 +53,20 @@ class Materializer:
 
     def run_once(self) -> None:
         for made in self._jobs.materialize(horizon_s=self._horizon_s):
-            metrics.REGISTRY.inc("chronosync_occurrences_made_total",
-                                 "Recurring jobs' occurrences made into tasks.",
-                                 len(made["tasks"]))
+            MADE.inc(len(made["tasks"]))
             if made["skipped"]:
                 log.warning("job %s: %d missed occurrences skipped by its misfire policy",
                             made["job_id"], made["skipped"])
-                _skipped("misfire", made["skipped"])
+                SKIPPED.inc(made["skipped"], policy="misfire")
         skipped, replaced = self._jobs.enforce_concurrency()
         for row in skipped:
             log.info("job %s: task %s skipped (forbid: an earlier run is in flight)",
                      row["job_id"], row["id"], extra={"task_id": row["id"]})
-            _skipped("forbid", 1)
+            SKIPPED.inc(policy="forbid")
         for row in replaced:
             log.info("job %s: task %s cancelled (replace: a later run is due)",
                      row["job_id"], row["id"], extra={"task_id": row["id"]})
-            _skipped("replace", 1)
+            SKIPPED.inc(policy="replace")
             if row["started_at"] is not None and row["worker_id"]:
                 cancel_on_worker(self._registry, row["worker_id"], row["id"], tls=self._tls)
 

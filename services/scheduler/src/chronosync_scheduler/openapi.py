@@ -69,6 +69,8 @@ SCHEMAS: dict[str, Any] = {
         **{name: _NULLABLE_TIME for name in (
             "scheduled_at", "picked_at", "started_at", "completed_at", "failed_at",
             "cancelled_at", "created_at")},
+        "next_attempt_at": {**_NULLABLE_TIME, "description":
+                            "when a retrying task's next attempt is due; else null"},
         "delivery": {"type": "string", "enum": list(DELIVERIES)},
         "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"},
         "timeout_s": {"type": "number", "nullable": True},

@@ -40,6 +40,13 @@ from chronocore.runner import CommandRun, RunAs, RunResult, allowed
 
 log = logging.getLogger(__name__)
 
+RUNS = metrics.Counter(
+    "chronosync_runs_total",
+    "Command runs by how they ended (succeeded, exit, timeout, cancelled, spawn).",
+    *({"outcome": o} for o in ("succeeded", "exit", "timeout", "cancelled", "spawn")))
+FENCED_WRITES = metrics.Counter("chronosync_fenced_writes_total",
+                                "Late writes refused because the claim moved on.")
+
 RECORD_RETRY_FIRST_S = 0.2
 RECORD_RETRY_MAX_S = 3.0
 # A confirmation that itself comes back too late is asked again, this many times at most.
@@ -225,7 +232,8 @@ class SlotPool:
         if started.attempt == 1:
             metrics.REGISTRY.observe(
                 "chronosync_task_lateness_seconds",
-                "Start lateness of first attempts: started_at - scheduled_at.",
+                "Start lateness of first attempts: started_at - max(scheduled_at, "
+                "created_at), so a task submitted for the past is not late by years.",
                 max(0.0, started.lateness_s), buckets=metrics.LATENESS_BUCKETS)
         return started
 
@@ -252,7 +260,12 @@ class SlotPool:
             # as a database write (see bench/README.md).
             log.debug("task %s: attempt %s starting", task.id, attempt,
                       extra={"task_id": task.id})
+            began = time.monotonic()
             result = run.run()
+            metrics.REGISTRY.observe("chronosync_run_duration_seconds",
+                                     "How long commands ran, spawn to exit.",
+                                     time.monotonic() - began,
+                                     buckets=metrics.DURATION_BUCKETS)
         except Exception as exc:
             log.exception("task %s: the run failed inside the worker", task.id,
                           extra={"task_id": task.id})
@@ -261,10 +274,7 @@ class SlotPool:
         log.info("task %s: attempt %s ended: %s", task.id, attempt, result.error or "ok",
                  extra={"task_id": task.id})
         outcome = "succeeded" if result.succeeded else (result.error or "failed").split()[0]
-        metrics.REGISTRY.inc("chronosync_runs_total",
-                             "Command runs by how they ended (succeeded, exit, timeout, "
-                             "cancelled, worker_lost, spawn:).",
-                             outcome=outcome.rstrip(":"))
+        RUNS.inc(outcome=outcome.rstrip(":"))
         return result
 
     def _record(self, task: ClaimedTask, result: RunResult) -> None:
@@ -276,8 +286,7 @@ class SlotPool:
                 if not self._outcomes.submit((task, outcome)):
                     log.warning("task %s: outcome fenced off (no longer ours)", task.id,
                                 extra={"task_id": task.id})
-                    metrics.REGISTRY.inc("chronosync_fenced_writes_total",
-                                         "Late writes refused because the claim moved on.")
+                    FENCED_WRITES.inc()
                 return
             except psycopg.OperationalError as exc:
                 log.warning("task %s: cannot record outcome yet (%s); retrying", task.id, exc,

@@ -347,18 +347,23 @@
   }
 
   function renderUpcoming(tasks) {
-    const sorted = [...tasks].sort((a, b) => ms(a.scheduled_at) - ms(b.scheduled_at) || a.id - b.id);
+    // A task waiting for its next at_least_once attempt is due at next_attempt_at.
+    const dueAt = (t) => t.next_attempt_at || t.scheduled_at;
+    const sorted = [...tasks].sort((a, b) => ms(dueAt(a)) - ms(dueAt(b)) || a.id - b.id);
     reconcile("upcoming", sorted, {
       key: (t) => t.id,
       capped: tasks.length >= UPCOMING_LIMIT,
       create: () => taskRow(true, false),
       update: (row, t) => {
         updateTaskCore(row, t);
-        const due = ms(t.scheduled_at) - serverNow();
+        const at = dueAt(t);
+        const due = ms(at) - serverNow();
+        const retry = t.status === "retrying" ? "retry " : "";
         updateMeta(row.querySelector(".meta"), [
           [`#${t.id}`, null, "id"],
-          [due <= 0 ? "due now" : fmtRelative(t.scheduled_at), t.scheduled_at, "strong"],
-          [fmtLocal(t.scheduled_at), t.scheduled_at],
+          [due <= 0 ? `${retry}due now` : `${retry}${fmtRelative(at)}`, at, "strong"],
+          [fmtLocal(at), at],
+          t.status === "retrying" && t.error ? [t.error, "error", "error"] : null,
           attemptFact(t), nameFact(t), jobFact(t),
         ]);
       },
@@ -620,9 +625,10 @@
   // Reads everything and paints it; false when a change made meanwhile voids the reads.
   async function refresh() {
     const seen = changes;
-    const [nodes, scheduled, picked, running, failed, recent, jobs] = await Promise.all([
+    const [nodes, scheduled, retrying, picked, running, failed, recent, jobs] = await Promise.all([
       api("/nodes").then((d) => d.nodes),
       tasksOf(`/tasks?status=scheduled&limit=${UPCOMING_LIMIT}`),
+      tasksOf(`/tasks?status=retrying&limit=${UPCOMING_LIMIT}`),
       tasksOf("/tasks?status=picked&limit=100"),
       tasksOf("/tasks?status=running&limit=100"),
       tasksOf(`/tasks?status=failed&limit=${FAILURE_LIMIT}`),
@@ -636,10 +642,11 @@
     if (beats.length) noteServerTime(Math.max(...beats));
     renderCounts(nodes);
     renderNodes(nodes);
-    renderUpcoming(scheduled);
+    renderUpcoming([...retrying, ...scheduled]);
     renderRunning([...running, ...picked]);
     renderFailures(failed);
-    renderRecent(recent.filter((t) => t.status !== "scheduled").slice(0, RECENT_LIMIT));
+    const waiting = new Set(["scheduled", "retrying"]);
+    renderRecent(recent.filter((t) => !waiting.has(t.status)).slice(0, RECENT_LIMIT));
     renderJobs(jobs, outcomes);
     return true;
   }
