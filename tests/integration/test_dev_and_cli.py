@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -94,6 +96,122 @@ def test_dev_runs_the_seed_example_and_stops_every_process_on_sigterm(
     assert proc.wait(timeout=60) == 0
     leftovers = [p for p in [*pids, postmaster] if alive(p)]
     assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def dev_log(data_dir: Path) -> str:
+    return (data_dir / "dev.log").read_text()
+
+
+def test_dev_restarts_a_killed_worker_and_its_task_is_recovered(
+    dev_cluster: tuple[str, subprocess.Popen[str], Path],
+) -> None:
+    """The README's failover demo: kill -9 the worker running a task under `make dev`."""
+    url, proc, data_dir = dev_cluster
+    shared = data_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # commands run as 'nobody' when the tests run as root
+    marker = shared / "first-attempt"
+    _, task = http(url, "POST", "/schedule", {
+        "command": f"if [ -e {marker} ]; then echo second; else touch {marker}; sleep 60; fi",
+        "delivery": "at_least_once", "max_attempts": 2})
+    wait_for(marker.exists, timeout=30, what="the first attempt to begin")
+    running = http(url, "GET", f"/tasks/{task['id']}")[1]
+    [victim] = [n for n in http(url, "GET", "/nodes")[1]["nodes"]
+                if n["id"] == running["worker_id"]]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    restarted = re.compile(r"^dev: worker-\d restarted \(pid (\d+)\)$", re.MULTILINE)
+    found = wait_for(lambda: restarted.search(dev_log(data_dir)), timeout=30,
+                     what="dev to restart the killed worker")
+    assert re.search(rf"^dev: worker-\d \(pid {victim['pid']}\) killed by SIGKILL; "
+                     r"restarting it", dev_log(data_dir), re.MULTILINE)
+    new_pid = int(found[1])
+
+    def recovered() -> dict | None:
+        body = http(url, "GET", f"/tasks/{task['id']}")[1]
+        return body if body["status"] in ("succeeded", "failed") else None
+
+    done = wait_for(recovered, timeout=60, what="the task's recovery")
+    assert (done["status"], done["output"]) == ("succeeded", "second\n"), done
+    assert [a["error"] for a in done["attempts"]] == ["worker_lost", None]
+    alive = [n for n in http(url, "GET", "/nodes")[1]["nodes"] if n["state"] == "alive"]
+    assert new_pid in [n["pid"] for n in alive]
+    assert [n["kind"] for n in alive].count("worker") == 2
+    assert proc.poll() is None, "the cluster carries on"
+    wait_for(lambda: "restarts 1" in dev_log(data_dir), timeout=30,
+             what="the status line to count the restart")
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    lines = dev_log(data_dir).splitlines()
+    assert lines[-1] == "dev: stopped"
+    assert "running commands get up to 10 s" in dev_log(data_dir)
+    assert not (data_dir / "work").exists(), "the workers' directories are removed"
+
+
+def test_a_second_dev_refuses_at_once_and_leaves_the_first_untouched(
+    dev_cluster: tuple[str, subprocess.Popen[str], Path],
+) -> None:
+    url, proc, data_dir = dev_cluster
+    postmaster = (data_dir / "pgdata" / "postmaster.pid").read_text().split()[0]
+    env = {k: v for k, v in os.environ.items() if k != "CHRONOSYNC_DSN"}
+    port = url.rsplit(":", 1)[1]
+
+    def second(addr: str, directory: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CHRONOSYNC, "dev", "--data-dir", str(directory)],
+                              env={**env, "CHRONOSYNC_HTTP_ADDR": addr}, timeout=30,
+                              capture_output=True, text=True, check=False)
+
+    same_dir = second(f"127.0.0.1:{free_port()}", data_dir)
+    assert same_dir.returncode == 1
+    assert f"{data_dir} is in use by another `chronosync dev` (pid {proc.pid})" in \
+        same_dir.stderr
+    elsewhere = Path(tempfile.mkdtemp(prefix="chronosync-devtest-"))
+    try:
+        same_port = second(f"127.0.0.1:{port}", elsewhere)
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+    assert same_port.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in same_port.stderr
+    assert "pgdata" not in same_port.stdout, "refused before starting anything"
+
+    assert (data_dir / "pgdata" / "postmaster.pid").read_text().split()[0] == postmaster
+    assert alive(int(postmaster))
+    _, task = http(url, "POST", "/schedule", {"command": "echo still here"})
+    wait_for(lambda: http(url, "GET", f"/tasks/{task['id']}")[1]["status"] == "succeeded",
+             timeout=30, what="the first cluster to run a task")
+    assert proc.poll() is None
+
+
+def test_a_node_that_keeps_dying_at_start_stops_dev_with_its_own_error(
+    tmp_path: Path,
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env = {k: v for k, v in os.environ.items() if k != "CHRONOSYNC_DSN"}
+    env.update(CHRONOSYNC_HTTP_ADDR=f"127.0.0.1:{free_port()}",
+               CHRONOSYNC_WORKER_ADDR=f"127.0.0.1:{taken.getsockname()[1]}")
+    try:
+        ended = subprocess.run([CHRONOSYNC, "dev", "--data-dir", str(tmp_path / "dev"),
+                                "--workers", "1"], env=env, timeout=120,
+                               capture_output=True, text=True, check=False)
+    finally:
+        taken.close()
+    assert ended.returncode == 1, ended.stdout[-3000:]
+    last = ended.stderr.strip().splitlines()[-1]
+    assert last.startswith("chronosync: worker-1 keeps dying at start"), ended.stderr
+    assert "bind" in last.lower() or "address" in last.lower(), last
+    assert ended.stdout.strip().splitlines()[-1] == "dev: stopped"
+    assert _running_postgres(tmp_path / "dev" / "pgdata") is None
+
+
+def _running_postgres(pgdata: Path) -> int | None:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
 
 
 def test_the_cli_schedules_lists_shows_and_cancels(

@@ -15,10 +15,12 @@ Exit codes: 0 done, 1 the server said no (4xx), 2 usage, 3 unreachable or 5xx.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -26,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 DEFAULT_URL = "http://127.0.0.1:8081"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -191,44 +193,127 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print(f"applied {applied}" if applied else "schema up to date")
 
 
+# What `chronosync dev` tells each node to give running commands on Ctrl-C, and waits for.
+DEV_SHUTDOWN_GRACE_S = 10.0
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
-    """A whole local cluster in the foreground until Ctrl-C or SIGTERM."""
-    from chronocore.devcluster import ProcessCluster
+    """A whole local cluster in the foreground until Ctrl-C or SIGTERM; nodes that die
+    are restarted (see ``Supervisor``)."""
+    from chronocore.devcluster import CrashLoop, ProcessCluster, Supervisor
     from chronocore.migrate import apply_migrations
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    addr = os.environ.get("CHRONOSYNC_HTTP_ADDR", "127.0.0.1:8081")
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
+    _refuse_a_taken_address(addr)
+    lock = _claim_data_dir(data_dir) if data_dir is not None else None
+    base = data_dir or Path(tempfile.mkdtemp(prefix="chronosync-dev-"))
     dsn = os.environ.get("CHRONOSYNC_DSN")
     postgres = None
     if not dsn:
-        postgres = _dev_postgres(Path(args.data_dir) if args.data_dir else None)
+        postgres = _dev_postgres(base)
         dsn = postgres.dsn()
         print(f"dev: ephemeral PostgreSQL at {dsn} (data in {postgres.datadir})", flush=True)
-    cluster = ProcessCluster(dsn=dsn, env=_dev_node_env(postgres, args))
+    env = {**_dev_node_env(base), "CHRONOSYNC_SHUTDOWN_GRACE_S": f"{DEV_SHUTDOWN_GRACE_S:g}"}
+    cluster = ProcessCluster(dsn=dsn, env=env)
+    supervisor = Supervisor(cluster, say=lambda line: print(line, flush=True))
+    workdirs = base / "work"
+    failure = None
     try:
         apply_migrations(dsn)
         cluster.start("scheduler")
         for _ in range(args.coordinators):
             cluster.start("coordinator")
-        for _ in range(args.workers):
-            cluster.start("worker")
-        addr = os.environ.get("CHRONOSYNC_HTTP_ADDR", "127.0.0.1:8081")
+        for number in range(1, args.workers + 1):
+            workdir = workdirs / f"worker-{number}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            workdir.chmod(0o1777)  # commands may run as another user ('nobody' as root)
+            cluster.start("worker", env={"CHRONOSYNC_WORKDIR": str(workdir)})
         print(f"dev: API at http://{addr}, dashboard http://{addr}/  (Ctrl-C stops "
-              "everything)", flush=True)
-        status = DevStatus(dsn, dashboard=f"http://{addr}/")
+              "everything; a node that dies is restarted)", flush=True)
+        status = DevStatus(dsn, dashboard=f"http://{addr}/", supervisor=supervisor)
         while not stop.wait(0.5):
-            dead = [n.name for n in cluster.nodes if not n.alive()]
-            if dead:
-                print(f"dev: {', '.join(dead)} exited; stopping", flush=True)
-                break
+            supervisor.check()
             status.maybe_print()
+    except CrashLoop as exc:
+        failure = str(exc)
     finally:
-        print("dev: stopping", flush=True)
-        cluster.stop()
+        print(f"dev: stopping (running commands get up to {DEV_SHUTDOWN_GRACE_S:g} s to "
+              "finish)", flush=True)
+        cluster.stop(grace_s=DEV_SHUTDOWN_GRACE_S + 5)
         if postgres is not None:
             postgres.stop()
-            shutil.rmtree(postgres.datadir, ignore_errors=True)
+            # Its data directory, or the temporary one it fell back to.
+            shutil.rmtree(postgres.datadir if postgres.datadir.parent == base
+                          else postgres.datadir.parent, ignore_errors=True)
+        shutil.rmtree(workdirs, ignore_errors=True)
+        if data_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+        if lock is not None:
+            lock.close()
+        print("dev: stopped", flush=True)
+    if failure is not None:
+        raise CliError(failure, EXIT_REFUSED)
+
+
+def _refuse_a_taken_address(addr: str) -> None:
+    """Say at once that the API's address is taken (another `make dev`?), before
+    starting anything."""
+    from chronocore.config import ConfigError, split_host_port
+
+    try:
+        host, port = split_host_port(addr, name="CHRONOSYNC_HTTP_ADDR")
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CliError(f"cannot listen on {addr} ({exc.strerror}): is another "
+                           "`make dev` running? Stop it, or set CHRONOSYNC_HTTP_ADDR to "
+                           "another address", EXIT_REFUSED) from None
+
+
+def _claim_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``data_dir`` for this process (a lock the kernel drops when it exits, however
+    it exits), and refuse a data directory that a PostgreSQL still runs on: nothing may
+    delete the files of a running server."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / "dev.lock", "a+")  # noqa: SIM115 (held until the cluster stops)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise CliError(f"{data_dir} is in use by another `chronosync dev` (pid "
+                       f"{holder}); stop it first, or give another --data-dir",
+                       EXIT_REFUSED) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    postmaster = _running_postmaster(data_dir / "pgdata")
+    if postmaster is not None:
+        lock.close()
+        raise CliError(f"a PostgreSQL (pid {postmaster}) still runs on "
+                       f"{data_dir / 'pgdata'}, left by a `chronosync dev` that did not stop "
+                       f"cleanly; stop it (kill {postmaster}) and try again", EXIT_REFUSED)
+    return lock
+
+
+def _running_postmaster(pgdata: Path) -> int | None:
+    """The pid in ``postmaster.pid`` if that process is alive and is a PostgreSQL."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if b"postgres" in cmdline else None
 
 
 class DevStatus:
@@ -236,9 +321,10 @@ class DevStatus:
 
     EVERY_S = 10.0
 
-    def __init__(self, dsn: str, *, dashboard: str) -> None:
+    def __init__(self, dsn: str, *, dashboard: str, supervisor: Any) -> None:
         self._dsn = dsn
         self._dashboard = dashboard
+        self._supervisor = supervisor
         self._last: tuple[float, int] | None = None
         self._next_at = time.monotonic() + 2.0
 
@@ -263,15 +349,14 @@ class DevStatus:
             rate = (finished - self._last[1]) / max(now - self._last[0], 1e-9)
         self._last = (now, finished)
         print(f"dev: {rate:.1f} tasks/s · {running} running · {finished} done · "
-              f"nodes alive {alive}/{known} · dashboard {self._dashboard}", flush=True)
+              f"nodes alive {alive}/{known} · restarts {self._supervisor.restarts} · "
+              f"dashboard {self._dashboard}", flush=True)
 
 
-def _dev_node_env(postgres: Any, args: argparse.Namespace) -> dict[str, str]:
+def _dev_node_env(base: Path) -> dict[str, str]:
     """Throwaway mutual-TLS certificates for the cluster, and unprivileged commands."""
     from chronocore.tls import make_certs
 
-    base = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(
-        prefix="chronosync-dev-certs-"))
     files = make_certs(base / "certs")["node"]
     env = {"CHRONOSYNC_TLS_CA": str(files.ca), "CHRONOSYNC_TLS_CERT": str(files.cert),
            "CHRONOSYNC_TLS_KEY": str(files.key)}
@@ -293,23 +378,22 @@ def cmd_certs(args: argparse.Namespace) -> None:
           f"CHRONOSYNC_TLS_KEY={files.key}")
 
 
-def _dev_postgres(data_dir: Path | None) -> Any:
+def _dev_postgres(data_dir: Path) -> Any:
     """A fresh PostgreSQL in ``data_dir`` (or a temp dir if the server user, never root,
-    cannot reach it)."""
+    cannot reach it). The caller has made sure no server runs on it."""
     from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresError
 
     settings = {**FAST_TEST_SETTINGS, "fsync": "on"}
-    if data_dir is not None:
-        shutil.rmtree(data_dir / "pgdata", ignore_errors=True)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        data_dir.chmod(0o755)
-        postgres = LocalCluster(datadir=data_dir.resolve() / "pgdata", settings=settings)
-        try:
-            postgres.start()
-            return postgres
-        except PostgresError as exc:
-            print(f"dev: cannot use {data_dir} ({exc}); using a temporary directory",
-                  flush=True)
+    shutil.rmtree(data_dir / "pgdata", ignore_errors=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o755)
+    postgres = LocalCluster(datadir=data_dir / "pgdata", settings=settings)
+    try:
+        postgres.start()
+        return postgres
+    except PostgresError as exc:
+        print(f"dev: cannot use {data_dir} ({exc}); using a temporary directory",
+              flush=True)
     base = Path(tempfile.mkdtemp(prefix="chronosync-dev-"))
     base.chmod(0o755)
     postgres = LocalCluster(datadir=base / "pgdata", settings=settings)

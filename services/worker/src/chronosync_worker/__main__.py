@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -132,6 +133,8 @@ def main() -> int:
     heartbeat.stop()
     registry.leave()
     pool.close()
+    if not config.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)  # ours alone: made at start-up
     return 0
 
 
