@@ -128,8 +128,12 @@ def test_the_cli_manages_jobs(api: Cluster) -> None:
     assert "standup" in listing.stdout and "Monday through Friday" in listing.stdout
     shown = cli(api.url, "job", str(job["id"]))
     assert "next_runs" in shown.stdout and "At 09:00" in shown.stdout
-    assert json.loads(cli(api.url, "--json", "pause", str(job["id"])).stdout)["paused"]
-    assert not json.loads(cli(api.url, "--json", "resume", str(job["id"])).stdout)["paused"]
+    paused = json.loads(cli(api.url, "pause", str(job["id"]), "-o", "json").stdout)
+    assert paused["paused"] and paused["next_runs"] == [], "a paused job has no next runs"
+    assert api.http("GET", f"/jobs/{job['id']}")[1]["next_runs"] == []
+    assert "next_runs" not in cli(api.url, "pause", str(job["id"])).stdout
+    resumed = json.loads(cli(api.url, "resume", str(job["id"]), "--json").stdout)
+    assert not resumed["paused"] and len(resumed["next_runs"]) == 5
     assert cli(api.url, "delete", str(job["id"])).returncode == 0
     assert cli(api.url, "job", str(job["id"])).returncode == 1
     bad = cli(api.url, "schedule", "--cron", "99 * * * *", "--", "true")

@@ -217,3 +217,55 @@ def test_the_cli_shows_a_task_s_output_and_watches_the_list(cluster: Cluster) ->
         if watch.stdout is not None:
             watch.stdout.close()
     assert code == 0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CHRONOSYNC, *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_the_cli_follows_kubectl_s_habits(cluster: Cluster) -> None:
+    cluster.start("scheduler")
+    wait_for(lambda: _up(cluster), timeout=30, what="the scheduler")
+    url = f"127.0.0.1:{cluster.port}"  # host:port, no scheme
+
+    version = run_cli("--version")
+    assert version.returncode == 0 and re.fullmatch(r"chronosync \S+\n", version.stdout)
+    made = run_cli("--url", url, "schedule", "--at", "2099-01-01T00:00:00+05:30", "--",
+                   "echo", "later")
+    assert made.returncode == 0, made.stderr
+    [line] = made.stdout.splitlines()
+    task_id = int(re.fullmatch(r"task (\d+) scheduled for 2098-12-31T18:30:00Z", line)[1])
+
+    after = json.loads(run_cli("--url", url, "tasks", "--json").stdout)
+    before = json.loads(run_cli("--url", url, "-o", "json", "tasks").stdout)
+    assert [t["id"] for t in after["tasks"]] == [t["id"] for t in before["tasks"]] == [task_id]
+    assert json.loads(run_cli("--url", url, "task", str(task_id), "-o", "json").stdout)[
+        "command"] == "echo later"
+    wide = run_cli("--url", url, "tasks", "-o", "wide").stdout.splitlines()[0].split()
+    assert {"ATTEMPT", "NEXT_ATTEMPT_AT", "CREATED_AT"} <= set(wide)
+
+    waiting = run_cli("--url", url, "logs", str(task_id))
+    assert (waiting.returncode, waiting.stdout) == (0, "")
+    assert waiting.stderr == (f"task {task_id} is scheduled: no output yet "
+                              "(due 2098-12-31T18:30:00Z)\n")
+    missing = run_cli("--url", url, "logs", "999999")
+    assert missing.returncode == 1 and "404" in missing.stderr
+
+    job_made = run_cli("--url", url, "schedule", "--cron", "* * * * * *", "--", "true")
+    [job_line] = job_made.stdout.splitlines()
+    job_id = re.match(r"job (\d+) scheduled: Every second \(UTC\); next run ", job_line)[1]
+    wait_for(lambda: http_recent(cluster, job_id), timeout=20, what="a tick of the job")
+    shown = run_cli("--url", url, "job", job_id).stdout
+    assert re.search(r"^recent:\nID +STATUS +SCHEDULED_AT +ERROR$", shown, re.MULTILINE), shown
+    assert "{'" not in shown and "None" not in shown
+    assert "next_runs" not in run_cli("--url", url, "pause", job_id).stdout
+
+    for command in ("schedule", "tasks", "task", "cancel", "logs", "jobs", "job", "pause",
+                    "resume", "delete", "nodes", "dev"):
+        helped = run_cli(command, "--help")
+        assert helped.returncode == 0 and "example:\n  chronosync " in helped.stdout, command
+
+
+def http_recent(cluster: Cluster, job_id: str) -> bool:
+    return bool(cluster.http("GET", f"/jobs/{job_id}")[1].get("recent"))

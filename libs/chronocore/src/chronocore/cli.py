@@ -7,6 +7,9 @@
     chronosync jobs      chronosync job ID        chronosync pause|resume|delete ID
     chronosync migrate                            chronosync dev
 
+Output options (``-o json|wide``, ``--json``) go before or after the subcommand, as
+kubectl's do; each subcommand's ``--help`` ends with an example.
+
 Talks to a scheduler over HTTP (``--url`` or CHRONOSYNC_URL, token from
 CHRONOSYNC_API_TOKEN), except ``migrate`` (the database) and ``dev`` (a local cluster).
 Exit codes: 0 done, 1 the server said no (4xx), 2 usage, 3 unreachable or 5xx.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib.metadata
 import json
 import os
 import shutil
@@ -71,26 +75,45 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 TASK_COLUMNS = ["id", "status", "scheduled_at", "started_at", "worker_id", "error", "command"]
+# -o wide adds these.
+WIDE_TASK_COLUMNS = [*TASK_COLUMNS[:-1], "attempt", "next_attempt_at", "job_id", "name",
+                     "created_at", "command"]
+ATTEMPT_COLUMNS = ["attempt", "worker_id", "started_at", "finished_at", "exit_code", "error"]
+RECENT_COLUMNS = ["id", "status", "scheduled_at", "error"]
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    return args.json or args.output == "json"
 
 
 def show(args: argparse.Namespace, data: Any, rows_key: str | None,
-         columns: list[str]) -> None:
-    if args.json:
+         columns: list[str], wide: list[str] | None = None) -> None:
+    """JSON for scripts; else a table of ``data[rows_key]``, or one resource as aligned
+    ``key value`` lines (fields with no value left out) and its nested lists as tables."""
+    if wants_json(args):
         print(json.dumps(data, indent=2))
-    elif rows_key is None:
-        width = max(len(k) for k in data)
-        for key, value in data.items():
-            if key == "attempts":
-                continue
-            if isinstance(value, list):
-                value = ", ".join(str(v) for v in value)
-            print(f"{key.ljust(width)}  {'' if value is None else value}")
-        if data.get("attempts"):
-            print()
-            print(table(data["attempts"], ["attempt", "worker_id", "started_at",
-                                           "finished_at", "exit_code", "error"]))
+    elif rows_key is not None:
+        print(table(data[rows_key], wide if wide and args.output == "wide" else columns))
     else:
-        print(table(data[rows_key], columns))
+        print(describe(data))
+
+
+def describe(data: dict[str, Any]) -> str:
+    nested = {"attempts": ATTEMPT_COLUMNS, "recent": RECENT_COLUMNS}
+    fields = [(k, v) for k, v in data.items()
+              if k not in nested and v not in (None, "", [], {})]
+    width = max((len(k) for k, _ in fields), default=0)
+    lines = []
+    for key, value in fields:
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        lines.append(f"{key.ljust(width)}  {value}")
+    for key, columns in nested.items():
+        if data.get(key):
+            lines += ["", f"{key}:", table(data[key], columns)]
+    return "\n".join(lines)
 
 
 def cmd_schedule(args: argparse.Namespace) -> None:
@@ -112,7 +135,15 @@ def cmd_schedule(args: argparse.Namespace) -> None:
         body["timeout_s"] = args.timeout
     if args.idempotency_key:
         body["idempotency_key"] = args.idempotency_key
-    show(args, request(args.url, "POST", "/schedule", body), None, [])
+    made = request(args.url, "POST", "/schedule", body)
+    if wants_json(args):
+        print(json.dumps(made, indent=2))
+    elif made["kind"] == "job":
+        next_run = (made["next_runs"] or ["none"])[0]
+        print(f"job {made['id']} scheduled: {made['description']} ({made['timezone']}); "
+              f"next run {next_run}")
+    else:
+        print(f"task {made['id']} scheduled for {made['scheduled_at']}")
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
@@ -120,15 +151,16 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     if args.job:
         query += f"&job_id={args.job}"
     if not args.watch:
-        show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS)
+        show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS,
+             WIDE_TASK_COLUMNS)
         return
     try:
         while True:  # until Ctrl-C
             data = request(args.url, "GET", "/tasks" + query)
-            if not args.json:
+            if not wants_json(args):
                 print("\033[H\033[2J", end="")  # clear the terminal
                 print(f"{args.url}  {time.strftime('%H:%M:%S')}  (Ctrl-C to stop)")
-            show(args, data, "tasks", TASK_COLUMNS)
+            show(args, data, "tasks", TASK_COLUMNS, WIDE_TASK_COLUMNS)
             sys.stdout.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -138,18 +170,37 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 def cmd_logs(args: argparse.Namespace) -> None:
     """A task's output (the last 64 KiB of stdout and stderr), as it was written."""
     task = request(args.url, "GET", f"/tasks/{args.id}")
-    if args.json:
-        print(json.dumps({"id": task["id"], "output": task["output"]}))
+    if wants_json(args):
+        print(json.dumps({"id": task["id"], "status": task["status"],
+                          "output": task["output"]}))
+    elif task["output"]:
+        sys.stdout.write(task["output"])
     else:
-        sys.stdout.write(task["output"] or "")
+        print(f"task {task['id']} is {task['status']}: {_why_no_output(task)}",
+              file=sys.stderr)
+
+
+def _why_no_output(task: dict[str, Any]) -> str:
+    status = task["status"]
+    if status == "scheduled":
+        return f"no output yet (due {task['scheduled_at']})"
+    if status == "retrying":
+        return f"no output yet (next attempt due {task['next_attempt_at']})"
+    if status in ("picked", "running"):
+        return "no output yet (its output is stored when the attempt ends)"
+    if status == "cancelled" and not task["started_at"]:
+        return "it never ran"
+    return "it printed nothing"
 
 
 def cmd_jobs(args: argparse.Namespace) -> None:
     data = request(args.url, "GET", "/jobs")
     for job in data["jobs"]:
         job["next_run"] = (job["next_runs"] or [None])[0]
-    show(args, data, "jobs", ["id", "name", "cron", "timezone", "paused", "next_run",
-                              "description", "command"])
+    columns = ["id", "name", "cron", "timezone", "paused", "next_run", "description",
+               "command"]
+    show(args, data, "jobs", columns,
+         [*columns[:-1], "concurrency_policy", "misfire_policy", "command"])
 
 
 def cmd_job(args: argparse.Namespace) -> None:
@@ -166,7 +217,7 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 def cmd_delete(args: argparse.Namespace) -> None:
     request(args.url, "DELETE", f"/jobs/{args.id}")
-    if not args.json:
+    if not wants_json(args):
         print(f"deleted job {args.id}")
 
 
@@ -179,8 +230,10 @@ def cmd_cancel(args: argparse.Namespace) -> None:
 
 
 def cmd_nodes(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "GET", "/nodes"), "nodes",
-         ["id", "kind", "state", "address", "last_heartbeat_at", "capacity", "running"])
+    columns = ["id", "kind", "state", "pid", "address", "last_heartbeat_at", "capacity",
+               "running"]
+    show(args, request(args.url, "GET", "/nodes"), "nodes", columns,
+         [*columns, "host", "started_at"])
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -401,13 +454,58 @@ def _dev_postgres(data_dir: Path) -> Any:
     return postgres
 
 
+def _output_options(p: argparse.ArgumentParser, *, default: Any) -> None:
+    p.add_argument("-o", "--output", choices=["table", "wide", "json"], default=default,
+                   help="table (default), wide (more columns) or json")
+    p.add_argument("--json", action="store_true", default=default,
+                   help="same as -o json")
+
+
+def _url(text: str) -> str:
+    """``localhost:8081`` -> ``http://localhost:8081``; a full URL as it is."""
+    return text if "://" in text else f"http://{text}"
+
+
+EXAMPLES = {
+    "schedule": ["chronosync schedule -- echo hello",
+                 "chronosync schedule --at 2026-12-25T22:34:00+05:30 -- ./backup.sh",
+                 "chronosync schedule --cron '*/15 * * * MON-FRI' --tz Europe/Berlin "
+                 "--name report -- ./report.sh"],
+    "tasks": ["chronosync tasks --status failed -o wide", "chronosync tasks --watch"],
+    "task": ["chronosync task 17 -o json"],
+    "cancel": ["chronosync cancel 17"],
+    "logs": ["chronosync logs 17"],
+    "jobs": ["chronosync jobs -o wide"],
+    "job": ["chronosync job 3"],
+    "pause": ["chronosync pause 3"],
+    "resume": ["chronosync resume 3"],
+    "delete": ["chronosync delete 3"],
+    "nodes": ["chronosync nodes    # then: kill -9 <a worker's PID>, and watch"],
+    "migrate": ["CHRONOSYNC_DSN=postgresql://... chronosync migrate"],
+    "certs": ["chronosync certs ./certs"],
+    "dev": ["chronosync dev --data-dir .dev --workers 3"],
+}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chronosync", description="ChronoSync command line")
-    p.add_argument("--url", default=os.environ.get("CHRONOSYNC_URL", DEFAULT_URL),
-                   help="scheduler URL (CHRONOSYNC_URL)")
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--url", type=_url, default=_url(os.environ.get("CHRONOSYNC_URL",
+                                                                   DEFAULT_URL)),
+                   help="the scheduler, e.g. localhost:8081 (CHRONOSYNC_URL)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _output_options(p, default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("schedule", help="run a command at an instant (default: now)")
+
+    def command(name: str, text: str, func: Any) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text,
+                           epilog="example:\n  " + "\n  ".join(EXAMPLES[name]),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _output_options(c, default=argparse.SUPPRESS)  # after the subcommand too
+        c.set_defaults(func=func)
+        return c
+
+    s = command("schedule", "run a command at an instant (default: now), or on a cron "
+                "schedule", cmd_schedule)
     s.add_argument("--at", help="RFC 3339 time with offset, e.g. 2026-12-25T22:34:00+05:30")
     s.add_argument("--delivery", default="at_most_once",
                    choices=["at_most_once", "at_least_once"])
@@ -419,40 +517,42 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--concurrency-policy", choices=["allow", "forbid", "replace"])
     s.add_argument("--misfire-policy", choices=["run_once", "skip", "run_all"])
     s.add_argument("command", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_schedule)
-    t = sub.add_parser("tasks", help="list tasks, newest first")
+    t = command("tasks", "list tasks, newest first", cmd_tasks)
     t.add_argument("--status")
     t.add_argument("--job", type=int, help="only this job's tasks")
     t.add_argument("--limit", type=int, default=20)
     t.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    t.set_defaults(func=cmd_tasks)
-    sub.add_parser("jobs", help="recurring jobs").set_defaults(func=cmd_jobs)
+    command("jobs", "recurring jobs", cmd_jobs)
     for name, func, text in (("task", cmd_task, "one task with its attempts"),
                              ("cancel", cmd_cancel, "cancel a task"),
                              ("logs", cmd_logs, "a task's output"),
-                             ("job", cmd_job, "one job with its next runs"),
+                             ("job", cmd_job, "one job with its next and recent runs"),
                              ("pause", cmd_pause, "pause a job"),
                              ("resume", cmd_resume, "resume a job"),
                              ("delete", cmd_delete, "delete a job (its tasks stay)")):
-        c = sub.add_parser(name, help=text)
-        c.add_argument("id", type=int)
-        c.set_defaults(func=func)
-    sub.add_parser("nodes", help="nodes and their liveness").set_defaults(func=cmd_nodes)
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
-    c = sub.add_parser("certs", help="write a throwaway CA and node certificate")
-    c.add_argument("directory")
-    c.set_defaults(func=cmd_certs)
-    d = sub.add_parser("dev", help="run a local cluster in the foreground")
+        command(name, text, func).add_argument("id", type=int)
+    command("nodes", "nodes, their pids and liveness", cmd_nodes)
+    command("migrate", "apply database migrations", cmd_migrate)
+    command("certs", "write a throwaway CA and node certificate",
+            cmd_certs).add_argument("directory")
+    d = command("dev", "run a local cluster in the foreground", cmd_dev)
     d.add_argument("--coordinators", type=int, default=2)
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--data-dir", help="where the ephemeral PostgreSQL keeps its data")
-    d.set_defaults(func=cmd_dev)
     return p
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("chronocore")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.output = args.output or "table"
     try:
         args.func(args)
     except CliError as exc:

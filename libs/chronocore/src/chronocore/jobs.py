@@ -181,7 +181,9 @@ def job_resource(row: dict[str, Any], *, now: datetime,
         resource[name] = row[name]
     resource["paused"] = row["paused_at"] is not None
     resource["description"] = schedule.describe()
-    resource["next_runs"] = [format_timestamp(t) for t in schedule.next_runs(now, 5)]
+    # A paused job has no next runs: it makes none until it is resumed.
+    resource["next_runs"] = ([] if row["paused_at"] is not None
+                             else [format_timestamp(t) for t in schedule.next_runs(now, 5)])
     for name in ("paused_at", "next_run_at", "created_at", "updated_at"):
         resource[name] = format_timestamp(row[name])
     if recent is not None:
