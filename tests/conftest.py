@@ -15,7 +15,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import psycopg
@@ -53,21 +53,39 @@ def _docker_answers() -> bool:
         return False
 
 
+def _container_postgres(stack: ExitStack, config: pytest.Config) -> str | None:
+    """A PostgreSQL container, or None (said in one line) when the engine cannot start
+    one: an air-gapped host or a registry outage must not fail every database test."""
+    from testcontainers.community.postgres import PostgresContainer
+
+    container = PostgresContainer("postgres:16-alpine", driver=None)
+    try:
+        container.start()
+    except Exception as exc:
+        with suppress(Exception):
+            container.stop()
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        with config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+            config.pluginmanager.get_plugin("terminalreporter").write_line(
+                f"tests: a Docker engine answers but could not start PostgreSQL ({reason}); "
+                "using the local PostgreSQL binaries")
+        return None
+    stack.callback(container.stop)
+    return container.get_connection_url()
+
+
 @pytest.fixture(scope="session")
-def pg_admin_dsn() -> Iterator[str]:
+def pg_admin_dsn(pytestconfig: pytest.Config) -> Iterator[str]:
     """A conninfo for a role allowed to create databases."""
     if os.environ.get("CHRONOSYNC_TEST_DSN"):
         yield os.environ["CHRONOSYNC_TEST_DSN"]
         return
     with ExitStack() as stack:
         if _docker_answers():
-            from testcontainers.community.postgres import PostgresContainer
-
-            container = stack.enter_context(
-                PostgresContainer("postgres:16-alpine", driver=None)
-            )
-            yield container.get_connection_url()
-            return
+            url = _container_postgres(stack, pytestconfig)
+            if url is not None:
+                yield url
+                return
         base = Path(tempfile.mkdtemp(prefix="chronosync-test-"))
         base.chmod(0o755)  # the server runs as an unprivileged user under root
         stack.callback(shutil.rmtree, base, ignore_errors=True)
