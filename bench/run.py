@@ -1,8 +1,8 @@
 """`make bench`: throughput, lateness, scale and failover of a real local cluster, in one
 run, printed as a table and written to bench/results/<date>.json.
 
-Everything runs here: an ephemeral PostgreSQL (durability settings relaxed, as in the
-tests: the figures are ChronoSync's overhead, not the disk's), 1 scheduler, 1
+Everything runs here: an ephemeral PostgreSQL, durable as an adopter runs it (fsync and
+synchronous_commit on; --relaxed turns them off, as the tests do), 1 scheduler, 1
 coordinator and 2 workers by default (--schedulers/--coordinators/--workers). Figures are
 ratios to what this machine can do at all (spawning `true` from Python), measured in the
 same run, since the machine is shared and noisy. Times come from the database clock.
@@ -32,10 +32,12 @@ import psycopg
 from psycopg.rows import dict_row
 
 from chronocore import failpoints
+from chronocore.db import open_pool
 from chronocore.devcluster import ProcessCluster
 from chronocore.migrate import apply_migrations
 from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
 from chronocore.queries import QUERIES
+from chronocore.repository import JobRepository
 
 BURST_TASKS = 5000
 IDLE_TASKS = 200
@@ -45,6 +47,11 @@ STEADY_SECONDS = 10
 CLIENTS = 8
 SUBMIT_SECONDS = 5
 RSS_LIMIT_MB = 100
+# Recurring jobs in the materialization measure, each due once in the window.
+MATERIALIZE_JOBS = 20_000
+# What the durable figures run on: PostgreSQL's defaults, with room for the bench's
+# connections.
+DURABLE_SETTINGS = {"max_connections": "400", "shared_buffers": "128MB"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -66,7 +73,7 @@ class Bench:
         self.workdir = workdir
         self.results: dict[str, Any] = {}
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
-        self.postgres = LocalCluster(datadir=workdir / "pgdata", settings=FAST_TEST_SETTINGS)
+        self.postgres = LocalCluster(datadir=workdir / "pgdata", settings=postgres_settings(args))
         self.postgres.start()
         self.dsn = self.postgres.dsn()
         apply_migrations(self.dsn)
@@ -346,6 +353,32 @@ class Bench:
         self.sql("DELETE FROM tasks WHERE scheduled_at = '2099-01-01T00:00:00Z'")
         return rate
 
+    def materialize_rate(self) -> None:
+        """Occurrences one scheduler makes per second: MATERIALIZE_JOBS jobs every
+        minute, each due once in the window, made by the scheduler's own step (the
+        cluster's schedulers are paused meanwhile, so only this one works)."""
+        schedulers = [n for n in self.cluster.nodes if n.kind == "scheduler"]
+        for node in schedulers:
+            node.signal(signal.SIGSTOP)
+        pool = open_pool(self.dsn, size=1, name="bench-materializer")
+        try:
+            self.sql("INSERT INTO jobs (command, cron, next_run_at) SELECT 'true', "
+                     "'* * * * *', date_trunc('minute', now()) + interval '2 minutes' "
+                     "FROM generate_series(1, %s)", (MATERIALIZE_JOBS,))
+            jobs = JobRepository(pool)
+            made, t0 = 0, time.perf_counter()
+            while step := jobs.materialize(horizon_s=150):
+                made += sum(len(m["tasks"]) for m in step)
+            elapsed = time.perf_counter() - t0
+        finally:
+            pool.close()
+            self.sql("DELETE FROM tasks WHERE job_id IS NOT NULL")
+            self.sql("DELETE FROM jobs")
+            for node in schedulers:
+                node.signal(signal.SIGCONT)
+        self.results["materialize"] = {"jobs": MATERIALIZE_JOBS, "occurrences": made,
+                                       "per_s": round(made / elapsed)}
+
     def failover(self) -> None:
         out = {}
         # A worker running tasks dies: how long until its tasks are recovered.
@@ -399,6 +432,10 @@ class Bench:
         self.postgres.stop()
 
 
+def postgres_settings(args: argparse.Namespace) -> dict[str, str]:
+    return FAST_TEST_SETTINGS if args.relaxed else DURABLE_SETTINGS
+
+
 def machine() -> dict[str, Any]:
     import grpc
     import psycopg_pool
@@ -423,6 +460,9 @@ def table(results: dict[str, Any]) -> str:
            f"p50 {v['p50']} ms, p95 {v['p95']} ms, p99 {v['p99']} ms, max {v['max']} ms",
            {"idle": "target p99 <= 10 ms", "200_per_s": "target p99 <= 50 ms"}.get(name, ""))
           for name, v in lat.items()],
+        ("occurrences made, 1 scheduler",
+         f"{results['materialize']['per_s']} /s",
+         f"{results['materialize']['jobs']} jobs `* * * * *` (target >= 10000/s)"),
         ("claim, 10k finished", f"{claim['history_10k']} ms", ""),
         ("claim, 1M finished", f"{claim['history_1m']} ms",
          f"{claim['ratio_1m_to_10k']}x the 10k claim (target <= 1.2x)"),
@@ -457,15 +497,24 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy every node during the burst (pip install py-spy)")
     parser.add_argument("--only-burst", action="store_true", help="skip the other measures")
+    parser.add_argument("--only-materialize", action="store_true",
+                        help="only the recurring jobs' materialization")
+    parser.add_argument("--relaxed", action="store_true",
+                        help="PostgreSQL without fsync and synchronous_commit")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="chronosync-bench-"))
     workdir.chmod(0o755)
     bench = Bench(args, workdir)
     try:
-        bench.ceiling()
-        bench.start_cluster()
-        bench.burst()
-        if not args.only_burst:
+        if args.only_materialize:
+            bench.start_cluster()
+            bench.materialize_rate()
+        else:
+            bench.ceiling()
+            bench.start_cluster()
+            bench.burst()
+        if not (args.only_burst or args.only_materialize):
+            bench.materialize_rate()
             bench.lateness_runs()
             bench.scale()
             bench.failover()
@@ -475,14 +524,14 @@ def main() -> int:
         raise
     bench.close()
     shutil.rmtree(workdir, ignore_errors=True)
-    if args.only_burst:
+    if args.only_burst or args.only_materialize:
         print(json.dumps(bench.results, indent=2))
         return 0
     now = datetime.now(UTC)
     document = {"date": now.isoformat(timespec="seconds"), "machine": machine(),
                 # What shaped the figures; not where they were written.
                 "settings": {**{k: v for k, v in vars(args).items() if k != "out"},
-                             "postgres": FAST_TEST_SETTINGS},
+                             "postgres": postgres_settings(args)},
                 "results": bench.results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -212,7 +212,8 @@ def test_overlapping_inserts_racing_without_a_job_lock_make_each_occurrence_once
                 barrier.wait(timeout=30)
                 inserted[i] = [r["id"] for r in conn.execute(
                     QUERIES["insert_occurrences"],
-                    {"id": job_id, "occurrences": slices[i]}).fetchall()]
+                    {"job_ids": [job_id] * len(slices[i]),
+                     "occurrences": slices[i]}).fetchall()]
         except BaseException as exc:
             errors.append(exc)
 
@@ -311,7 +312,8 @@ def test_a_window_planned_in_overlapping_pieces_in_any_order_is_each_occurrence_
             if occurrences:
                 inserted += len(conn.execute(
                     QUERIES["insert_occurrences"],
-                    {"id": job_id, "occurrences": occurrences}).fetchall())
+                    {"job_ids": [job_id] * len(occurrences),
+                     "occurrences": occurrences}).fetchall())
         made = [r["scheduled_at"] for r in conn.execute(
             "SELECT scheduled_at FROM tasks WHERE job_id = %s ORDER BY scheduled_at",
             (job_id,)).fetchall()]

@@ -18,6 +18,7 @@ Expressions: 5 fields (minute first) or 6 (seconds first), names of months and w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -79,10 +80,8 @@ class Schedule:
 
     def _margin(self, instant: datetime) -> timedelta:
         """How far to start away from ``instant`` to clear a clock change near it."""
-        zone = self.zone
-        offsets = {(instant + timedelta(hours=h)).astimezone(zone).utcoffset()
-                   for h in (-DST_REACH_H, 0, DST_REACH_H)}
-        return timedelta(hours=DST_REACH_H) if len(offsets) > 1 else timedelta(0)
+        hour = instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        return _margin_for_hour(self.timezone, hour)
 
     def next_runs(self, instant: datetime, count: int = 5) -> list[datetime]:
         runs = []
@@ -96,6 +95,17 @@ class Schedule:
         """The expression in words, e.g. "Every fifth minute of every hour on Monday
         through Friday"."""
         return CronSim(self._expanded, datetime.now(self.zone)).explain()
+
+
+@functools.lru_cache(maxsize=4096)
+def _margin_for_hour(timezone: str, hour: datetime) -> timedelta:
+    """The margin for any instant within ``hour`` (UTC): whether the offset changes
+    anywhere from DST_REACH_H before the hour to DST_REACH_H after its end. Computed once
+    per zone and hour: the materializer asks for thousands of jobs a step."""
+    zone = ZoneInfo(timezone)
+    offsets = {(hour + timedelta(hours=h)).astimezone(zone).utcoffset()
+               for h in (-DST_REACH_H, 0, 1, DST_REACH_H + 1)}
+    return timedelta(hours=DST_REACH_H) if len(offsets) > 1 else timedelta(0)
 
 
 def parse_timezone(value: object, *, field: str = "timezone") -> str:

@@ -391,22 +391,27 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- name: insert_occurrences --
--- A job's occurrences as tasks; one already made (by any scheduler) is not made again.
+-- Occurrences of a batch of jobs as tasks, in one statement (pairs sorted by job, then
+-- time); one already made (by any scheduler) is not made again.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
                    job_id, concurrency_policy)
 SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
        j.concurrency_policy
-FROM jobs j, unnest(%(occurrences)s::timestamptz[]) AS o(at)
-WHERE j.id = %(id)s
+FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
+     AS o(job_id, at, n)
+JOIN jobs j ON j.id = o.job_id
+ORDER BY o.n
 ON CONFLICT (job_id, scheduled_at) DO NOTHING
-RETURNING id;
+RETURNING id, job_id;
 
--- name: advance_job --
--- Remember the next occurrence not yet made a task, and count those the misfire policy
--- skipped on the way.
-UPDATE jobs
-SET next_run_at = %(next_run_at)s, missed_occurrences = missed_occurrences + %(skipped)s
-WHERE id = %(id)s;
+-- name: advance_jobs --
+-- Remember, for a batch of jobs, the next occurrence not yet made a task, and count
+-- those the misfire policy skipped on the way.
+UPDATE jobs j
+SET next_run_at = a.next_run_at, missed_occurrences = j.missed_occurrences + a.skipped
+FROM unnest(%(ids)s::bigint[], %(next_run_ats)s::timestamptz[], %(skipped)s::bigint[])
+     AS a(id, next_run_at, skipped)
+WHERE j.id = a.id;
 
 -- name: skip_forbidden --
 -- concurrency_policy forbid: a due occurrence whose job still runs an earlier one is

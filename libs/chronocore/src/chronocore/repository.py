@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from chronocore.cron import Schedule
-from chronocore.jobs import JobSpec, patched, plan
+from chronocore.jobs import JobSpec, Plan, patched, plan
 from chronocore.model import Submission
 from chronocore.queries import QUERIES
 
@@ -253,6 +253,10 @@ class TaskRepository:
 
 
 PAUSED_REASON = "skipped: job paused"
+# Jobs one materialize step takes: their occurrences go in one INSERT. Large enough that
+# a minute's 100,000 jobs are a hundred statements, small enough that a step's
+# transaction (and its row locks) stays short.
+MATERIALIZE_BATCH = 1000
 
 
 class JobExists(Exception):
@@ -353,39 +357,51 @@ class JobRepository:
         with self._pool.connection() as conn:
             return conn.execute(QUERIES["delete_job"], {"id": job_id}).fetchone() is not None
 
-    def materialize(self, *, horizon_s: float, limit: int = 100) -> list[dict[str, Any]]:
+    def materialize(self, *, horizon_s: float,
+                    limit: int = MATERIALIZE_BATCH) -> list[dict[str, Any]]:
         """One step: turn due occurrences of up to ``limit`` jobs into tasks.
 
-        Jobs are locked with SKIP LOCKED, so racing schedulers share the work; the unique
-        (job_id, scheduled_at) key makes any overlap harmless. Returns per job what was
-        made and skipped.
+        Set-based: the jobs are locked with SKIP LOCKED (racing schedulers share the
+        work), their occurrences planned here, then inserted in one statement and the
+        jobs advanced in another, in the same transaction; the unique (job_id,
+        scheduled_at) key makes any overlap harmless. Returns per job what was made and
+        skipped.
         """
-        made = []
         with self._pool.connection() as conn, conn.transaction():
             now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
             jobs = conn.execute(QUERIES["jobs_to_materialize"],
                                 {"horizon_s": horizon_s, "limit": limit}).fetchall()
+            # Jobs alike (same schedule, next run and policies: a fleet's "every minute")
+            # have the same plan: computed once per step.
+            plans: dict[tuple[Any, ...], Plan] = {}
+            steps = {}
             for job in jobs:
-                step = plan(
-                    schedule=Schedule(job["cron"], job["timezone"]),
-                    next_run_at=job["next_run_at"], now=now,
-                    horizon=timedelta(seconds=horizon_s),
-                    misfire_policy=job["misfire_policy"],
-                    starting_deadline_s=job["starting_deadline_s"],
-                    max_catchup=job["max_catchup"],
-                )
-                inserted = []
-                if step.occurrences:
-                    inserted = conn.execute(
-                        QUERIES["insert_occurrences"],
-                        {"id": job["id"], "occurrences": step.occurrences},
-                    ).fetchall()
-                conn.execute(QUERIES["advance_job"],
-                             {"id": job["id"], "next_run_at": step.next_run_at,
-                              "skipped": step.skipped})
-                made.append({"job_id": job["id"], "tasks": [r["id"] for r in inserted],
-                             "skipped": step.skipped})
-        return made
+                key = tuple(job[k] for k in ("cron", "timezone", "next_run_at",
+                                             "misfire_policy", "starting_deadline_s",
+                                             "max_catchup"))
+                if key not in plans:
+                    plans[key] = plan(
+                        schedule=Schedule(job["cron"], job["timezone"]),
+                        next_run_at=job["next_run_at"], now=now,
+                        horizon=timedelta(seconds=horizon_s),
+                        misfire_policy=job["misfire_policy"],
+                        starting_deadline_s=job["starting_deadline_s"],
+                        max_catchup=job["max_catchup"])
+                steps[job["id"]] = plans[key]
+            ids = sorted(steps)
+            pairs = [(job_id, at) for job_id in ids for at in steps[job_id].occurrences]
+            made: dict[int, list[int]] = {job_id: [] for job_id in ids}
+            if pairs:
+                for row in conn.execute(QUERIES["insert_occurrences"],
+                                        {"job_ids": [p[0] for p in pairs],
+                                         "occurrences": [p[1] for p in pairs]}):
+                    made[row["job_id"]].append(row["id"])
+            if ids:
+                conn.execute(QUERIES["advance_jobs"], {
+                    "ids": ids, "next_run_ats": [steps[i].next_run_at for i in ids],
+                    "skipped": [steps[i].skipped for i in ids]})
+        return [{"job_id": job_id, "tasks": made[job_id], "skipped": steps[job_id].skipped}
+                for job_id in ids]
 
     def enforce_concurrency(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """forbid: skip due occurrences while an earlier one runs; replace: cancel the
