@@ -52,6 +52,10 @@ def _allowlist(raw: str | None) -> tuple[str, ...] | None:
 @dataclass(frozen=True, kw_only=True)
 class Config:
     dsn: str
+    # A direct connection for what needs a session (the coordinators' LISTEN, the
+    # migrations). Setting it says CHRONOSYNC_DSN goes through a transaction pooler such
+    # as PgBouncer: statements on it are then not prepared.
+    session_dsn: str | None = None
     http_addr: str = "127.0.0.1:8081"
     api_token: str | None = None
     worker_addr: str = "127.0.0.1:0"
@@ -92,6 +96,7 @@ class Config:
         defaults = cls(dsn=dsn)
         return cls(
             dsn=dsn,
+            session_dsn=env.get("CHRONOSYNC_SESSION_DSN") or None,
             http_addr=env.get("CHRONOSYNC_HTTP_ADDR") or defaults.http_addr,
             api_token=env.get("CHRONOSYNC_API_TOKEN") or None,
             worker_addr=env.get("CHRONOSYNC_WORKER_ADDR") or defaults.worker_addr,
@@ -119,6 +124,17 @@ class Config:
             command_allowlist=_allowlist(env.get("CHRONOSYNC_COMMAND_ALLOWLIST")),
             insecure=env.get("CHRONOSYNC_INSECURE") == "1",
         )
+
+
+    @property
+    def pooled(self) -> bool:
+        """CHRONOSYNC_DSN goes through a transaction pooler (see ``session_dsn``)."""
+        return self.session_dsn is not None
+
+    @property
+    def direct_dsn(self) -> str:
+        """Where what needs a session connects."""
+        return self.session_dsn or self.dsn
 
 
 def is_loopback(host: str) -> bool:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from chronocore.config import Config
 from chronocore.migrate import apply_migrations
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,17 @@ def stop_event_on_signals() -> threading.Event:
     return stop
 
 
-def migrate_when_reachable(dsn: str, stop: threading.Event) -> bool:
-    """Apply migrations, retrying until the database answers; False if stopped first."""
+def migrate_when_reachable(config: Config, stop: threading.Event) -> bool:
+    """Apply migrations, retrying until the database answers; False if stopped first.
+    They take a session-wide view of the schema, so they use the direct DSN."""
+    if config.pooled:
+        log.info("CHRONOSYNC_SESSION_DSN is set, so CHRONOSYNC_DSN is taken to be a "
+                 "transaction pooler (no prepared statements on it); what needs a session "
+                 "(migrations, a coordinator's LISTEN) uses CHRONOSYNC_SESSION_DSN")
     delay = RECONNECT_FIRST_S
     while not stop.is_set():
         try:
-            applied = apply_migrations(dsn)
+            applied = apply_migrations(config.direct_dsn)
         except psycopg.OperationalError as exc:
             log.warning("database unreachable (%s); retrying in %.1fs", exc, delay)
             stop.wait(delay)

@@ -32,9 +32,10 @@ def main() -> int:
         log.error("bad configuration: %s", exc)
         return 2
     stop = stop_event_on_signals()
-    if not migrate_when_reachable(config.dsn, stop):
+    if not migrate_when_reachable(config, stop):
         return 0
-    pool = db.open_pool(config.dsn, size=config.pool_size, name="coordinator")
+    pool = db.open_pool(config.dsn, size=config.pool_size, name="coordinator",
+                        pooled=config.pooled)
     repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
                                                 max_s=config.retry_backoff_max_s))
     registry = NodeRegistry(pool, node_id=node_id, kind="coordinator")
@@ -47,7 +48,7 @@ def main() -> int:
 
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s, on_beat=on_beat)
     loop = ClaimLoop(repo=repo, dispatcher=dispatcher, coordinator_id=node_id,
-                     dsn=config.dsn, batch=config.claim_batch, max_idle_s=config.max_idle_s)
+                     dsn=config.direct_dsn, batch=config.claim_batch, max_idle_s=config.max_idle_s)
     registry.announce()
     heartbeat.start()
     loop.start()

@@ -39,9 +39,10 @@ def main() -> int:
             return 2
         log.warning("CHRONOSYNC_API_TOKEN is not set: the API accepts anyone (dev only)")
     stop = stop_event_on_signals()
-    if not migrate_when_reachable(config.dsn, stop):
+    if not migrate_when_reachable(config, stop):
         return 0
-    pool = db.open_pool(config.dsn, size=config.pool_size, name="scheduler")
+    pool = db.open_pool(config.dsn, size=config.pool_size, name="scheduler",
+                        pooled=config.pooled)
     try:
         tls = TlsFiles.from_config(config)
     except ConfigError as exc:

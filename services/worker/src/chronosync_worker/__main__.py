@@ -82,12 +82,12 @@ def main() -> int:
         log.error("bad configuration: %s", exc)
         return 2
     stop = stop_event_on_signals()
-    if not migrate_when_reachable(config.dsn, stop):
+    if not migrate_when_reachable(config, stop):
         return 0
     # Slots record starts and outcomes through two group-commit writers, one connection
     # each; the rest is heartbeats, revocation checks and hand-backs.
-    pool = db.open_pool(config.dsn, size=config.pool_size + 2,
-                        name="worker")
+    pool = db.open_pool(config.dsn, size=config.pool_size + 2, name="worker",
+                        pooled=config.pooled)
     repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
                                                 max_s=config.retry_backoff_max_s))
     workdir = config.workdir or tempfile.mkdtemp(prefix="chronosync-worker-")
