@@ -53,19 +53,23 @@ def _mark_used(conn: _Connection) -> None:
     conn.last_used = time.monotonic()
 
 
-def open_pool(dsn: str, *, size: int, name: str) -> ConnectionPool:
+def open_pool(dsn: str, *, size: int, name: str, pooled: bool = False) -> ConnectionPool:
     """A pool of autocommit connections returning rows as dicts.
 
     Autocommit because every statement in queries.sql is one atomic unit on its own; the
-    few places needing a transaction open one explicitly.
+    few places needing a transaction open one explicitly. ``pooled``: ``dsn`` goes through
+    a transaction pooler (PgBouncer), where a statement prepared on one server connection
+    is unknown on the next, so none is prepared.
     """
+    prepare = {"prepare_threshold": None} if pooled else {}
     pool = ConnectionPool(
         dsn,
         connection_class=_Connection,
         min_size=1,
         max_size=size,
         name=name,
-        kwargs={"autocommit": True, "row_factory": dict_row, **CONNECTION_TIMEOUTS},
+        kwargs={"autocommit": True, "row_factory": dict_row, **CONNECTION_TIMEOUTS,
+                **prepare},
         # Drop connections broken by a database restart before handing them out.
         check=_check_if_idle,
         reset=_mark_used,
