@@ -45,13 +45,27 @@ def is_decimal(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def whole_number(text: str, *, maximum: int = MAX_ID) -> int | None:
+    """``text`` as a whole number up to ``maximum``; None if it is anything else.
+
+    The length is checked before ``int()``: Python refuses to convert more than 4,300
+    digits (a ValueError, which would otherwise surface as a 500)."""
+    if not is_decimal(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)) or int(digits) > maximum:
+        return None
+    return int(digits)
+
+
 def _int_param(query: dict[str, str], name: str) -> int | None:
     raw = query.get(name)
     if raw is None:
         return None
-    if not is_decimal(raw) or int(raw) > MAX_ID:
+    value = whole_number(raw)
+    if value is None:
         raise ValidationError(f"{name} must be a positive whole number", name)
-    return int(raw)
+    return value
 
 
 def _limit(query: dict[str, str]) -> int:

@@ -6,16 +6,30 @@ that cannot be reached is 503; anything unexpected is a 500 with a generic messa
 traceback goes to the log, never to the client).
 
 What a hostile client cannot do: send more than 1 MiB (413), nest JSON deeper than
-``MAX_JSON_DEPTH``, hold a thread by sending slowly (a request's line, headers and body
-must arrive within ``REQUEST_DEADLINE_S``, or the connection is shut), or open more than
-``MAX_CONNECTIONS`` at once (the rest get a 503 and are closed). With a token configured,
-every route but the health checks needs ``Authorization: Bearer <token>``, compared in
-constant time.
+``MAX_JSON_DEPTH``, send a request line over ``MAX_REQUEST_LINE_BYTES`` (414) or headers
+over ``MAX_HEADER_LINE_BYTES`` a line, ``MAX_HEADER_LINES`` lines or ``MAX_HEADER_BYTES``
+in all (431), hold a thread by sending slowly (a request's line, headers and body must
+arrive within ``REQUEST_DEADLINE_S``, or the connection is shut) or by sending nothing (a
+connection idle for ``IDLE_TIMEOUT_S`` before a request line is closed), or open more than
+``MAX_CONNECTIONS_PER_CLIENT`` connections from one address (429) or ``MAX_CONNECTIONS``
+in all (503). With a token configured, every route but the health checks needs
+``Authorization: Bearer <token>``, compared in constant time.
+
+Framing, so that no request hides in another one's body on a kept-alive connection (request
+smuggling): a request is framed by one ``Content-Length`` of plain digits or by none;
+any ``Transfer-Encoding`` is refused (501), and so are a second ``Content-Length``, a
+malformed header line (400), and a body on a method that takes none (400). Every
+refusal of that kind closes the connection, and so does any answer given without
+reading the whole declared body (401, 404, 405, 413...): the bytes left unread are
+never parsed as a request. Before closing, the server reads and drops what the client
+is still sending, for a moment (``LINGER_S``), so the client gets the answer rather than
+a reset.
 """
 
 from __future__ import annotations
 
 import hmac
+import http.client
 import json
 import logging
 import re
@@ -36,24 +50,55 @@ import psycopg_pool
 from chronocore import metrics
 from chronocore.model import ValidationError
 from chronosync_scheduler import dashboard, openapi
-from chronosync_scheduler.api import MAX_ID, Api, ApiError, is_decimal
+from chronosync_scheduler.api import Api, ApiError, whole_number
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32
-# Each read may wait this long; a request as a whole must arrive within the deadline
-# (which also closes keep-alive connections left idle that long).
+# What a request line and its headers may take; http.server alone allows 64 KiB a line
+# and 100 lines, 6.4 MiB held per connection before any authentication. The API's own
+# requests need a few hundred bytes; 8 KiB a line is what common proxies allow.
+MAX_REQUEST_LINE_BYTES = 8 * 1024
+MAX_HEADER_LINE_BYTES = 8 * 1024
+MAX_HEADER_LINES = 100  # the blank line that ends them included, as http.server counts
+MAX_HEADER_BYTES = 64 * 1024
+# A connection (new, or kept alive between requests) that sends nothing this long is
+# closed: an idle one holds a thread and a connection slot.
+IDLE_TIMEOUT_S = 5.0
+# Each read may wait this long; a request as a whole must arrive within the deadline.
 SOCKET_TIMEOUT_S = 10.0
 REQUEST_DEADLINE_S = 15.0
+# After refusing a request whose body was not read, the server drains what the client
+# still sends before closing (closing with unread bytes resets the connection, and the
+# client may lose the answer); at most this long and this much.
+LINGER_S = 2.0
+LINGER_BYTES = MAX_BODY_BYTES + MAX_HEADER_BYTES
 MAX_CONNECTIONS = 256
+# One address may hold at most this many: a client re-opening connections as fast as they
+# are closed cannot take every slot from the others. Behind a reverse proxy every client
+# has the proxy's address, so the proxy's pool to the scheduler must stay under it.
+MAX_CONNECTIONS_PER_CLIENT = 32
+# Methods whose requests may carry a body; a body on any other is refused.
+BODY_METHODS = ("POST", "PATCH", "PUT")
+# A header line: a field name (an RFC 9110 token), a colon, a value without CR, LF or NUL.
+# Anything else (obs-fold, a space before the colon, a bare CR) is refused: a proxy in
+# front may read such a line differently, which is how requests get smuggled.
+HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*\r?\n")
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNAUTHENTICATED_PATHS = ("/healthz", "/readyz")
-_BUSY = b'{"error":"too many connections; try again","field":null}\n'
-TOO_MANY_CONNECTIONS = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY)
-)
+
+
+def _refusal(status: bytes, message: bytes) -> bytes:
+    body = b'{"error":"%s","field":null}\n' % message
+    return (b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))
+
+
+TOO_MANY_CONNECTIONS = _refusal(b"503 Service Unavailable",
+                                b"too many connections; try again")
+TOO_MANY_FROM_CLIENT = _refusal(b"429 Too Many Requests",
+                                b"too many connections from this address; try again")
 # curl -d sends form-urlencoded by default; we read the body as JSON whatever the label,
 # as long as the label is not clearly something else.
 ACCEPTED_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
@@ -114,15 +159,53 @@ def _depth(value: Any) -> int:
 
 
 def _task_id(raw: str) -> int:
-    if not is_decimal(raw) or int(raw) > MAX_ID:
-        raise ApiError(404, f"no task {raw}")
-    return int(raw)
+    task_id = whole_number(raw)
+    if task_id is None:
+        raise ApiError(404, f"no task {raw[:40]}")
+    return task_id
 
 
 def _job_id(raw: str) -> int:
-    if not is_decimal(raw) or int(raw) > MAX_ID:
-        raise ApiError(404, f"no job {raw}")
-    return int(raw)
+    job_id = whole_number(raw)
+    if job_id is None:
+        raise ApiError(404, f"no job {raw[:40]}")
+    return job_id
+
+
+class BadHead(Exception):
+    """The request line or headers break a bound or the header grammar."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HeadReader:
+    """What ``http.client.parse_headers`` reads the header block through: each line within
+    ``MAX_HEADER_LINE_BYTES`` and the header grammar, the block within
+    ``MAX_HEADER_LINES`` and ``MAX_HEADER_BYTES``. Nothing past the block is read."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._lines = 0
+        self._bytes = 0
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._rfile.readline(MAX_HEADER_LINE_BYTES + 1)
+        self._bytes += len(line)
+        if len(line) > MAX_HEADER_LINE_BYTES:
+            raise BadHead(431, f"a header line is over {MAX_HEADER_LINE_BYTES} bytes")
+        if self._bytes > MAX_HEADER_BYTES:
+            raise BadHead(431, f"the headers are over {MAX_HEADER_BYTES} bytes")
+        self._lines += 1
+        if self._lines > MAX_HEADER_LINES:
+            raise BadHead(431, f"more than {MAX_HEADER_LINES} header lines")
+        if line in (b"\r\n", b"\n", b""):
+            return line
+        if not HEADER_LINE.fullmatch(line):
+            raise BadHead(400, "a header line is not 'Name: value'")
+        return line
 
 
 class Routes:
@@ -192,15 +275,109 @@ class RequestHandler(BaseHTTPRequestHandler):
             return lambda: self._handle(name[3:])
         raise AttributeError(name)
 
+    def handle(self) -> None:
+        self._unread = False  # the client may have sent bytes this server will not read
+        try:
+            super().handle()
+        finally:
+            if self._unread:
+                self._linger()
+
     def handle_one_request(self) -> None:
+        """http.server's, with the request line bounded, an idle timeout before it, and
+        the request (line, headers, body) watched for its deadline."""
+        self.headers = http.client.HTTPMessage()  # none yet: errors before them read it
+        self.request_version = self.requestline = self.command = ""
+        self._body_left = 0
+        try:
+            self.connection.settimeout(IDLE_TIMEOUT_S)
+            started = self.rfile.peek(1)
+        except OSError:  # idle too long (TimeoutError), or reset
+            self.close_connection = True
+            return
+        if not started:
+            self.close_connection = True
+            return
+        self.connection.settimeout(SOCKET_TIMEOUT_S)
         self.server.watch(self.connection)
         try:
-            super().handle_one_request()
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE_BYTES + 1)
+            if len(self.raw_requestline) > MAX_REQUEST_LINE_BYTES:
+                self.send_error(414, f"the request line is over {MAX_REQUEST_LINE_BYTES} bytes")
+                return
+            if not self.parse_request():
+                return
+            getattr(self, "do_" + self.command)()
+            self.wfile.flush()
+        except TimeoutError:
+            self.close_connection = True
         finally:
             self.server.unwatch(self.connection)
 
+    def parse_request(self) -> bool:
+        """http.server's parsing, with the headers read through a HeadReader, and a
+        request target that must parse as a URL (absolute-form included)."""
+        rfile, self.rfile = self.rfile, HeadReader(self.rfile)
+        try:
+            if not super().parse_request():
+                return False
+        except BadHead as exc:
+            self.send_error(exc.status, exc.message)
+            return False
+        finally:
+            self.rfile = rfile
+        try:
+            urlsplit(self.path)
+        except ValueError:
+            self.send_error(400, "the request target is not a valid URL")
+            return False
+        return True
+
+    def _linger(self) -> None:
+        """Read and drop what the client still sends, briefly, then let the socket close:
+        closing with unread bytes would reset the connection under the answer."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_S
+            left = LINGER_BYTES
+            while left > 0:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return
+                self.connection.settimeout(wait)
+                chunk = self.connection.recv(min(left, 65536))
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except OSError:
+            pass
+
+    def _frame(self, method: str) -> None:
+        """How long the body is, by the rules in the module docstring; a refusal here
+        closes the connection."""
+        lengths = self.headers.get_all("Content-Length") or []
+        try:
+            if self.headers.get_all("Transfer-Encoding"):
+                raise ApiError(501, "Transfer-Encoding is not supported; send the body "
+                                    "with a Content-Length")
+            if len(lengths) > 1:
+                raise ApiError(400, "more than one Content-Length")
+            length = whole_number(lengths[0].strip(" \t")) if lengths else 0
+            if length is None:
+                raise ApiError(400, "Content-Length must be a whole number of bytes")
+            if length and method not in BODY_METHODS:
+                raise ApiError(400, f"a {method} request takes no body")
+            if length > MAX_BODY_BYTES:
+                raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        except ApiError:
+            self.close_connection = True
+            self._unread = True
+            raise
+        self._body_left = length
+
     def _handle(self, method: str) -> None:
         try:
+            self._frame(method)
             self._authenticate()
             status, body = self._route(method)
         except ApiError as exc:
@@ -216,6 +393,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             status, body = 500, {"error": "internal error", "field": None}
         metrics.REGISTRY.inc("chronosync_http_requests_total", "API requests by status.",
                              status=str(status))
+        if self._body_left:  # answered without reading it: it must not become a request
+            self.close_connection = True
+            self._unread = True
         self._send(status, body, head_only=method == "HEAD")
 
     def _authenticate(self) -> None:
@@ -250,19 +430,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         return handler(*groups, query, body)
 
     def _read_body(self) -> Any:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise ApiError(411, "send the body with a Content-Length, not chunked")
-        length_header = self.headers.get("Content-Length", "0")
-        if not is_decimal(length_header):
-            self.close_connection = True
-            raise ApiError(400, "Content-Length must be a whole number")
-        length = int(length_header)
+        length, self._body_left = self._body_left, 0  # framed and bounded by _frame
         if length == 0:
             return None  # no body: fine for actions like cancel; /schedule says what it needs
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True  # we do not read the rest of the body
-            raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
         raw = self.rfile.read(length)
         if len(raw) < length:
             self.close_connection = True
@@ -296,6 +466,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                    explain: str | None = None) -> None:
         """Errors found by http.server itself (bad request line, headers too long...)."""
         self.close_connection = True
+        self._unread = True  # the rest of the request is not read
         if self.request_version == "HTTP/0.9":  # the line was unreadable: answer as 1.0
             self.request_version = "HTTP/1.0"
         try:
@@ -309,8 +480,9 @@ class RequestHandler(BaseHTTPRequestHandler):
 
 
 class ApiServer(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS of them, each request within its
-    deadline (a watchdog thread shuts the sockets of those too slow)."""
+    """A thread per connection, at most MAX_CONNECTIONS of them and
+    MAX_CONNECTIONS_PER_CLIENT from one address, each request within its deadline (a
+    watchdog thread shuts the sockets of those too slow)."""
 
     daemon_threads = True
     request_queue_size = 128  # the listen backlog: bursts of clients wait, not retry
@@ -320,6 +492,7 @@ class ApiServer(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.api_token = api_token
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._per_client: dict[str, int] = {}
         self._deadlines: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
         threading.Thread(target=self._watchdog, name="http-watchdog", daemon=True).start()
@@ -333,14 +506,32 @@ class ApiServer(ThreadingHTTPServer):
             self._deadlines.pop(conn, None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        client = client_address[0]
+        with self._lock:
+            held = self._per_client.get(client, 0)
+            if held < MAX_CONNECTIONS_PER_CLIENT:
+                self._per_client[client] = held + 1
+        if held >= MAX_CONNECTIONS_PER_CLIENT:
+            self._refuse(request, TOO_MANY_FROM_CLIENT)
+            return
         if not self._slots.acquire(blocking=False):
-            try:
-                request.sendall(TOO_MANY_CONNECTIONS)
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            self._release(client)
+            self._refuse(request, TOO_MANY_CONNECTIONS)
             return
         super().process_request(request, client_address)
+
+    def _refuse(self, request: socket.socket, answer: bytes) -> None:
+        try:
+            request.sendall(answer)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def _release(self, client: str) -> None:
+        with self._lock:
+            held = self._per_client.pop(client) - 1
+            if held:
+                self._per_client[client] = held
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -348,6 +539,7 @@ class ApiServer(ThreadingHTTPServer):
         finally:
             self.unwatch(request)
             self._slots.release()
+            self._release(client_address[0])
 
     def _watchdog(self) -> None:
         while True:
