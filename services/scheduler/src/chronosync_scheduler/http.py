@@ -15,15 +15,15 @@ connection idle for ``IDLE_TIMEOUT_S`` before a request line is closed), or open
 in all (503). With a token configured, every route but the health checks needs
 ``Authorization: Bearer <token>``, compared in constant time.
 
-Framing, so that no request hides in another one's body on a kept-alive connection (request
-smuggling): a request is framed by one ``Content-Length`` of plain digits or by none;
-any ``Transfer-Encoding`` is refused (501), and so are a second ``Content-Length``, a
-malformed header line (400), and a body on a method that takes none (400). Every
-refusal of that kind closes the connection, and so does any answer given without
-reading the whole declared body (401, 404, 405, 413...): the bytes left unread are
-never parsed as a request. Before closing, the server reads and drops what the client
-is still sending, for a moment (``LINGER_S``), so the client gets the answer rather than
-a reset.
+Framing, so that no request hides in another one's body on a kept-alive connection
+(request smuggling): a request is framed by one ``Content-Length`` of plain digits or by
+none; any ``Transfer-Encoding``, a second ``Content-Length`` and a malformed header
+line are refused (400: a 4xx, as every answer to what a client sends). A body sent with
+GET, HEAD or DELETE is never read (a 400 on a route that exists). Every refusal of that
+kind closes the connection, and so does any answer given without reading the whole
+declared body (401, 404, 405, 413...): the bytes left unread are never parsed as a
+request. Before closing, the server reads and drops what the client is still sending,
+for a moment (``LINGER_S``), so the client gets the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -79,8 +79,6 @@ MAX_CONNECTIONS = 256
 # are closed cannot take every slot from the others. Behind a reverse proxy every client
 # has the proxy's address, so the proxy's pool to the scheduler must stay under it.
 MAX_CONNECTIONS_PER_CLIENT = 32
-# Methods whose requests may carry a body; a body on any other is refused.
-BODY_METHODS = ("POST", "PATCH", "PUT")
 # A header line: a field name (an RFC 9110 token), a colon, a value without CR, LF or NUL.
 # Anything else (obs-fold, a space before the colon, a bare CR) is refused: a proxy in
 # front may read such a line differently, which is how requests get smuggled.
@@ -352,21 +350,19 @@ class RequestHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _frame(self, method: str) -> None:
+    def _frame(self) -> None:
         """How long the body is, by the rules in the module docstring; a refusal here
         closes the connection."""
         lengths = self.headers.get_all("Content-Length") or []
         try:
             if self.headers.get_all("Transfer-Encoding"):
-                raise ApiError(501, "Transfer-Encoding is not supported; send the body "
+                raise ApiError(400, "Transfer-Encoding is not supported; send the body "
                                     "with a Content-Length")
             if len(lengths) > 1:
                 raise ApiError(400, "more than one Content-Length")
             length = whole_number(lengths[0].strip(" \t")) if lengths else 0
             if length is None:
                 raise ApiError(400, "Content-Length must be a whole number of bytes")
-            if length and method not in BODY_METHODS:
-                raise ApiError(400, f"a {method} request takes no body")
             if length > MAX_BODY_BYTES:
                 raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
         except ApiError:
@@ -377,7 +373,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         try:
-            self._frame(method)
+            self._frame()
             self._authenticate()
             status, body = self._route(method)
         except ApiError as exc:
@@ -424,6 +420,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         except ValueError:
             raise ApiError(400, "the request target is not a valid URL") from None
         handler, groups = self.routes.match(method, parts.path)
+        if self._body_left and not self.routes.needs_body(method):
+            raise ApiError(400, f"a {method} request takes no body")  # closes: unread
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         body = self._read_body() if self.routes.needs_body(method) else None
         self.server.unwatch(self.connection)  # the request is in: its handling may take time
