@@ -146,6 +146,22 @@ def test_output_capture_stays_bounded_for_a_command_writing_a_lot(cluster: Clust
     assert task["output"].endswith("\nthe-end\n")
 
 
+def test_output_of_bytes_that_are_not_utf8_is_stored_within_the_same_bound(
+    cluster: Cluster,
+) -> None:
+    """Each invalid byte is stored as U+FFFD, three bytes of UTF-8: the bound holds on the
+    stored text, not on the bytes read."""
+    cluster.start_default(coordinators=1, workers=1)
+    _, body = cluster.http("POST", "/schedule", {
+        "command": "head -c 300000 /dev/zero | tr '\\0' '\\377'; echo; echo the-end"})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"), timeout=60)
+    assert task["status"] == "succeeded", task
+    assert task["output"].endswith("\ufffd\nthe-end\n")
+    stored = cluster.query("SELECT octet_length(output) AS n FROM tasks WHERE id = %s",
+                           (body["id"],))
+    assert 64 * 1024 - 2 <= stored[0]["n"] <= 64 * 1024
+
+
 INJECTIONS = [
     "'; DROP TABLE tasks; --",
     "\" OR 1=1 --",
@@ -267,14 +283,17 @@ def test_a_slow_client_loses_its_connection_and_the_api_stays_up(cluster: Cluste
 def test_connections_beyond_the_bound_get_a_503_and_the_api_recovers(
     cluster: Cluster,
 ) -> None:
-    from chronosync_scheduler.http import MAX_CONNECTIONS
+    from chronosync_scheduler.http import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 
     cluster.start("scheduler")
     wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
     held = []
     try:
-        for _ in range(MAX_CONNECTIONS):
-            held.append(socket.create_connection(("127.0.0.1", cluster.port), timeout=10))
+        # From as many addresses as it takes: one address alone gets fewer (a 429).
+        for i in range(MAX_CONNECTIONS):
+            source = f"127.0.0.{2 + i // MAX_CONNECTIONS_PER_CLIENT}"
+            held.append(socket.create_connection(("127.0.0.1", cluster.port), timeout=10,
+                                                 source_address=(source, 0)))
 
         def refused() -> bytes | None:
             # The server answers a connection over the bound as soon as it accepts it.

@@ -34,6 +34,19 @@ _DRAIN_S = 1.0
 _NEVER = float("inf")
 
 
+def output_text(tail: bytes) -> str:
+    """The text stored for a run's output: the tail decoded as UTF-8, each invalid byte
+    (and NUL, which PostgreSQL text refuses) as U+FFFD, cut to its last
+    OUTPUT_TAIL_BYTES of UTF-8. A replacement character takes three bytes: undecodable
+    output would otherwise be stored three times over its bound."""
+    text = tail.decode("utf-8", "replace").replace("\x00", "\ufffd")
+    encoded = text.encode()
+    if len(encoded) <= OUTPUT_TAIL_BYTES:
+        return text
+    # The cut may split a character: its remaining continuation bytes are dropped.
+    return encoded[-OUTPUT_TAIL_BYTES:].decode("utf-8", "ignore")
+
+
 @dataclass(frozen=True)
 class RunAs:
     """The unprivileged user a root worker runs commands as (CHRONOSYNC_RUN_AS).
@@ -218,7 +231,7 @@ class CommandRun:
             if proc.returncode is None:  # only on an unexpected error above
                 _killpg(pgid, signal.SIGKILL)
                 proc.wait()
-        output = tail.decode("utf-8", "replace").replace("\x00", "\ufffd")
+        output = output_text(bytes(tail))
         exit_code = returncode if returncode >= 0 else 128 - returncode
         if self._stop_reason is not None:
             return RunResult(succeeded=False, exit_code=exit_code, error=self._stop_reason,
