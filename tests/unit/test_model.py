@@ -865,6 +865,12 @@ def test_a_task_resource_without_attempt_history_has_no_attempts_key() -> None:
     assert "attempts" not in task_resource(make_row(), None)
 
 
+def test_a_task_resource_of_a_listed_row_has_no_output_key() -> None:
+    row = make_row()
+    del row["output"]  # the list's query leaves it out
+    assert "output" not in task_resource(row, None)
+
+
 def test_a_task_resource_is_json_serializable() -> None:
     resource = task_resource(make_row(), ATTEMPTS)
     assert json.loads(json.dumps(resource)) == resource

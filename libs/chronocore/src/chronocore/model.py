@@ -231,7 +231,8 @@ def parse_submission(body: object) -> Submission:
 
 
 def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) -> dict:
-    """A task row (with its derived ``status``) as the API shows it."""
+    """A task row (with its derived ``status``) as the API shows it. A row read for a
+    list has no ``output`` (and no attempts): nor has its resource."""
     times = ("scheduled_at", "picked_at", "started_at", "completed_at", "failed_at",
              "cancelled_at", "created_at")
     resource: dict[str, Any] = {"id": row["id"], "kind": "task", "command": row["command"],
@@ -242,7 +243,8 @@ def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) ->
                                    if row["status"] == "retrying" else None)
     for name in ("delivery", "attempt", "max_attempts", "timeout_s", "exit_code", "error",
                  "output", "worker_id", "job_id", "idempotency_key", "name", "env"):
-        resource[name] = row[name]
+        if name != "output" or name in row:
+            resource[name] = row[name]
     if attempts is not None:
         resource["attempts"] = [
             {

@@ -406,7 +406,7 @@
           t.worker_id ? [`on ${shortNode(t.worker_id)}`, "worker", "node"] : null,
           attemptFact(t), nameFact(t), jobFact(t),
         ]);
-        updateOutput(row.querySelector(".output"), t.output);
+        updateOutput(row.querySelector(".output"), outputs.get(t.id));
       },
     });
   }
@@ -438,7 +438,7 @@
           t.status === "failed" && t.error ? [t.error, "error", "error"] : null,
           attemptFact(t), nameFact(t), jobFact(t),
         ]);
-        updateOutput(row.querySelector(".output"), t.output);
+        updateOutput(row.querySelector(".output"), outputs.get(t.id));
       },
     });
   }
@@ -622,6 +622,21 @@
       : `cannot reach the scheduler (${detail}); retrying`);
   }
 
+  // Lists leave output out (up to 64 KiB a task): it is read from GET /tasks/{id}, once
+  // per task whose output is final (written together with completed_at or failed_at).
+  const outputs = new Map();
+
+  async function readOutputs(tasks) {
+    const shown = new Set(tasks.map((t) => t.id));
+    for (const id of outputs.keys()) if (!shown.has(id)) outputs.delete(id);
+    const missing = tasks.filter((t) => !outputs.has(t.id) && (t.completed_at || t.failed_at));
+    await Promise.all(missing.map((t) => api(`/tasks/${encodeURIComponent(t.id)}`)
+      .then((full) => outputs.set(t.id, full.output))
+      .catch((error) => {
+        if (error instanceof SignedOut) throw error;  // else: gone meanwhile, no output
+      })));
+  }
+
   // Reads everything and paints it; false when a change made meanwhile voids the reads.
   async function refresh() {
     const seen = changes;
@@ -635,6 +650,9 @@
       tasksOf(`/tasks?limit=${RECENT_LIMIT * 2}`),
       api(`/jobs?limit=${JOB_LIMIT}`).then((d) => d.jobs),
     ]);
+    const waiting = new Set(["scheduled", "retrying"]);
+    const recentShown = recent.filter((t) => !waiting.has(t.status)).slice(0, RECENT_LIMIT);
+    await readOutputs([...failed, ...recentShown]);
     // Each job carries its latest outcomes (oldest first); the strip wants newest first.
     const outcomes = new Map(jobs.map((job) => [job.id, [...(job.recent || [])].reverse()]));
     if (seen !== changes) return false;
@@ -645,8 +663,7 @@
     renderUpcoming([...retrying, ...scheduled]);
     renderRunning([...running, ...picked]);
     renderFailures(failed);
-    const waiting = new Set(["scheduled", "retrying"]);
-    renderRecent(recent.filter((t) => !waiting.has(t.status)).slice(0, RECENT_LIMIT));
+    renderRecent(recentShown);
     renderJobs(jobs, outcomes);
     return true;
   }
