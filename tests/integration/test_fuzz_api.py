@@ -1,11 +1,16 @@
 """A hypothesis-driven fuzz of the HTTP API: random JSON shapes and types, random bytes,
-deep and large bodies, random paths, methods and headers. No answer may be a 5xx, the
-service must stay up, and tasks accepted before the fuzz must be unchanged after it."""
+deep and large bodies, random paths, methods and headers; then, on raw sockets, what no
+HTTP client library would send: odd request lines, absolute-form targets, numbers of
+thousands of digits in ids, query parameters and Content-Length, many and large headers,
+conflicting framing. No answer may be a 5xx, the service must stay up, and tasks
+accepted before the fuzz must be unchanged after it."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
+import socket
 from typing import Any
 
 import pytest
@@ -14,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 FUZZ_EXAMPLES = 1000
+WIRE_EXAMPLES = 400
+WIRE_TOKEN = "fuzz-token"
 FIELDS = ["command", "scheduled_at", "cron", "timezone", "name", "delivery", "max_attempts",
           "timeout_s", "idempotency_key", "env", "paused", "concurrency_policy",
           "misfire_policy", "starting_deadline_s", "max_catchup"]
@@ -117,3 +124,130 @@ def _up(cluster: Cluster) -> bool:
         return cluster.http("GET", "/healthz")[0] == 200
     except OSError:
         return False
+
+
+# --- the wire --------------------------------------------------------------------------
+
+# Whole numbers past any id (no leading zero: "0…01" would be task 1), up to 6,000 digits:
+# Python's int() refuses more than 4,300.
+huge_numbers = st.builds(lambda first, rest: first + rest, st.sampled_from("123456789"),
+                         st.text(alphabet="0123456789", min_size=18, max_size=6000))
+tokens = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
+                 max_size=12)
+latin1 = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=40)
+
+
+@st.composite
+def targets(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["number", "query", "absolute", "path", "text", "long",
+                                 "known"]))
+    if kind == "known":  # shapes that once got a 500
+        return draw(st.sampled_from(["http://[/", "http://[/tasks", "http://[::1/tasks"]))
+    if kind == "number":
+        return draw(st.sampled_from(["/tasks/{}", "/jobs/{}", "/tasks/{}/cancel"])).format(
+            draw(huge_numbers))
+    if kind == "query":
+        name = draw(st.sampled_from(["limit", "before", "job_id", "status", "x"]))
+        return f"{draw(st.sampled_from(['/tasks', '/jobs']))}?{name}={draw(huge_numbers)}"
+    if kind == "absolute":
+        scheme = draw(st.sampled_from(["http://", "https://", "ftp://", "http:", "//", ""]))
+        host = draw(st.sampled_from(["[", "[::1]", "[::1", "127.0.0.1:99999", "evil.example",
+                                     "h\xe9\u0131", "", "a@b:c", "[v1.x]"]))
+        return scheme + host + draw(st.sampled_from(["/", "/tasks", "/healthz", "", "?x"]))
+    if kind == "path":  # never a kept task's id: the token may be right
+        return draw(st.sampled_from(PATHS)).replace("/1", "/999999")
+    if kind == "text":
+        return draw(latin1)
+    return "/" + "a" * draw(st.integers(8_000, 70_000))
+
+
+framing_headers = (
+    st.tuples(st.just("Content-Length"), huge_numbers | st.sampled_from(
+        ["0", "5", "-1", "+5", "5, 5", " 7", "0x10", "\xb2", ""]))
+    | st.tuples(st.just("Transfer-Encoding"),
+                st.sampled_from(["chunked", "gzip", "identity", ""]))
+    | st.tuples(st.just("Authorization"), st.builds("Bearer {}".format, latin1))
+    | st.just(("Expect", "100-continue"))
+    | st.tuples(st.just("Connection"), st.sampled_from(["close", "keep-alive", "upgrade"]))
+    | st.tuples(tokens, latin1))
+
+
+@st.composite
+def wire_requests(draw: st.DrawFn) -> bytes:
+    shape = draw(st.sampled_from(["request", "request", "request", "garbage"]))
+    if shape == "garbage":
+        return draw(st.binary(max_size=300)) + draw(st.sampled_from([b"", b"\r\n\r\n"]))
+    method = draw(st.sampled_from(METHODS) | tokens)
+    version = draw(st.sampled_from(["HTTP/1.1"] * 8 + ["HTTP/1.0", "HTTP/2.0", "HTTP/1.1x",
+                                    "http/1.1", "HTTP/01.01", "HTTP/1.1 extra", ""]))
+    line = " ".join(part for part in (method, draw(targets()), version) if part)
+    line = draw(st.sampled_from([line] * 5 + [line.replace(" ", "\t"), line + " ",
+                                              " " + line]))
+    headers = [("Host", "127.0.0.1")]
+    if draw(st.booleans()):  # half the time past authentication, into the handlers
+        headers.append(("Authorization", f"Bearer {WIRE_TOKEN}"))
+    for _ in range(draw(st.integers(0, 4))):
+        headers.append(draw(framing_headers))
+    count = draw(st.sampled_from([0, 0, 50, 99, 101, 150]))
+    headers += [(f"X-Many-{i}", "v") for i in range(count)]
+    if draw(st.booleans()):
+        headers.append(("X-Large", "a" * draw(st.integers(1_000, 70_000))))
+    head = line + "\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers)
+    if draw(st.integers(0, 3)) == 0:  # a malformed line among the headers
+        head += draw(st.sampled_from(["Content-Length : 5\r\n", " folded\r\n",
+                                      "X-A: b\rContent-Length: 9\r\n", "no colon\r\n"]))
+    body = draw(st.sampled_from([b"", b"{}", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"]))
+    return head.encode() + b"\r\n" + body
+
+
+def send_raw(port: int, data: bytes) -> list[int]:
+    """Send ``data`` and half-close; the status of every response until the server closes
+    (0 for bytes that are not an HTTP response)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        try:
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # answered and closed before reading everything
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    statuses = []
+    for found in re.finditer(rb"(?:^|\r\n\r\n|\}\n)(HTTP/1\.[01] (\d{3}) )", received):
+        statuses.append(int(found.group(2)))
+    return statuses or ([0] if received else [])
+
+
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
+def test_fuzzing_the_wire_never_gets_a_5xx_and_the_server_keeps_answering(
+    cluster: Cluster,
+) -> None:
+    cluster.start("scheduler", CHRONOSYNC_API_TOKEN=WIRE_TOKEN)
+    auth = {"Authorization": f"Bearer {WIRE_TOKEN}"}
+    wait_for(lambda: _up(cluster), timeout=30, what="the scheduler")
+    before = [cluster.http("POST", "/schedule", {
+        "command": f"echo {i}", "scheduled_at": "2099-01-01T00:00:00Z"}, headers=auth)[1]["id"]
+        for i in range(3)]
+    kept = [cluster.http("GET", f"/tasks/{task_id}", headers=auth)[1] for task_id in before]
+    seen: dict[int, int] = {}
+    server_errors: list[tuple[bytes, list[int]]] = []
+
+    @settings(max_examples=WIRE_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=wire_requests())
+    def one(data: bytes) -> None:
+        statuses = send_raw(cluster.port, data)
+        for status in statuses:
+            seen[status] = seen.get(status, 0) + 1
+        if any(status >= 500 for status in statuses):
+            server_errors.append((data[:200], statuses))
+
+    one()
+    print(f"wire fuzz: statuses {dict(sorted(seen.items()))}")
+    assert not server_errors, server_errors[:10]
+    assert _up(cluster)
+    assert [cluster.http("GET", f"/tasks/{task_id}", headers=auth)[1]
+            for task_id in before] == kept

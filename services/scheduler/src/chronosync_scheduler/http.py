@@ -463,6 +463,8 @@ class RequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None,
                    explain: str | None = None) -> None:
         """Errors found by http.server itself (bad request line, headers too long...)."""
+        if code >= 500:  # 505 for HTTP/2.0, 501: still about what the client sent
+            code = 400
         self.close_connection = True
         self._unread = True  # the rest of the request is not read
         if self.request_version == "HTTP/0.9":  # the line was unreadable: answer as 1.0
