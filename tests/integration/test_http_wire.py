@@ -114,6 +114,23 @@ def test_a_body_on_a_get_never_becomes_the_next_clients_request(cluster: Cluster
                         )[1]["status"] == "scheduled"
 
 
+def test_a_request_cut_off_inside_its_headers_is_not_carried_out(cluster: Cluster) -> None:
+    """Headers end with a blank line; a connection closed (or cut off by the deadline)
+    before it leaves an unfinished request, which must not act."""
+    _start(cluster)
+    status, task = cluster.http("POST", "/schedule", {"command": "true",
+                                "scheduled_at": FAR_FUTURE})
+    assert status == 201, task
+    with _connect(cluster.port) as conn:
+        conn.sendall(f"POST /tasks/{task['id']}/cancel HTTP/1.1\r\nHost: x\r\n".encode())
+        conn.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    assert _statuses(received) == [400]
+    assert cluster.task(task["id"])["status"] == "scheduled"
+
+
 def test_a_refused_request_never_leaves_its_body_to_be_read_as_a_request(
     cluster: Cluster,
 ) -> None:

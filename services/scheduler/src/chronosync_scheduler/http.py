@@ -199,8 +199,10 @@ class HeadReader:
         self._lines += 1
         if self._lines > MAX_HEADER_LINES:
             raise BadHead(431, f"more than {MAX_HEADER_LINES} header lines")
-        if line in (b"\r\n", b"\n", b""):
+        if line in (b"\r\n", b"\n"):
             return line
+        if not line:  # the client left, or the watchdog cut it off: not a whole request
+            raise BadHead(400, "the connection ended inside the headers")
         if not HEADER_LINE.fullmatch(line):
             raise BadHead(400, "a header line is not 'Name: value'")
         return line
