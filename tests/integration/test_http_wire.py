@@ -10,10 +10,9 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import pytest
 from harness import Cluster, http, wait_for
 
 from chronocore.devcluster import NodeProcess
@@ -339,8 +338,8 @@ def test_an_idle_connection_is_closed_before_a_socket_read_would_time_out(
     assert closed, "the server kept an idle connection open past its idle timeout"
 
 
-@pytest.fixture
-def flood(cluster: Cluster) -> Iterator[dict[str, int]]:
+@contextmanager
+def flooding(port: int) -> Iterator[dict[str, int]]:
     """A client on 127.0.0.2 keeping more connections open than the server takes, idle,
     re-opening each one the server closes, until the test ends."""
     counts = {"opened": 0, "refused": 0}
@@ -352,7 +351,7 @@ def flood(cluster: Cluster) -> Iterator[dict[str, int]]:
             while not stop.is_set():
                 while len(held) < MAX_CONNECTIONS + 44:
                     try:
-                        held.append(_connect(cluster.port, source="127.0.0.2", timeout=5))
+                        held.append(_connect(port, source="127.0.0.2", timeout=5))
                         counts["opened"] += 1
                     except OSError:
                         break
@@ -379,18 +378,17 @@ def flood(cluster: Cluster) -> Iterator[dict[str, int]]:
         thread.join(30)
 
 
-def test_one_address_reopening_connections_cannot_starve_another(
-    cluster: Cluster, flood: dict[str, int]
-) -> None:
+def test_one_address_reopening_connections_cannot_starve_another(cluster: Cluster) -> None:
     _start(cluster)
-    wait_for(lambda: flood["opened"] > MAX_CONNECTIONS and flood["refused"] > 0,
-             timeout=30, what="the flood to fill the server")
     answers = []
-    for _ in range(20):
-        try:
-            answers.append(http(cluster.url, "GET", "/healthz")[0])
-        except OSError as exc:
-            answers.append(str(exc))
+    with flooding(cluster.port) as flood:
+        wait_for(lambda: flood["opened"] > MAX_CONNECTIONS and flood["refused"] > 0,
+                 timeout=30, what="the flood to fill the server")
+        for _ in range(20):
+            try:
+                answers.append(http(cluster.url, "GET", "/healthz")[0])
+            except OSError as exc:
+                answers.append(str(exc))
     assert answers == [200] * 20, answers
 
 
