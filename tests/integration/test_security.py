@@ -136,6 +136,63 @@ def test_an_allowlist_refuses_other_commands_and_chained_ones(
     assert not marker.exists()
 
 
+def test_env_names_that_change_what_runs_are_refused_at_submission(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    script = tmp_path / "report.sh"
+    script.write_text("#!/bin/bash\necho report\n")
+    script.chmod(0o755)
+    marker = tmp_path / "pwned"
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    cluster.start("worker", CHRONOSYNC_COMMAND_ALLOWLIST=str(script))
+    cluster.wait_ready(coordinators=1, workers=1)
+    for name in ("BASH_ENV", "LD_PRELOAD", "PATH", "PYTHONWARNINGS", "NODE_OPTIONS",
+                 "PERL5OPT", "GIT_CONFIG_COUNT", "BROWSER", "ENV"):
+        status, body = cluster.http("POST", "/schedule", {
+            "command": str(script), "env": {name: f"$(touch {marker})"}})
+        assert (status, body["field"]) == (400, "env"), (name, body)
+    assert cluster.query("SELECT count(*) AS n FROM tasks")[0]["n"] == 0
+    assert not marker.exists()
+
+
+def test_an_allowlisted_worker_runs_only_env_names_it_allows(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    cluster.start("worker", CHRONOSYNC_COMMAND_ALLOWLIST="printenv",
+                  CHRONOSYNC_ENV_ALLOWLIST="REPORT_*, DAY")
+    cluster.wait_ready(coordinators=1, workers=1)
+    ok = cluster.http("POST", "/schedule", {
+        "command": "printenv REPORT_KIND DAY", "env": {"REPORT_KIND": "weekly",
+                                                       "DAY": "mon"}})[1]
+    refused = cluster.http("POST", "/schedule", {
+        "command": "printenv PROMPT_COMMAND", "env": {"PROMPT_COMMAND": "id"}})[1]
+    assert cluster.wait_task(ok["id"], ("succeeded", "failed"))["output"] == "weekly\nmon\n"
+    task = cluster.wait_task(refused["id"], ("succeeded", "failed"))
+    assert task["status"] == "failed" and task["started_at"] is None
+    assert task["error"] == "spawn: env PROMPT_COMMAND not allowed on this worker"
+
+
+def test_commands_get_only_ordinary_variables_of_the_worker_environment(
+    cluster: Cluster,
+) -> None:
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    cluster.start("worker", PGPASSWORD="pg-secret-value",
+                  AWS_SECRET_ACCESS_KEY="aws-secret-value", SITE_NAME="north",
+                  CHRONOSYNC_PASS_ENV="SITE_*")
+    cluster.wait_ready(coordinators=1, workers=1)
+    _, body = cluster.http("POST", "/schedule", {"command": "env"})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"))
+    assert task["status"] == "succeeded", task
+    output = task["output"]
+    assert "pg-secret-value" not in output and "PGPASSWORD" not in output
+    assert "aws-secret-value" not in output and "AWS_SECRET_ACCESS_KEY" not in output
+    assert "SITE_NAME=north\n" in output and "\nPATH=" in output
+
+
 def test_output_capture_stays_bounded_for_a_command_writing_a_lot(cluster: Cluster) -> None:
     cluster.start_default(coordinators=1, workers=1)
     _, body = cluster.http("POST", "/schedule", {

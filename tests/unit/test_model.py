@@ -874,3 +874,16 @@ def test_a_task_resource_of_a_listed_row_has_no_output_key() -> None:
 def test_a_task_resource_is_json_serializable() -> None:
     resource = task_resource(make_row(), ATTEMPTS)
     assert json.loads(json.dumps(resource)) == resource
+
+
+@pytest.mark.parametrize("name", ["BASH_ENV", "ENV", "PATH", "LD_PRELOAD", "LD_AUDIT",
+                                  "PYTHONWARNINGS", "PERL5OPT", "NODE_OPTIONS", "BROWSER",
+                                  "GIT_CONFIG_COUNT", "GIT_SSH_COMMAND", "SHELLOPTS"])
+def test_it_rejects_env_names_that_change_what_a_command_loads_or_runs(name: str) -> None:
+    error = assert_rejected({"command": "true", "env": {name: "x"}}, "env")
+    assert name in error.message
+
+
+def test_it_accepts_env_names_that_only_resemble_unsafe_ones() -> None:
+    env = {"path": "a", "MY_PATH": "b", "ENVIRONMENT": "c", "LD": "d", "GITHUB_REF": "e"}
+    assert submit(env=env).env == env

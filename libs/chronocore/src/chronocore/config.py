@@ -49,6 +49,11 @@ def _allowlist(raw: str | None) -> tuple[str, ...] | None:
     return tuple(line.strip() for line in raw.splitlines() if line.strip())
 
 
+def _names(raw: str | None) -> tuple[str, ...]:
+    """Variable names separated by commas or white space; ``PREFIX*`` matches a family."""
+    return tuple(part for part in (raw or "").replace(",", " ").split() if part)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     dsn: str
@@ -84,6 +89,11 @@ class Config:
     allow_root: bool = False
     # Workers: command prefixes allowed here (None: any command).
     command_allowlist: tuple[str, ...] | None = None
+    # Workers with a command allowlist: the task env names they accept (none by default).
+    env_allowlist: tuple[str, ...] = ()
+    # Workers: variables of their own environment passed on to commands, beyond the
+    # ordinary ones (runner.PASSED_ENV); never anything else, so no secret leaks.
+    pass_env: tuple[str, ...] = ()
     # Listen beyond loopback without a token (scheduler) or TLS (worker).
     insecure: bool = False
 
@@ -122,6 +132,8 @@ class Config:
             run_as=env.get("CHRONOSYNC_RUN_AS") or None,
             allow_root=env.get("CHRONOSYNC_ALLOW_ROOT") == "1",
             command_allowlist=_allowlist(env.get("CHRONOSYNC_COMMAND_ALLOWLIST")),
+            env_allowlist=_names(env.get("CHRONOSYNC_ENV_ALLOWLIST")),
+            pass_env=_names(env.get("CHRONOSYNC_PASS_ENV")),
             insecure=env.get("CHRONOSYNC_INSECURE") == "1",
         )
 

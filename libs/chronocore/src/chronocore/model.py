@@ -39,6 +39,23 @@ _RFC3339 = re.compile(
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+# Names that decide which program runs or what it loads before doing what it was asked:
+# the shell's start-up files, the dynamic loader, interpreters' option and library
+# variables, and where programs are found. Refused in every submission: they are how an
+# allowlisted command is turned into an arbitrary one (``BASH_ENV`` with an allowlisted
+# script), and a worker without an allowlist loses nothing, since a command can set them
+# itself (``PATH=/opt/bin:$PATH tool``). A worker with an allowlist also wants every other
+# name on its own CHRONOSYNC_ENV_ALLOWLIST.
+UNSAFE_ENV_NAMES = frozenset({
+    "PATH", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "CDPATH",
+    "GCONV_PATH", "GLIBC_TUNABLES", "HOSTALIASES", "LOCPATH", "NLSPATH",
+    "PYTHONSTARTUP", "PYTHONPATH", "PYTHONHOME", "PYTHONWARNINGS", "PYTHONINSPECT",
+    "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "NODE_OPTIONS", "NODE_PATH",
+    "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS",
+    "BROWSER", "EDITOR", "VISUAL", "PAGER",
+})
+UNSAFE_ENV_PREFIXES = ("LD_", "GIT_", "BASH_FUNC_", "MALLOC_")
+
 
 class ValidationError(ValueError):
     """A client's input is wrong; ``field`` names the culprit (None: the body as a whole)."""
@@ -138,6 +155,10 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
             raise ValidationError(f"env name {key!r} is not a valid variable name", "env")
         if key.startswith("CHRONOSYNC_"):
             raise ValidationError(f"env name {key!r}: CHRONOSYNC_* names are reserved", "env")
+        if key in UNSAFE_ENV_NAMES or key.startswith(UNSAFE_ENV_PREFIXES):
+            raise ValidationError(
+                f"env name {key!r} changes what a command loads or runs and is refused; "
+                "set it in the command itself if you need it", "env")
         if not isinstance(item, str):
             raise ValidationError(f"env value of {key} must be a string", "env")
         if "\x00" in item or len(item.encode("utf-8", "surrogatepass")) > MAX_ENV_VALUE_BYTES:

@@ -90,6 +90,39 @@ def allowed(command: str, allowlist: tuple[str, ...] | None) -> bool:
                for prefix in allowlist)
 
 
+def env_refused(env: Mapping[str, str], allowlist: tuple[str, ...] | None,
+                env_allowlist: tuple[str, ...]) -> str | None:
+    """The first task env name a worker with this command allowlist refuses (None: all
+    accepted). Without a command allowlist any command may set any variable itself, so
+    names are only checked with one; with one, a name like BASH_ENV or LD_PRELOAD would
+    turn an allowed command into an arbitrary one, hence an allowlist of names too."""
+    if allowlist is None:
+        return None
+    return next((name for name in sorted(env) if not name_matches(name, env_allowlist)),
+                None)
+
+
+def name_matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """``patterns``: exact names, or ``PREFIX*`` for every name starting with PREFIX."""
+    return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
+
+
+# The worker's own variables a command sees: what programs need to behave ordinarily,
+# never a credential (PGPASSWORD, AWS_*, tokens): an allowlist, not a denylist, so a
+# secret added to the worker's environment later does not reach commands either.
+PASSED_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_*", "TZ", "USER", "LOGNAME", "SHELL",
+              "TMPDIR", "TERM")
+
+
+def base_environment(worker_env: Mapping[str, str],
+                     pass_env: tuple[str, ...] = ()) -> dict[str, str]:
+    """The part of the worker's environment commands get (PASSED_ENV plus ``pass_env``,
+    CHRONOSYNC_PASS_ENV); CHRONOSYNC_* settings never, whatever is asked."""
+    patterns = PASSED_ENV + pass_env
+    return {k: v for k, v in worker_env.items()
+            if name_matches(k, patterns) and not k.startswith("CHRONOSYNC_")}
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
     succeeded: bool

@@ -97,7 +97,8 @@ def main() -> int:
     slots = SlotPool(repo=repo, worker_id=node_id, capacity=config.worker_capacity,
                      workdir=workdir, kill_grace_s=config.kill_grace_s, reaper=reaper,
                      lease_s=config.node_ttl_s / 2,
-                     run_as=run_as, allowlist=config.command_allowlist)
+                     run_as=run_as, allowlist=config.command_allowlist,
+                     env_allowlist=config.env_allowlist, pass_env=config.pass_env)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS))
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(slots, worker_id=node_id),

@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,7 +35,14 @@ from chronocore.groupcommit import GroupCommit
 from chronocore.model import format_timestamp
 from chronocore.reaper import Reaper
 from chronocore.repository import ClaimedTask, Outcome, Started, TaskRepository
-from chronocore.runner import CommandRun, RunAs, RunResult, allowed
+from chronocore.runner import (
+    CommandRun,
+    RunAs,
+    RunResult,
+    allowed,
+    base_environment,
+    env_refused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +62,6 @@ CONFIRM_TRIES = 3
 # The variables that tell one run's processes from any other's (a task's attempt runs
 # once), by which the reaper finds a command spawned just before the worker died.
 RUN_IDENTITY = ("CHRONOSYNC_TASK_ID", "CHRONOSYNC_ATTEMPT")
-
-
-def base_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
-    """The worker's environment without any CHRONOSYNC_* setting (DSN, token, keys)."""
-    return {k: v for k, v in worker_env.items() if not k.startswith("CHRONOSYNC_")}
 
 
 def command_environment(base: dict[str, str], task: ClaimedTask,
@@ -89,16 +90,19 @@ class SlotPool:
     def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
                  workdir: str, kill_grace_s: float, reaper: Reaper | None,
                  lease_s: float, run_as: RunAs | None = None,
-                 allowlist: tuple[str, ...] | None = None) -> None:
+                 allowlist: tuple[str, ...] | None = None,
+                 env_allowlist: tuple[str, ...] = (),
+                 pass_env: tuple[str, ...] = ()) -> None:
         """``lease_s``: how long after sending a start the worker may still spawn without
         asking again; well under the TTL after which sweepers judge it dead."""
         self._repo = repo
         self._run_as = run_as
         self._allowlist = allowlist
+        self._env_allowlist = env_allowlist
         self._worker_id = worker_id
         self.capacity = capacity
         self._workdir = workdir
-        self._base_env = base_environment(os.environ)
+        self._base_env = base_environment(os.environ, pass_env)
         self._kill_grace_s = kill_grace_s
         self._lease_s = lease_s
         self._reaper = reaper
@@ -213,6 +217,12 @@ class SlotPool:
                         extra={"task_id": task.id})
             self._repo.refuse(task, worker_id=self._worker_id,
                               error="spawn: command not allowed on this worker")
+            return None
+        if (name := env_refused(task.env, self._allowlist, self._env_allowlist)) is not None:
+            log.warning("task %s: env %s refused by this worker's allowlist", task.id, name,
+                        extra={"task_id": task.id})
+            self._repo.refuse(task, worker_id=self._worker_id,
+                              error=f"spawn: env {name} not allowed on this worker")
             return None
         try:
             recorded = self._starts.submit(task)
