@@ -297,6 +297,23 @@ def test_a_command_spawned_just_before_its_worker_died_dies_too(
              what="the command the reaper was never told of to be killed with its child")
 
 
+def test_a_killed_worker_s_command_dies_with_what_it_started_in_its_own_session(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    start_base(cluster)
+    worker = cluster.start("worker")
+    cluster.wait_ready(coordinators=1, workers=1)
+    pids = tmp_path / "pids"
+    cluster.http("POST", "/schedule", {
+        "command": f"setsid sleep 300 > /dev/null 2>&1 & echo $! $$ > {pids}; sleep 300",
+        "delivery": "at_least_once"})
+    escaped, shell = wait_for(lambda: read_ints(pids), timeout=20,
+                              what="the command to start")
+    worker.signal(signal.SIGKILL)
+    wait_for(lambda: process_gone(escaped) and process_gone(shell), timeout=10,
+             what="the dead worker's command and what left its group to be killed")
+
+
 def test_an_unreachable_worker_is_skipped_and_every_task_runs_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:

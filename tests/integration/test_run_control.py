@@ -33,6 +33,50 @@ def test_a_timeout_kills_the_whole_process_group(cluster: Cluster, tmp_path: Pat
     assert task["attempts"][0]["error"] == "timeout"
 
 
+def test_a_timeout_kills_what_the_command_started_in_sessions_of_its_own(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """``setsid`` takes a process out of the command's group; the worker is its subreaper,
+    so it is found and killed all the same: one holding the output open, and one not."""
+    cluster.start_default(coordinators=1, workers=1)
+    pids = tmp_path / "pids"
+    command = (f"setsid sleep 300 & echo $! > {pids}; "
+               f"setsid sleep 301 > /dev/null 2>&1 & echo $! >> {pids}; sleep 300")
+    _, body = cluster.http("POST", "/schedule", {"command": command, "timeout_s": 1})
+    escaped = wait_for(lambda: read_pids(pids), timeout=20, what="the command to start")
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"), timeout=20)
+    assert task["error"] == "timeout"
+    wait_for(lambda: all(gone(pid) for pid in escaped), timeout=10,
+             what="the processes that left the command's group to be killed")
+
+
+def test_a_background_child_left_by_a_command_is_reaped(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Orphans are the worker's children (it is their subreaper): it must reap them."""
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    worker = cluster.start("worker")
+    cluster.wait_ready(coordinators=1, workers=1)
+    pid_file = tmp_path / "pid"
+    _, body = cluster.http("POST", "/schedule", {
+        "command": f"sleep 1 & echo $! > {pid_file}; echo bg"})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"))
+    assert task["output"] == "bg\n"
+    child = int(pid_file.read_text())
+
+    def not_a_zombie_of_the_worker() -> bool:
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        ppid = stat.rsplit(")", 1)[1].split()[1]
+        return int(ppid) != worker.pid
+
+    wait_for(not_a_zombie_of_the_worker, timeout=10,
+             what="the worker to reap the child its command left behind")
+
+
 def test_a_task_cancelled_before_its_start_never_runs(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_default(coordinators=1, workers=1)
     marker = tmp_path / "ran"

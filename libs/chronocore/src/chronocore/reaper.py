@@ -12,6 +12,11 @@ therefore names the run by environment entries only its processes carry (the tas
 attempt); a run named but never reported is looked for in every process's environment
 when the pipe closes, and its group killed.
 
+A command may also leave its group (``setsid``) to outlive it. While the worker lives,
+it finds such processes itself (``chronocore.orphans``: it is their subreaper). When it
+dies, the reaper looks for every process carrying the identity of a run it was told of,
+running or ended lately (one the worker may not have swept yet), and kills its group too.
+
 Run as ``python -m chronocore.reaper``; the protocol is one line per event: ``?ENTRIES``
 (a run is about to be spawned; entries ``NAME=value`` separated by spaces), ``+PGID
 ENTRIES`` (it was, as this group), ``!ENTRIES`` (its spawn failed), ``-PGID`` (it ended).
@@ -26,6 +31,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable
+
+from chronocore.orphans import Orphans
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +44,48 @@ class Reaper:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "chronocore.reaper"],
-            stdin=subprocess.PIPE, start_new_session=True, close_fds=True,
-        )
+        self.orphans = Orphans()
+        self.orphans.start()
+        ticket = self.orphans.begin_spawn()
+        pid = None
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "chronocore.reaper"],
+                stdin=subprocess.PIPE, start_new_session=True, close_fds=True,
+            )
+            pid = self._proc.pid
+        finally:
+            self.orphans.end_spawn(ticket, pid)
 
-    def expect(self, run: tuple[str, ...]) -> None:
+    def expect(self, run: tuple[str, ...]) -> int:
         """A run is about to be spawned; ``run`` holds ``NAME=value`` entries of its
-        environment that no other process carries."""
-        if not run:
-            raise ValueError("an expected run needs at least one environment entry")
-        self._send(f"?{_entries(run)}\n")
+        environment that no other process carries (empty: it has none). Returns the
+        ticket for ``spawned`` or ``forget``."""
+        ticket = self.orphans.begin_spawn()
+        if run:
+            self._send(f"?{_entries(run)}\n")
+        return ticket
+
+    def spawned(self, ticket: int, pid: int, run: tuple[str, ...]) -> None:
+        """The expected run is the worker's child ``pid`` now (reported to the reaper
+        process by ``watch``)."""
+        self.orphans.end_spawn(ticket, pid, run)
 
     def watch(self, pgid: int, run: tuple[str, ...]) -> None:
         """The run was spawned as group ``pgid`` (``run``: as named to ``expect``, or
         empty when it was not)."""
         self._send(f"+{pgid} {_entries(run)}\n")
 
-    def forget(self, run: tuple[str, ...]) -> None:
+    def forget(self, ticket: int, run: tuple[str, ...]) -> None:
         """The expected run was never spawned."""
-        self._send(f"!{_entries(run)}\n")
+        self.orphans.end_spawn(ticket, None)
+        if run:
+            self._send(f"!{_entries(run)}\n")
+
+    def reaped(self, pid: int, *, leftovers: bool) -> None:
+        """The run's shell ``pid`` was waited for; ``leftovers``: its output is still
+        held open by something it left (look for escapees now)."""
+        self.orphans.ended(pid, leftovers=leftovers)
 
     def unwatch(self, pgid: int) -> None:
         self._send(f"-{pgid}\n")
@@ -65,6 +96,8 @@ class Reaper:
             if self._proc.stdin is not None and not self._proc.stdin.closed:
                 self._proc.stdin.close()
         self._proc.wait(timeout=10)
+        self.orphans.ended(self._proc.pid, leftovers=False)
+        self.orphans.stop()
 
     def _send(self, line: str) -> None:
         assert self._proc.stdin is not None
@@ -87,8 +120,17 @@ def _entries(run: tuple[str, ...]) -> str:
 SEARCH_AGAIN_AFTER_S = 0.5
 
 
-def processes_of(runs: set[frozenset[bytes]]) -> list[int]:
+# Ended runs whose identities are still looked for when the worker dies: their escapees
+# are normally killed by the worker within a second of the end, so the latest suffice.
+ENDED_KEPT = 1024
+
+
+def processes_of(runs: Iterable[frozenset[bytes]]) -> list[int]:
     """Pids of processes whose environment holds every entry of one of ``runs``."""
+    by_entry: dict[bytes, list[frozenset[bytes]]] = {}
+    for run in runs:
+        if run:  # an empty identity would match every process
+            by_entry.setdefault(min(run), []).append(run)
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -98,7 +140,7 @@ def processes_of(runs: set[frozenset[bytes]]) -> list[int]:
                 environ = set(f.read().split(b"\0"))
         except OSError:
             continue  # gone, or not ours to read
-        if any(run <= environ for run in runs):
+        if any(run <= environ for item in environ for run in by_entry.get(item, ())):
             found.append(int(entry))
     return found
 
@@ -114,30 +156,35 @@ def main() -> int:
     # Our parent's Ctrl-C or SIGTERM must not stop us before the pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    groups: set[int] = set()
+    groups: dict[int, frozenset[bytes]] = {}  # running: group -> identity
     expected: set[frozenset[bytes]] = set()  # named, not yet reported as spawned
+    ended: deque[frozenset[bytes]] = deque(maxlen=ENDED_KEPT)
     for raw in sys.stdin.buffer:
         kind, line = raw[:1], raw[1:].strip()
         if kind == b"?" and line:  # an empty name would match every process
             expected.add(frozenset(line.split()))
         elif kind == b"+":
             pgid, *run = line.split()
-            groups.add(int(pgid))
+            groups[int(pgid)] = frozenset(run)
             expected.discard(frozenset(run))
         elif kind == b"!":
             expected.discard(frozenset(line.split()))
         elif kind == b"-":
-            groups.discard(int(line))
+            run = groups.pop(int(line), frozenset())
+            if run:
+                ended.append(run)
     for pgid in groups:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    if expected:
-        for pid in processes_of(expected):
+    # What left its group (setsid), and runs spawned but not yet reported: by identity.
+    runs = expected | set(groups.values()) | set(ended)
+    if any(runs):
+        for pid in processes_of(runs):
             _kill_group_of(pid)
         time.sleep(SEARCH_AGAIN_AFTER_S)
-        for pid in processes_of(expected):
+        for pid in processes_of(runs):
             _kill_group_of(pid)
     return 0
 

@@ -189,9 +189,8 @@ class CommandRun:
                 if self._stop_reason is not None:
                     return RunResult(succeeded=False, exit_code=None,
                                      error=self._stop_reason, output="")
-                expected = self._reaper is not None and bool(self._identity)
-                if expected:
-                    self._reaper.expect(self._identity)
+                ticket = (self._reaper.expect(self._identity)
+                          if self._reaper is not None else None)
                 try:
                     argv = ["/bin/sh", "-c", self._command]
                     if self._run_as is not None:
@@ -207,10 +206,12 @@ class CommandRun:
                         close_fds=True,
                     )
                 except OSError as exc:
-                    if expected:
-                        self._reaper.forget(self._identity)
+                    if self._reaper is not None and ticket is not None:
+                        self._reaper.forget(ticket, self._identity)
                     return RunResult(succeeded=False, exit_code=None,
                                      error=f"spawn: {exc}", output="")
+                if self._reaper is not None and ticket is not None:
+                    self._reaper.spawned(ticket, self._proc.pid, self._identity)
             failpoints.pause(failpoints.AFTER_SPAWN)
             if self._reaper is not None:
                 self._reaper.watch(self._proc.pid, self._identity)
@@ -236,7 +237,7 @@ class CommandRun:
         poller = select.poll()
         for fd in (out_fd, pidfd, self._wake):
             poller.register(fd, select.POLLIN)
-        exited = at_eof = False
+        exited = at_eof = reported = False
         try:
             while not exited:
                 now = time.monotonic()
@@ -257,6 +258,13 @@ class CommandRun:
             # Anything the shell left running in its group dies with the run.
             _killpg(pgid, signal.SIGKILL)
             if not at_eof:
+                at_eof = not self._read_available(out_fd, tail)
+            if self._reaper is not None:
+                # Output still held open: something of the run is still alive, maybe out
+                # of its group; the worker looks for it now.
+                reported = True
+                self._reaper.reaped(proc.pid, leftovers=not at_eof)
+            if not at_eof:
                 self._drain(out_fd, tail)
         finally:
             os.close(pidfd)
@@ -264,6 +272,8 @@ class CommandRun:
             if proc.returncode is None:  # only on an unexpected error above
                 _killpg(pgid, signal.SIGKILL)
                 proc.wait()
+            if self._reaper is not None and not reported:
+                self._reaper.reaped(proc.pid, leftovers=True)
         output = output_text(bytes(tail))
         exit_code = returncode if returncode >= 0 else 128 - returncode
         if self._stop_reason is not None:
@@ -297,6 +307,23 @@ class CommandRun:
             while (left := give_up_at - time.monotonic()) > 0:
                 if sel.select(left) and not cls._read_into(fd, tail):
                     return
+
+    @classmethod
+    def _read_available(cls, fd: int, tail: bytearray) -> bool:
+        """Read what is there without waiting; False at EOF."""
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                chunk = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            tail.extend(chunk)
+            if len(tail) > OUTPUT_TAIL_BYTES:
+                del tail[: len(tail) - OUTPUT_TAIL_BYTES]
 
     @staticmethod
     def _read_into(fd: int, tail: bytearray) -> bool:
