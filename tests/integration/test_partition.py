@@ -159,14 +159,14 @@ def link() -> Iterator[Link]:
 
 @pytest.fixture
 def link_pg(link: Link) -> Iterator[LocalCluster]:
-    """PostgreSQL on 127.0.0.1 and the root-side veth address, trusting the namespace's
-    address, migrated; stopped at the end."""
+    """PostgreSQL on 127.0.0.1 and the root-side veth address, open to the namespace's
+    address (with the password), migrated; stopped at the end."""
     hba_dir = Path(tempfile.mkdtemp(prefix="chronosync-partition-hba-"))
     hba_dir.chmod(0o755)  # under root the server runs as an unprivileged user
-    # initdb's pg_hba.conf trusts loopback only; the worker comes from its namespace.
+    # initdb's pg_hba.conf admits loopback only; the worker comes from its namespace.
     hba = hba_dir / "pg_hba.conf"
-    hba.write_text("host all all 127.0.0.1/32 trust\n"
-                   f"host all all {link.ns_addr}/32 trust\n")
+    hba.write_text("host all all 127.0.0.1/32 scram-sha-256\n"
+                   f"host all all {link.ns_addr}/32 scram-sha-256\n")
     hba.chmod(0o644)
     try:
         with own_postgres("chronosync-partition-", {
@@ -178,7 +178,8 @@ def link_pg(link: Link) -> Iterator[LocalCluster]:
 
 
 def ns_dsn(server: LocalCluster, link: Link) -> str:
-    return f"host={link.root_addr} port={server.port} user=postgres dbname=postgres"
+    return (f"host={link.root_addr} port={server.port} user=postgres "
+            f"password={server.password} dbname=postgres")
 
 
 def reachable_from_namespace(server: LocalCluster, link: Link) -> bool:

@@ -201,7 +201,8 @@ class Replicated:
     def dsn(self) -> str:
         """Both servers; libpq takes the first that accepts writes."""
         return (f"host=127.0.0.1,127.0.0.1 port={self.primary.port},{self.standby.port}"
-                " user=postgres dbname=postgres target_session_attrs=read-write"
+                f" user=postgres password={self.primary.password} dbname=postgres"
+                " target_session_attrs=read-write"
                 " connect_timeout=2")
 
 

@@ -81,3 +81,23 @@ def test_restart_reuses_datadir_and_port(datadir: Path) -> None:
             assert conn.execute("SELECT current_database()").fetchone() == ("kept",)
     finally:
         cluster.stop()
+
+
+def test_connections_need_the_generated_password(
+    datadir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """127.0.0.1 is open to every local user: without the password none gets in."""
+    for name in ("PGPASSWORD", "PGPASSFILE", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    with LocalCluster(datadir=datadir, settings=FAST_TEST_SETTINGS) as cluster:
+        with psycopg.connect(cluster.dsn()) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        bare = f"host=127.0.0.1 port={cluster.port} dbname=postgres passfile=/dev/null"
+        for who in ("postgres", "nobody", "root"):
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(f"{bare} user={who}", connect_timeout=5)
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"{bare} user=postgres password=wrong", connect_timeout=5)
+        kept = datadir / "chronosync-password"
+        assert kept.stat().st_mode & 0o077 == 0 and datadir.stat().st_mode & 0o077 == 0
+        assert LocalCluster(datadir=datadir).password == cluster.password

@@ -3,7 +3,11 @@
 This module owns finding the machine's PostgreSQL server binaries
 (``initdb``, ``pg_ctl``, ``postgres``) and running a throwaway cluster from
 them: ``initdb`` into a data directory, ``pg_ctl start`` listening on
-127.0.0.1 only (no unix sockets), and ``pg_ctl stop``. PostgreSQL refuses to
+127.0.0.1 only (no unix sockets), and ``pg_ctl stop``. Every connection needs the
+``postgres`` superuser's password (scram-sha-256), generated at ``initdb`` and kept in
+the 0700 data directory (``PASSWORD_FILE``): 127.0.0.1 is reachable by every local user,
+so trust authentication would make each of them a superuser. ``dsn()`` carries it.
+PostgreSQL refuses to
 run as root, so under euid 0 every server command runs as an unprivileged
 user (``$CHRONOSYNC_PG_USER``, else a ``chronosync-pg`` system user created on
 demand, else ``nobody``) that owns the data directory. ``stop()`` (or leaving
@@ -20,12 +24,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +56,8 @@ PG_USER_ENV = "CHRONOSYNC_PG_USER"
 DEFAULT_PG_USER = "chronosync-pg"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _REQUIRED = ("initdb", "pg_ctl", "postgres")
+# In the data directory: the superuser's password, readable by the server user (and root).
+PASSWORD_FILE = "chronosync-password"
 
 
 class PostgresNotFound(RuntimeError):
@@ -193,6 +201,7 @@ class LocalCluster:
         self._port = port
         self._bindir: Path | None = None
         self._user = _server_user()
+        self._password: str | None = None
 
     @property
     def port(self) -> int:
@@ -200,9 +209,21 @@ class LocalCluster:
             raise PostgresError("port not chosen yet: call start() first")
         return self._port
 
+    @property
+    def password(self) -> str:
+        """The ``postgres`` superuser's password (hex: no quoting needed in a conninfo)."""
+        if self._password is None:
+            try:
+                self._password = (self.datadir / PASSWORD_FILE).read_text().strip()
+            except FileNotFoundError:
+                raise PostgresError(f"no password in {self.datadir}: call start() "
+                                    "first") from None
+        return self._password
+
     def dsn(self, dbname: str = "postgres") -> str:
         """A libpq conninfo string for ``dbname`` as the ``postgres`` superuser."""
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+        return (f"host=127.0.0.1 port={self.port} user=postgres password={self.password} "
+                f"dbname={dbname}")
 
     def _tool(self, name: str) -> Path:
         """A server program: in the bindir, or beside what its pg_ctl links to (PATH may
@@ -247,11 +268,25 @@ class LocalCluster:
             os.chown(self.datadir, self._user.pw_uid, self._user.pw_gid)
         os.chmod(self.datadir, 0o700)
         if not (self.datadir / "PG_VERSION").exists():
-            res = self._run("initdb", "-D", str(self.datadir), "--auth=trust",
-                            "--username=postgres", "--encoding=UTF8", "--locale=C")
+            password = secrets.token_hex(24)
+            # initdb wants the data directory empty, so the password file it reads lives
+            # in a private directory of its own until then.
+            scratch = Path(tempfile.mkdtemp(prefix="chronosync-initdb-"))
+            try:
+                pwfile = scratch / "password"
+                pwfile.write_text(password + "\n")
+                if self._user is not None:
+                    for path in (scratch, pwfile):
+                        os.chown(path, self._user.pw_uid, self._user.pw_gid)
+                res = self._run("initdb", "-D", str(self.datadir), "--auth=scram-sha-256",
+                                f"--pwfile={pwfile}", "--username=postgres",
+                                "--encoding=UTF8", "--locale=C")
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
             if res.returncode != 0:
                 raise PostgresError(
                     f"initdb failed in {self.datadir}:\n{res.stdout}{res.stderr}")
+            self._keep_password(password)
         if self._port is None:
             self._port = _free_port()
         opts = {"listen_addresses": "127.0.0.1", "port": str(self._port),
@@ -264,6 +299,15 @@ class LocalCluster:
                 f"pg_ctl start failed ({self.datadir}, port {self._port}):\n"
                 f"{res.stdout}{res.stderr}\n--- tail of {self.log_path} ---\n"
                 f"{self._log_tail()}")
+
+    def _keep_password(self, password: str) -> None:
+        path = self.datadir / PASSWORD_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        if self._user is not None:
+            os.chown(path, self._user.pw_uid, self._user.pw_gid)
+        self._password = password
 
     def stop(self) -> None:
         """Stop the server (fast mode); a no-op when it is not running."""
@@ -293,6 +337,7 @@ class LocalCluster:
         standby = cls(datadir=datadir, port=port, settings={
             **primary.settings, "synchronous_standby_names": "", **(settings or {})})
         standby._bindir = primary._bindir
+        standby._password = primary.password
         d = standby.datadir
         if d.exists() and any(d.iterdir()):
             raise PostgresError(f"{d} is not empty: pg_basebackup needs an empty directory")
@@ -301,8 +346,9 @@ class LocalCluster:
             _check_traversable(d, standby._user)
             os.chown(d, standby._user.pw_uid, standby._user.pw_gid)
         os.chmod(d, 0o700)
+        # -R writes this conninfo, password included, into the standby's data directory.
         conninfo = (f"host=127.0.0.1 port={primary.port} user=postgres "
-                    f"application_name={application_name}")
+                    f"password={primary.password} application_name={application_name}")
         res = standby._run("pg_basebackup", "-d", conninfo, "-D", str(d), "-R",
                            "-X", "stream", "-c", "fast", "--no-sync")
         if res.returncode != 0:
