@@ -24,8 +24,6 @@ The orphans of a worker that dies are the reaper process's business
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -33,36 +31,15 @@ import signal
 import threading
 from collections.abc import Iterable
 
-log = logging.getLogger(__name__)
+from chronocore.prctl import become_subreaper
 
-PR_SET_DUMPABLE = 4
-PR_SET_CHILD_SUBREAPER = 36
+log = logging.getLogger(__name__)
 
 # Between sweeps when nothing is pending: an escapee that closed its output is found
 # within this long of its run's end (one that holds the output wakes a sweep at once).
 SWEEP_INTERVAL_S = 1.0
 # While a child waits for its second sighting, or a kill for its reaping.
 SWEEP_SOON_S = 0.05
-
-
-def _prctl(option: int, value: int) -> bool:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        log.warning("prctl(%d, %d) failed: %s", option, value,
-                    os.strerror(ctypes.get_errno()))
-        return False
-    return True
-
-
-def become_subreaper() -> bool:
-    """Make orphaned descendants of this process its children (Linux 3.4+)."""
-    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-def make_undumpable() -> bool:
-    """No core dumps, and /proc/<pid>/{environ,mem,fd,...} owned by root: a process of
-    the same uid (a command) can neither read this one's environment nor ptrace it."""
-    return _prctl(PR_SET_DUMPABLE, 0)
 
 
 def children_of(parent: int) -> dict[int, tuple[str, str]]:
@@ -101,6 +78,9 @@ class Orphans:
         self._runs: dict[int, frozenset[bytes]] = {}  # registered child -> its identity
         # Adopted-child candidates: (pid, start time) -> tickets issued at first sight.
         self._suspects: dict[tuple[int, str], int] = {}
+        # Adopted processes we may not signal (a setuid program a command started): told
+        # once, then left alone.
+        self._unkillable: set[tuple[int, str]] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -180,12 +160,15 @@ class Orphans:
             if pgid in runs:
                 continue  # still in a running command's group: dies with it
             environ = environ_of(pid)
-            if any(run <= environ for run in live):
+            if any(run <= environ for run in live) or key in self._unkillable:
                 continue  # escaped its group but not its run: killed when the run ends
             log.warning("killing process %d: left behind by a finished command", pid)
-            self._kill(pid, pgid)
-            soon = True
+            if self._kill(pid, pgid):
+                soon = True
+            else:
+                self._unkillable.add(key)
         self._suspects = suspects
+        self._unkillable &= suspects.keys()
         return soon
 
     @staticmethod
@@ -196,7 +179,8 @@ class Orphans:
             pass
 
     @staticmethod
-    def _kill(pid: int, pgid: int) -> None:
+    def _kill(pid: int, pgid: int) -> bool:
+        """SIGKILL it (and its group, if it leads one); False if we may not."""
         try:
             if pgid == pid and pgid != os.getpgrp():
                 os.killpg(pgid, signal.SIGKILL)  # it leads its own group: all of it
@@ -205,3 +189,5 @@ class Orphans:
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 log.warning("could not kill left-behind process %d: %s", pid, exc)
+                return False
+        return True
