@@ -3,7 +3,10 @@ bounded output, and SQL that stores what it is given as text."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,6 +117,131 @@ def test_the_command_environment_holds_no_secret(cluster: Cluster, tmp_path: Pat
     for secret in (cluster.dsn, TOKEN, str(certs.key), str(certs.cert), "CHRONOSYNC_DSN",
                    "CHRONOSYNC_TLS"):
         assert secret not in output
+
+
+def _reaper_of(worker_pid: int) -> int:
+    def find() -> int | None:
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if int(ppid) == worker_pid and b"chronocore.reaper" in cmdline:
+                return int(entry.name)
+        return None
+
+    return wait_for(find, timeout=30, what="the worker's reaper process")
+
+
+def _probe(pids: dict[str, int], files: tuple[Path, ...] = ()) -> str:
+    """A command that prints what it can read of these processes and files, and says
+    which processes it could signal."""
+    reads = " ".join(f"/proc/{pid}/environ" for pid in pids.values())
+    paths = " ".join(str(f) for f in files)
+    signals = "; ".join(f"kill -0 {pid} 2>/dev/null && echo signalled-{name}"
+                        for name, pid in pids.items())
+    return (f"for f in /proc/$PPID/environ {reads} {paths}; do cat $f 2>&1 | tr '\\0' ' ';"
+            f" echo; done; {signals}; true")
+
+
+def test_a_root_worker_s_commands_cannot_read_or_signal_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a worker started as root runs commands as another user")
+    certs = make_certs(tmp_path / "certs")["node"]
+    tls = {"CHRONOSYNC_TLS_CA": str(certs.ca), "CHRONOSYNC_TLS_CERT": str(certs.cert),
+           "CHRONOSYNC_TLS_KEY": str(certs.key)}
+    cluster.start("scheduler", **tls)
+    cluster.start("coordinator", **tls)
+    worker = cluster.start("worker", CHRONOSYNC_ALLOW_ROOT="", CHRONOSYNC_RUN_AS="nobody",
+                           CHRONOSYNC_API_TOKEN=TOKEN, **tls)
+    cluster.wait_ready(coordinators=1, workers=1)
+    pids = {"worker": worker.pid, "reaper": _reaper_of(worker.pid)}
+    _, body = cluster.http("POST", "/schedule", {
+        "command": _probe(pids, (certs.key, tmp_path / "certs" / "ca.key"))})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"))
+    output = task["output"]
+    assert "Permission denied" in output, output
+    key = certs.key.read_text().splitlines()[1]
+    for secret in (cluster.dsn, TOKEN, "CHRONOSYNC_DSN", "CHRONOSYNC_API_TOKEN", key,
+                   "signalled"):
+        assert secret not in output, secret
+
+
+def _test_user() -> tuple[int, int]:
+    """An unprivileged account of the test's own (made if missing)."""
+    name = "chronosync-test-node"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", name], capture_output=True, check=False)
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            pytest.skip(f"cannot create the user {name} to run nodes as")
+    return entry.pw_uid, entry.pw_gid
+
+
+def _as_test_user() -> list[str]:
+    """A command-line prefix that runs ``python ARGS`` as the test's user: with a Python
+    that user may execute (this one may live in root's home) and these packages."""
+    uid, gid = _test_user()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to start nodes as another user")
+    python = next((p for p in (sys.executable, f"/usr/bin/python3.{sys.version_info[1]}")
+                   if _runs_as(setpriv, uid, gid, p)), None)
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info[:2]} that user {uid} may execute")
+    paths = [str(Path(p).parent) for name in ("chronocore", "chronosync_scheduler",
+                                               "chronosync_coordinator", "chronosync_worker")
+             for p in importlib.util.find_spec(name).submodule_search_locations]
+    paths += [p for p in sys.path if p.endswith("site-packages")]
+    # The cluster runs `PREFIX sys.executable -u -m MODULE`: the shell swaps the Python.
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+            "env", f"PYTHONPATH={':'.join(paths)}",
+            "/bin/sh", "-c", f'shift; exec {python} "$@"', "sh"]
+
+
+def _runs_as(setpriv: str, uid: int, gid: int, python: str) -> bool:
+    probe = subprocess.run([setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                            "--", python, "-c", "import subprocess, sys; "
+                            "subprocess.run([sys.executable, '-c', ''], check=True)"],
+                           capture_output=True, timeout=60, check=False)
+    return probe.returncode == 0
+
+
+def test_commands_of_nodes_sharing_their_user_cannot_read_the_nodes_secrets(
+    cluster: Cluster,
+) -> None:
+    """``make dev`` as a user: every node and every command run as that user. The nodes
+    are non-dumpable and drop their secrets from their environment, so no command reads
+    the DSN or the token in /proc (it can still signal them: same user)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the nodes as a user of the test's own")
+    as_user = _as_test_user()
+    env = {"CHRONOSYNC_API_TOKEN": TOKEN}
+    nodes = {kind: cluster.processes.start(kind, env=env, wrapper=as_user)
+             for kind in ("scheduler", "coordinator", "worker")}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    wait_for(lambda: cluster.query("SELECT 1 FROM nodes WHERE kind = 'worker'"), timeout=30,
+             what="the worker")
+    wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
+    pids = {kind: node.pid for kind, node in nodes.items()}
+    pids["reaper"] = _reaper_of(nodes["worker"].pid)
+    _, body = cluster.http("POST", "/schedule", {"command": _probe(pids)}, headers=auth)
+
+    def finished() -> dict | None:
+        task = cluster.http("GET", f"/tasks/{body['id']}", headers=auth)[1]
+        return task if task["status"] in ("succeeded", "failed") else None
+
+    output = wait_for(finished, timeout=30, what="the probe to run")["output"]
+    assert "signalled-worker" in output  # the same user: it did run as the nodes' user
+    for secret in (cluster.dsn, TOKEN, "CHRONOSYNC_DSN", "CHRONOSYNC_API_TOKEN"):
+        assert secret not in output, (secret, output)
 
 
 def test_an_allowlist_refuses_other_commands_and_chained_ones(

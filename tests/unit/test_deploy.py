@@ -811,6 +811,8 @@ def test_coordinators_are_ready_while_they_heartbeat() -> None:
 
 
 def test_every_deployment_requests_resources_and_runs_non_root_read_only() -> None:
+    """Schedulers and coordinators run as the image's user; workers start as root with
+    only the capabilities to run commands as another user (checked below)."""
     uid = dockerfile_uid()
     for d, container in k8s_containers():
         name = d["metadata"]["name"]
@@ -819,11 +821,70 @@ def test_every_deployment_requests_resources_and_runs_non_root_read_only() -> No
         assert "memory" in resources.get("limits", {}), f"{name}: a memory limit"
         pod = d["spec"]["template"]["spec"]
         security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
-        assert security.get("runAsNonRoot") is True, f"{name}: runAsNonRoot"
-        assert security.get("runAsUser") == uid, f"{name}: runAsUser is the image's {uid}"
+        if container["command"][0] != ROLES["worker"]:
+            assert security.get("runAsNonRoot") is True, f"{name}: runAsNonRoot"
+            assert security.get("runAsUser") == uid, f"{name}: runAsUser is the image's {uid}"
         assert security.get("allowPrivilegeEscalation") is False, name
         assert security.get("readOnlyRootFilesystem") is True, name
+        assert security.get("capabilities", {}).get("drop") == ["ALL"], name
         assert pod.get("automountServiceAccountToken") is False, f"{name}: no API token"
+
+
+def image_users() -> dict[str, int]:
+    """Users the Dockerfile creates: name -> uid."""
+    runs = " ".join(args for instr, args in dockerfile() if instr == "RUN")
+    return {m.group(2): int(m.group(1)) for m in
+            re.finditer(r"useradd\b[^&]*?--uid (\d+)\b[^&]*?\s([a-z][a-z0-9-]*)\s*(?:&&|$)",
+                        runs)}
+
+
+# What a worker needs to run commands as another user: switch to it, and signal it.
+WORKER_CAPABILITIES = {"SETUID", "SETGID", "KILL"}
+
+
+def assert_commands_run_as_their_own_user(where: str, env: Mapping[str, str]) -> None:
+    users = image_users()
+    run_as = env.get("CHRONOSYNC_RUN_AS")
+    assert run_as in users, f"{where}: CHRONOSYNC_RUN_AS names a user the image makes"
+    assert users[run_as] not in (0, dockerfile_uid()), \
+        f"{where}: commands must not share a node's uid"
+
+
+def test_k8s_workers_run_commands_as_a_user_of_their_own() -> None:
+    d = deployment("worker")
+    (container,) = d["spec"]["template"]["spec"]["containers"]
+    security = container["securityContext"]
+    assert security["runAsUser"] == 0 and security["runAsNonRoot"] is False
+    assert set(security["capabilities"]["add"]) <= WORKER_CAPABILITIES
+    assert_commands_run_as_their_own_user("k8s worker", container_env(container))
+    tls = volume_mounts(d, container)["/certs"]["volume"]["secret"]
+    assert tls["defaultMode"] & 0o007 == 0, "the TLS Secret is not readable by others"
+
+
+def test_compose_workers_run_commands_as_a_user_of_their_own() -> None:
+    runs = " ".join(args for instr, args in dockerfile() if instr == "RUN")
+    for name, svc in compose_nodes("worker").items():
+        assert str(svc["user"]).split(":")[0] == "0", f"{name}: starts as root"
+        assert svc["cap_drop"] == ["ALL"], name
+        assert set(svc["cap_add"]) <= WORKER_CAPABILITIES, name
+        env = compose_env(svc)
+        assert_commands_run_as_their_own_user(name, env)
+        workdir = env["CHRONOSYNC_WORKDIR"]
+        assert re.search(rf"mkdir {workdir}\b", runs), f"{name}: the image makes {workdir}"
+
+
+def test_the_ca_key_never_leaves_the_certs_step() -> None:
+    ca, _, key = certs_files()
+    ca_key = Path(ca).with_suffix(".key").name
+    services = compose_services()
+    (certs,) = [name for name, svc in services.items()
+                if re.search(r"\bchronosync certs\b", " ".join(svc.get("command", [])))]
+    command = " ".join(services[certs]["command"])
+    directory = re.search(r"\bchronosync certs (\S+)", command).group(1)  # type: ignore[union-attr]
+    assert f"rm -f {directory}/{ca_key}" in command, "the certs step removes the CA key"
+    assert f"chmod 0640 {directory}/{key}" in command, "the node key is not world-readable"
+    readme = (K8S / "README.md").read_text()
+    assert f"--from-file=./certs/{ca_key}" not in readme
 
 
 def test_a_pod_disruption_budget_per_deployment() -> None:

@@ -2,6 +2,12 @@
 
 Every variable is ``CHRONOSYNC_*``; see the README's configuration table. Bad values fail
 at start-up with a message naming the variable, never later.
+
+Secrets (the DSNs, the API token) may come from files instead (``CHRONOSYNC_DSN_FILE``,
+``CHRONOSYNC_SESSION_DSN_FILE``, ``CHRONOSYNC_API_TOKEN_FILE``). A node reading its own
+environment removes them from it afterwards, so no process it starts inherits them, and
+makes itself non-dumpable, so the environment it was started with (still in
+/proc/<pid>/environ) is no one's to read but root's.
 """
 
 from __future__ import annotations
@@ -10,6 +16,13 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from chronocore.prctl import make_undumpable
+
+# Variables holding secrets, each with the variable that may name a file holding it.
+SECRET_NAMES = {"CHRONOSYNC_DSN": "CHRONOSYNC_DSN_FILE",
+                "CHRONOSYNC_SESSION_DSN": "CHRONOSYNC_SESSION_DSN_FILE",
+                "CHRONOSYNC_API_TOKEN": "CHRONOSYNC_API_TOKEN_FILE"}
 
 
 class ConfigError(ValueError):
@@ -47,6 +60,32 @@ def _allowlist(raw: str | None) -> tuple[str, ...] | None:
     if raw is None or not raw.strip():
         return None
     return tuple(line.strip() for line in raw.splitlines() if line.strip())
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """``name``'s value, or the content of the file its ``_FILE`` variable names (one
+    trailing newline dropped); never both."""
+    file_name = SECRET_NAMES[name]
+    value, path = env.get(name) or None, env.get(file_name) or None
+    if value is not None and path is not None:
+        raise ConfigError(f"set {name} or {file_name}, not both")
+    if path is None:
+        return value
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file_name}: cannot read {path}: {exc}") from None
+    content = content.removesuffix("\n").removesuffix("\r")
+    return content or None
+
+
+def hide_secrets() -> None:
+    """Remove the secrets from this process's environment (children start without them)
+    and make it non-dumpable (the environment it started with stays in /proc)."""
+    for name in SECRET_NAMES:
+        os.environ.pop(name, None)
+    make_undumpable()
 
 
 def _names(raw: str | None) -> tuple[str, ...]:
@@ -99,16 +138,26 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
-        env = os.environ if env is None else env
-        dsn = env.get("CHRONOSYNC_DSN", "")
+        """The configuration in ``env``; without one, in this process's environment,
+        whose secrets are then hidden (``hide_secrets``)."""
+        if env is None:
+            config = cls._read(os.environ)
+            hide_secrets()
+            return config
+        return cls._read(env)
+
+    @classmethod
+    def _read(cls, env: Mapping[str, str]) -> Config:
+        dsn = _secret(env, "CHRONOSYNC_DSN")
         if not dsn:
-            raise ConfigError("CHRONOSYNC_DSN is required (a libpq conninfo string or URI)")
+            raise ConfigError("CHRONOSYNC_DSN (or CHRONOSYNC_DSN_FILE) is required (a libpq "
+                              "conninfo string or URI)")
         defaults = cls(dsn=dsn)
         return cls(
             dsn=dsn,
-            session_dsn=env.get("CHRONOSYNC_SESSION_DSN") or None,
+            session_dsn=_secret(env, "CHRONOSYNC_SESSION_DSN"),
             http_addr=env.get("CHRONOSYNC_HTTP_ADDR") or defaults.http_addr,
-            api_token=env.get("CHRONOSYNC_API_TOKEN") or None,
+            api_token=_secret(env, "CHRONOSYNC_API_TOKEN"),
             worker_addr=env.get("CHRONOSYNC_WORKER_ADDR") or defaults.worker_addr,
             worker_advertise_addr=env.get("CHRONOSYNC_WORKER_ADVERTISE_ADDR") or None,
             worker_capacity=_int(env, "CHRONOSYNC_WORKER_CAPACITY", defaults.worker_capacity),

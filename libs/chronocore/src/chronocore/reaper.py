@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from chronocore.orphans import Orphans
+from chronocore.prctl import make_undumpable
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ def _kill_group_of(pid: int) -> None:
 
 
 def main() -> int:
+    # A command running as the worker's user must not ptrace us.
+    make_undumpable()
     # Our parent's Ctrl-C or SIGTERM must not stop us before the pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,0 +1,36 @@
+"""Secrets read from files (CHRONOSYNC_DSN_FILE, CHRONOSYNC_API_TOKEN_FILE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chronocore.config import Config, ConfigError
+
+
+def test_it_reads_the_dsn_and_the_token_from_files(tmp_path: Path) -> None:
+    (tmp_path / "dsn").write_text("host=db password=p4ss dbname=c\n")
+    (tmp_path / "token").write_text("t0ken")
+    config = Config.from_env({"CHRONOSYNC_DSN_FILE": str(tmp_path / "dsn"),
+                              "CHRONOSYNC_API_TOKEN_FILE": str(tmp_path / "token")})
+    assert (config.dsn, config.api_token) == ("host=db password=p4ss dbname=c", "t0ken")
+
+
+def test_it_refuses_a_secret_given_both_ways(tmp_path: Path) -> None:
+    (tmp_path / "dsn").write_text("host=db")
+    with pytest.raises(ConfigError, match="CHRONOSYNC_DSN_FILE"):
+        Config.from_env({"CHRONOSYNC_DSN": "host=db",
+                         "CHRONOSYNC_DSN_FILE": str(tmp_path / "dsn")})
+
+
+def test_it_names_the_variable_of_an_unreadable_secret_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CHRONOSYNC_API_TOKEN_FILE"):
+        Config.from_env({"CHRONOSYNC_DSN": "host=db",
+                         "CHRONOSYNC_API_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_an_empty_dsn_file_is_a_missing_dsn(tmp_path: Path) -> None:
+    (tmp_path / "dsn").write_text("\n")
+    with pytest.raises(ConfigError, match="CHRONOSYNC_DSN"):
+        Config.from_env({"CHRONOSYNC_DSN_FILE": str(tmp_path / "dsn")})
