@@ -128,8 +128,9 @@ def test_nodes_with_clocks_10_minutes_off_change_nothing(
     cluster = skewed_cluster
     before_start = datetime.now()  # the test's own (true) clock, local time like the logs
     # Readable log lines (not JSON): their time stamps show each node's own clock.
-    nodes = {cluster.processes.start(kind, env={"CHRONOSYNC_LOG_FORMAT": "text"},
-                                     wrapper=faketime_wrapper(offset)): offset
+    # Workers pass libfaketime's variables on, so their commands share their clock.
+    env = {"CHRONOSYNC_LOG_FORMAT": "text", "CHRONOSYNC_PASS_ENV": "LD_PRELOAD FAKETIME*"}
+    nodes = {cluster.processes.start(kind, env=env, wrapper=faketime_wrapper(offset)): offset
              for kind, offset in SKEWED_NODES}
     cluster.wait_ready(coordinators=2, workers=2)
     ready_at = datetime.now()
