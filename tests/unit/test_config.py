@@ -1,4 +1,4 @@
-"""Secrets read from files (CHRONOSYNC_DSN_FILE, CHRONOSYNC_API_TOKEN_FILE)."""
+"""Secrets read from files (CHRONOSYNC_DSN_FILE and the like)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from chronocore.config import Config, ConfigError
 
 def test_it_reads_the_dsn_and_the_token_from_files(tmp_path: Path) -> None:
     (tmp_path / "dsn").write_text("host=db password=p4ss dbname=c\n")
+    (tmp_path / "session").write_text("host=db-direct password=p4ss\r\n")
     (tmp_path / "token").write_text("t0ken")
     config = Config.from_env({"CHRONOSYNC_DSN_FILE": str(tmp_path / "dsn"),
+                              "CHRONOSYNC_SESSION_DSN_FILE": str(tmp_path / "session"),
                               "CHRONOSYNC_API_TOKEN_FILE": str(tmp_path / "token")})
-    assert (config.dsn, config.api_token) == ("host=db password=p4ss dbname=c", "t0ken")
+    assert (config.dsn, config.session_dsn, config.api_token) == (
+        "host=db password=p4ss dbname=c", "host=db-direct password=p4ss", "t0ken")
 
 
 def test_it_refuses_a_secret_given_both_ways(tmp_path: Path) -> None:
