@@ -92,6 +92,8 @@ def test_dev_runs_the_seed_example_and_stops_every_process_on_sigterm(
     wait_for(lambda: "nodes alive 5/5" in (data_dir / "dev.log").read_text(), timeout=30,
              what="dev's live status line")
     assert "dashboard http://" in (data_dir / "dev.log").read_text()
+    printed = re.findall(r"password=(\S+)", (data_dir / "dev.log").read_text())
+    assert printed and set(printed) == {"***"}, "the database password is never printed"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     leftovers = [p for p in [*pids, postmaster] if alive(p)]

@@ -253,9 +253,13 @@ DEV_SHUTDOWN_GRACE_S = 10.0
 def cmd_dev(args: argparse.Namespace) -> None:
     """A whole local cluster in the foreground until Ctrl-C or SIGTERM; nodes that die
     are restarted (see ``Supervisor``)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     from chronocore.devcluster import CrashLoop, ProcessCluster, Supervisor
     from chronocore.migrate import apply_migrations
+    from chronocore.prctl import make_undumpable
 
+    make_undumpable()  # it holds the database's password: commands may not read it
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -269,7 +273,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
     if not dsn:
         postgres = _dev_postgres(base)
         dsn = postgres.dsn()
-        print(f"dev: ephemeral PostgreSQL at {dsn} (data in {postgres.datadir})", flush=True)
+        shown = make_conninfo(dsn, password="***") if "password" in conninfo_to_dict(dsn) \
+            else dsn
+        print(f"dev: ephemeral PostgreSQL at {shown} (data in {postgres.datadir})",
+              flush=True)
     env = {**_dev_node_env(base), "CHRONOSYNC_SHUTDOWN_GRACE_S": f"{DEV_SHUTDOWN_GRACE_S:g}"}
     cluster = ProcessCluster(dsn=dsn, env=env)
     supervisor = Supervisor(cluster, say=lambda line: print(line, flush=True))
