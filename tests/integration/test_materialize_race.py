@@ -269,6 +269,11 @@ def pieces_in_any_order(draw: st.DrawFn) -> tuple[list[float], list[float], list
     return cuts, overlaps, [*order, *again]
 
 
+# The pool's own thread draws from the global random (jitter for a new connection's
+# lifetime); Hypothesis takes that for the strategy's doing when it happens mid-draw.
+@pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning")
 @settings(database=None, deadline=None, max_examples=25,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
