@@ -11,24 +11,20 @@ showed. docs/dashboard.png, for the README, is a copy of dashboard.png made by h
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import chromium
 from harness import Cluster, wait_for
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:  # the test is skipped, saying what to install
-    sync_playwright = None
+    from playwright.sync_api import Browser, Page, expect
+except ImportError:  # browser.chromium() skips the test, saying what to install
+    pass
 
-CHROMIUM = os.environ.get("CHRONOSYNC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TOKEN = "dashboard-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,16 +33,8 @@ WAIT_MS = 30_000
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
-    if sync_playwright is None:
-        pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 def api(cluster: Cluster, method: str, path: str, body: Any = None) -> Any:

@@ -5,6 +5,10 @@ Every response is JSON. Client mistakes are 4xx with ``{"error", "field"}``; a d
 that cannot be reached is 503; anything unexpected is a 500 with a generic message (the
 traceback goes to the log, never to the client).
 
+A request a browser sent on behalf of another site (a foreign ``Origin``,
+``Sec-Fetch-Site: cross-site``, or, without a token, a ``Host`` that does not name this
+machine) is refused with a 403 before authentication: origin.py says why and how.
+
 What a hostile client cannot do: send more than 1 MiB (413), nest JSON deeper than
 ``MAX_JSON_DEPTH``, send a request line over ``MAX_REQUEST_LINE_BYTES`` (414) or headers
 over ``MAX_HEADER_LINE_BYTES`` a line, ``MAX_HEADER_LINES`` lines or ``MAX_HEADER_BYTES``
@@ -49,7 +53,7 @@ import psycopg_pool
 
 from chronocore import metrics
 from chronocore.model import ValidationError
-from chronosync_scheduler import dashboard, openapi
+from chronosync_scheduler import dashboard, openapi, origin
 from chronosync_scheduler.api import Api, ApiError, whole_number
 
 log = logging.getLogger(__name__)
@@ -376,6 +380,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         try:
             self._frame()
+            self._refuse_foreign()
             self._authenticate()
             status, body = self._route(method)
         except ApiError as exc:
@@ -395,6 +400,18 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._unread = True
         self._send(status, body, head_only=method == "HEAD")
+
+    def _refuse_foreign(self) -> None:
+        """A page on another site, or a rebound DNS name, gets a 403 before authentication
+        (origin.py says why). Health checks stay open: probes use whatever name."""
+        if self.path.partition("?")[0] in UNAUTHENTICATED_PATHS:
+            return
+        reason = origin.foreign_request(
+            self.headers, listen_host=self.server.listen_host,
+            local_address=self.connection.getsockname()[0],
+            token_set=self.server.api_token is not None)
+        if reason is not None:
+            raise ApiError(403, reason)
 
     def _authenticate(self) -> None:
         """The bearer token, or the same token in the dashboard's cookie (SameSite)."""
@@ -487,6 +504,7 @@ class ApiServer(ThreadingHTTPServer):
     watchdog thread shuts the sockets of those too slow)."""
 
     daemon_threads = True
+    listen_host = ""  # CHRONOSYNC_HTTP_ADDR's host, for origin.foreign_request
     request_queue_size = 128  # the listen backlog: bursts of clients wait, not retry
 
     def __init__(self, address: tuple[str, int], handler: type[RequestHandler], *,
@@ -561,4 +579,6 @@ class ApiServer(ThreadingHTTPServer):
 def make_server(api: Api, *, host: str, port: int,
                 api_token: str | None = None) -> ApiServer:
     handler = type("BoundHandler", (RequestHandler,), {"routes": Routes(api)})
-    return ApiServer((host, port), handler, api_token=api_token)
+    server = ApiServer((host, port), handler, api_token=api_token)
+    server.listen_host = host  # as configured: bind() leaves only the resolved address
+    return server
