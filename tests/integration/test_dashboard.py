@@ -1,8 +1,10 @@
 """The dashboard in a real browser (Debian's chromium, headless, driven by Playwright)
-against a real cluster with an API token: sign in, schedule from the page and watch the
-task succeed, read a failure's output (as inert text), pause and resume a recurring job,
-create a job and a far-future task from the form, cancel tasks, get signed out on a 401,
-and never a console error.
+against a real cluster with an API token: sign in (a wrong token is told so; the right one
+is kept in a cookie no script can read), schedule from the page and watch the task
+succeed, read a failure's output (as inert text), pause and resume a recurring job, create
+a job and a far-future task from the form, cancel tasks, get signed out on a 401, and
+never a console error (the Content-Security-Policy would report any inline code but the
+sign-in page's own).
 
 Full-page screenshots go to test-artifacts/ (git-ignored): dashboard.png, and a narrow
 (phone) and a dark-scheme one; on a failure, dashboard-failure.png shows what the page
@@ -84,10 +86,17 @@ def _scenario(cluster: Cluster, page: Page, phase: list[str]) -> None:
     response = page.goto(cluster.url)
     assert response is not None and response.status == 401
     expect(page.locator("#token")).to_be_visible()
+    page.fill("#token", "not-the-token")
+    page.click("button[type=submit]")
+    expect(page.locator("#message")).to_have_text("that is not the API token")
     phase[0] = "dashboard"
     page.fill("#token", TOKEN)
     page.click("button[type=submit]")
     expect(page.locator(".brand h1")).to_have_text("ChronoSync")
+    # The server set the cookie: no script on the page can read it.
+    cookie = next(c for c in page.context.cookies() if c["name"] == "chronosync_token")
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/")
+    assert "chronosync_token" not in page.evaluate("document.cookie")
     expect(page.locator("#live")).to_have_attribute("data-state", "ok")
     workers = page.locator('#node-counts [data-kind="worker"] .n')
     expect(workers).to_have_text("1")

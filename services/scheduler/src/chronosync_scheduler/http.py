@@ -104,8 +104,7 @@ TOO_MANY_FROM_CLIENT = _refusal(b"429 Too Many Requests",
 # curl -d sends form-urlencoded by default; we read the body as JSON whatever the label,
 # as long as the label is not clearly something else.
 ACCEPTED_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
-
-TOKEN_COOKIE = "chronosync_token"
+SIGN_IN_PATH = "/session"  # where the dashboard's sign-in form trades the token for a cookie
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,7 @@ class Raw:
 
     content_type: str
     data: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[..., tuple[int, "dict[str, Any] | Raw"]]
@@ -215,7 +215,7 @@ class HeadReader:
 class Routes:
     """``(method, path pattern) -> handler``; a handler gets path groups, query, body."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, *, api_token: str | None = None) -> None:
         self._table: list[tuple[str, re.Pattern[str], Handler]] = [
             ("POST", re.compile(r"/schedule"), lambda q, b: api.schedule(b)),
             ("GET", re.compile(r"/tasks"), lambda q, b: api.list_tasks(q)),
@@ -236,6 +236,8 @@ class Routes:
              lambda q, b: (200, Raw(METRICS_CONTENT_TYPE, api.metrics().encode()))),
             ("GET", re.compile(r"/openapi.json"), lambda q, b: (200, openapi.document())),
             ("GET", re.compile(r"/"), lambda q, b: (200, dashboard.asset("index.html"))),
+            ("POST", re.compile(SIGN_IN_PATH),
+             lambda q, b: (200, dashboard.sign_in(b, token=api_token))),
             ("GET", re.compile(r"/static/([\w.-]+)"),
              lambda name, q, b: (200, dashboard.asset(name))),
         ]
@@ -416,11 +418,12 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _authenticate(self) -> None:
         """The bearer token, or the same token in the dashboard's cookie (SameSite)."""
         token = self.server.api_token
-        if token is None or urlsplit(self.path).path in UNAUTHENTICATED_PATHS:
+        path = urlsplit(self.path).path
+        if token is None or path in UNAUTHENTICATED_PATHS or path == SIGN_IN_PATH:
             return
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
-            given = self._cookie(TOKEN_COOKIE)
+            given = self._cookie(dashboard.TOKEN_COOKIE)
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
                                    token.encode()):
             raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
@@ -470,7 +473,13 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", content_type)
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", dashboard.CONTENT_SECURITY_POLICY)
+        self.send_header("X-Frame-Options", "DENY")  # frame-ancestors, for old browsers
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in body.headers if isinstance(body, Raw) else ():
+            if name == "Set-Cookie" and self._reached_over_tls():
+                value += "; Secure"
+            self.send_header(name, value)
         if status == 401:
             self.send_header("WWW-Authenticate", 'Bearer realm="chronosync"')
         if self.close_connection:
@@ -478,6 +487,13 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head_only:
             self.wfile.write(payload)
+
+    def _reached_over_tls(self) -> bool:
+        """This server speaks plain HTTP; a TLS proxy in front says the browser used TLS
+        (a client lying about it only gets a cookie its browser will not keep)."""
+        headers = getattr(self, "headers", None)  # absent when the request was unreadable
+        proto = headers.get("X-Forwarded-Proto", "") if headers else ""
+        return proto.split(",")[0].strip().lower() == "https"
 
     def send_error(self, code: int, message: str | None = None,
                    explain: str | None = None) -> None:
@@ -578,7 +594,8 @@ class ApiServer(ThreadingHTTPServer):
 
 def make_server(api: Api, *, host: str, port: int,
                 api_token: str | None = None) -> ApiServer:
-    handler = type("BoundHandler", (RequestHandler,), {"routes": Routes(api)})
+    handler = type("BoundHandler", (RequestHandler,),
+                   {"routes": Routes(api, api_token=api_token)})
     server = ApiServer((host, port), handler, api_token=api_token)
     server.listen_host = host  # as configured: bind() leaves only the resolved address
     return server

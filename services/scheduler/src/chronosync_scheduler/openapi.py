@@ -22,6 +22,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _ERRORS = {str(code): _json(_ref("Error"), text) for code, text in (
     (400, "bad input (the error names the field)"), (401, "token required or wrong"),
+    (403, "sent by a page on another site (Origin, Sec-Fetch-Site), or, without a token, "
+          "to a Host that does not name the scheduler"),
     (404, "no such resource"), (405, "method not allowed"), (409, "conflict"),
     (413, "body over 1 MiB"), (415, "not JSON"), (503, "database unavailable"))}
 _ID = {"name": "id", "in": "path", "required": True,
@@ -156,6 +158,15 @@ PATHS: dict[str, Any] = {
                               "responses": {"200": {"description": "OpenAPI 3"}}}},
     "/": {"get": {"summary": "The dashboard", "responses": {"200": {
         "description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+    "/session": {"post": {
+        "summary": "The dashboard's sign-in: the API token, answered with it in an "
+                   "HttpOnly, SameSite=Strict cookie that then authenticates the browser",
+        "security": [],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["token"], "additionalProperties": False,
+            "properties": {"token": {"type": "string"}}}}}},
+        "responses": {"200": {"description": "signed in; the cookie is in Set-Cookie"},
+                      **_ERRORS}}},
     "/static/{name}": {"get": {
         "summary": "The dashboard's files",
         "parameters": [{"name": "name", "in": "path", "required": True,
