@@ -418,8 +418,8 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _authenticate(self) -> None:
         """The bearer token, or the same token in the dashboard's cookie (SameSite)."""
         token = self.server.api_token
-        path = urlsplit(self.path).path
-        if token is None or path in UNAUTHENTICATED_PATHS or path == SIGN_IN_PATH:
+        if token is None or urlsplit(self.path).path in (*UNAUTHENTICATED_PATHS,
+                                                         SIGN_IN_PATH):
             return
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
