@@ -358,3 +358,27 @@ def _both(answers: Answers, base: str) -> tuple[list[int], list[int]] | None:
     """(answers to /schedule, answers to /tasks) once both came."""
     schedule, tasks = answers.to(f"{base}/schedule"), answers.to(f"{base}/tasks")
     return (schedule, tasks) if schedule and tasks else None
+
+
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["without-token", "with-token"])
+def test_a_link_on_another_site_still_opens_the_dashboard(
+    browser: Browser, cluster: Cluster, other_site: str, token: str | None
+) -> None:
+    cluster.start("scheduler", **({"CHRONOSYNC_API_TOKEN": token} if token else {}))
+    serving(cluster)
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(other_site)
+    page.evaluate("""url => {
+      const link = Object.assign(document.createElement("a"), {href: url, id: "go"});
+      link.textContent = "the cron dashboard";
+      document.body.append(link);
+    }""", cluster.url + "/")
+    page.click("#go")
+    page.wait_for_url(cluster.url + "/")
+    if token:  # the SameSite=Strict cookie stays home: the sign-in form
+        expect(page.locator("#token")).to_be_visible()
+    else:
+        expect(page.locator("#live")).to_have_attribute("data-state", "ok")
+    context.close()

@@ -17,10 +17,12 @@ def headers(*pairs: tuple[str, str]) -> Message:
     return message
 
 
-def refused(*pairs: tuple[str, str], listen_host: str = "127.0.0.1",
-            local_address: str = "127.0.0.1", token_set: bool = False) -> bool:
-    return foreign_request(headers(*pairs), listen_host=listen_host,
-                           local_address=local_address, token_set=token_set) is not None
+def refused(*pairs: tuple[str, str], method: str = "GET", path: str = "/tasks",
+            listen_host: str = "127.0.0.1", local_address: str = "127.0.0.1",
+            token_set: bool = False) -> bool:
+    return foreign_request(headers(*pairs), method=method, path=path,
+                           listen_host=listen_host, local_address=local_address,
+                           token_set=token_set) is not None
 
 
 @pytest.mark.parametrize("host", [
@@ -82,3 +84,16 @@ def test_a_duplicated_host_or_origin_is_refused(name: str) -> None:
 ])
 def test_an_origin_that_is_not_exactly_the_host_is_refused(origin: str) -> None:
     assert refused(("Host", "localhost:8081"), ("Origin", origin))
+
+
+LINK = (("Host", "localhost:8081"), ("Sec-Fetch-Site", "cross-site"),
+        ("Sec-Fetch-Mode", "navigate"))
+
+
+def test_a_link_from_another_site_may_open_the_dashboard_page_only() -> None:
+    assert not refused(*LINK, ("Sec-Fetch-Dest", "document"), path="/")
+    assert refused(*LINK, ("Sec-Fetch-Dest", "iframe"), path="/")  # framing: no
+    assert refused(*LINK, ("Sec-Fetch-Dest", "document"), path="/tasks")
+    assert refused(*LINK, ("Sec-Fetch-Dest", "document"), method="POST", path="/")
+    assert refused(("Host", "evil.example"), *LINK[1:], ("Sec-Fetch-Dest", "document"),
+                   path="/")  # still not for a rebound name

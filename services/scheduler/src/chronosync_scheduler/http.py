@@ -406,10 +406,11 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _refuse_foreign(self) -> None:
         """A page on another site, or a rebound DNS name, gets a 403 before authentication
         (origin.py says why). Health checks stay open: probes use whatever name."""
-        if self.path.partition("?")[0] in UNAUTHENTICATED_PATHS:
+        path = self.path.partition("?")[0]
+        if path in UNAUTHENTICATED_PATHS:
             return
         reason = origin.foreign_request(
-            self.headers, listen_host=self.server.listen_host,
+            self.headers, method=self.command, path=path, listen_host=self.server.listen_host,
             local_address=self.connection.getsockname()[0],
             token_set=self.server.api_token is not None)
         if reason is not None:

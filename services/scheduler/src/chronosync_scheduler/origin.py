@@ -11,9 +11,10 @@ Two attacks, two checks:
   cross-origin POST and ``Sec-Fetch-Site`` (``cross-site`` / ``same-site``) to requests
   for trustworthy origins, localhost included. A request whose ``Origin`` is not the
   scheduler's own, or which the browser labels as coming from another site, is refused.
-  curl sends neither header, so it is unaffected. A page cannot forge these headers, nor
-  ``X-Forwarded-Host`` (not a CORS-safelisted header: it needs a preflight, which is
-  itself a request with a foreign ``Origin``).
+  curl sends neither header, so it is unaffected. One exception: following a link from
+  another site to the dashboard page itself (a top-level GET of ``/``). A page cannot
+  forge these headers, nor ``X-Forwarded-Host`` (not a CORS-safelisted header: it needs a
+  preflight, which is itself a request with a foreign ``Origin``).
 - **DNS rebinding.** A page on ``evil.example:8081`` has its name re-resolved to
   127.0.0.1: its requests are then same-origin to the browser, but carry
   ``Host: evil.example:8081``. Without a token, only a ``Host`` naming this machine is
@@ -37,11 +38,11 @@ REFUSED_SITES = ("cross-site", "same-site")
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
-def foreign_request(headers: Message, *, listen_host: str, local_address: str,
-                    token_set: bool) -> str | None:
+def foreign_request(headers: Message, *, method: str, path: str, listen_host: str,
+                    local_address: str, token_set: bool) -> str | None:
     """Why this request must be refused, in words; None when it may go on."""
     site = headers.get("Sec-Fetch-Site", "").strip().lower()
-    if site in REFUSED_SITES:
+    if site in REFUSED_SITES and not _follows_a_link_to_the_dashboard(headers, method, path):
         return (f"refused: the browser says this request comes from another site "
                 f"(Sec-Fetch-Site: {site})")
     hosts = headers.get_all("Host") or []
@@ -60,6 +61,15 @@ def foreign_request(headers: Message, *, listen_host: str, local_address: str,
                 f"CHRONOSYNC_API_TOKEN only localhost, a loopback address or the listen "
                 f"address is served (a defence against DNS rebinding)")
     return None
+
+
+def _follows_a_link_to_the_dashboard(headers: Message, method: str, path: str) -> bool:
+    """A link on another site (a wiki, a chat) opening the dashboard in a tab: the page is
+    static, the other site cannot read it, and it may not be framed. With a token the
+    SameSite=Strict cookie stays home, so the sign-in form shows."""
+    return (method in ("GET", "HEAD") and path == "/"
+            and headers.get("Sec-Fetch-Mode", "").strip().lower() == "navigate"
+            and headers.get("Sec-Fetch-Dest", "").strip().lower() == "document")
 
 
 def _own_origin(origin: str, host: str | None, headers: Message) -> bool:
