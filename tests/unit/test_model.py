@@ -865,10 +865,11 @@ def test_a_task_resource_without_attempt_history_has_no_attempts_key() -> None:
     assert "attempts" not in task_resource(make_row(), None)
 
 
-def test_a_task_resource_of_a_listed_row_has_no_output_key() -> None:
-    row = make_row()
-    del row["output"]  # the list's query leaves it out
-    assert "output" not in task_resource(row, None)
+def test_a_task_resource_of_a_listed_row_says_whether_its_output_was_cut() -> None:
+    row = {**make_row(), "output": "the end", "output_truncated": True}
+    resource = task_resource(row, None)
+    assert (resource["output"], resource["output_truncated"]) == ("the end", True)
+    assert "output_truncated" not in task_resource(make_row(), None)
 
 
 def test_a_task_resource_is_json_serializable() -> None:

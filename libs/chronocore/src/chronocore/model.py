@@ -253,7 +253,8 @@ def parse_submission(body: object) -> Submission:
 
 def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) -> dict:
     """A task row (with its derived ``status``) as the API shows it. A row read for a
-    list has no ``output`` (and no attempts): nor has its resource."""
+    list has only the end of its output (``output_truncated`` says whether that is all of
+    it) and no attempts."""
     times = ("scheduled_at", "picked_at", "started_at", "completed_at", "failed_at",
              "cancelled_at", "created_at")
     resource: dict[str, Any] = {"id": row["id"], "kind": "task", "command": row["command"],
@@ -264,8 +265,9 @@ def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) ->
                                    if row["status"] == "retrying" else None)
     for name in ("delivery", "attempt", "max_attempts", "timeout_s", "exit_code", "error",
                  "output", "worker_id", "job_id", "idempotency_key", "name", "env"):
-        if name != "output" or name in row:
-            resource[name] = row[name]
+        resource[name] = row[name]
+    if "output_truncated" in row:
+        resource["output_truncated"] = bool(row["output_truncated"])
     if attempts is not None:
         resource["attempts"] = [
             {

@@ -30,12 +30,15 @@ WHERE task_id = %(id)s
 ORDER BY attempt;
 
 -- name: list_tasks --
--- Tasks newest first, optionally by status and job, paged by id; without their output
--- (up to 64 KiB each: a page of 1,000 would be 64 MiB), which GET /tasks/{id} gives.
+-- Tasks newest first, optionally by status and job, paged by id; with only the end of
+-- their output (up to 64 KiB each: a page of 1,000 would be 64 MiB), which GET
+-- /tasks/{id} gives whole.
 SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
        t.idempotency_key, t.name, t.env,
+       right(t.output, %(output_chars)s) AS output,
+       length(t.output) > %(output_chars)s AS output_truncated,
        task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
                    t.cancelled_at, t.attempt) AS status
 FROM tasks t

@@ -140,7 +140,8 @@ class TaskRepository:
     def list(self, *, status: str | None, job_id: int | None, before: int | None,
              limit: int) -> list[dict[str, Any]]:
         return self._all(
-            "list_tasks", {"status": status, "job_id": job_id, "before": before, "limit": limit}
+            "list_tasks", {"status": status, "job_id": job_id, "before": before, "limit": limit,
+                           "output_chars": LISTED_OUTPUT_CHARS}
         )
 
     def queue_depth(self) -> dict[str, int]:
@@ -253,6 +254,9 @@ class TaskRepository:
 
 
 PAUSED_REASON = "skipped: job paused"
+# A listed task carries the end of its output, this many characters: a page of 1,000
+# stays a few MiB (GET /tasks/{id} has the whole 64 KiB).
+LISTED_OUTPUT_CHARS = 4096
 # Jobs one materialize step takes: their occurrences go in one INSERT. Large enough that
 # a minute's 100,000 jobs are a hundred statements, small enough that a step's
 # transaction (and its row locks) stays short.

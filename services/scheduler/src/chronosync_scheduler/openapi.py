@@ -79,7 +79,10 @@ SCHEMAS: dict[str, Any] = {
         "exit_code": {"type": "integer", "nullable": True},
         "error": {"type": "string", "nullable": True,
                   "description": "exit N, timeout, worker_lost, cancelled, spawn: ..."},
-        "output": {"type": "string", "nullable": True, "description": "last 64 KiB"},
+        "output": {"type": "string", "nullable": True,
+                   "description": "last 64 KiB; in lists, the last 4,096 characters"},
+        "output_truncated": {"type": "boolean", "description":
+                             "in lists only: the output is longer than what is listed"},
         "worker_id": {"type": "string", "nullable": True},
         "job_id": {"type": "integer", "nullable": True},
         "idempotency_key": {"type": "string", "nullable": True},

@@ -622,8 +622,9 @@
       : `cannot reach the scheduler (${detail}); retrying`);
   }
 
-  // Lists leave output out (up to 64 KiB a task): it is read from GET /tasks/{id}, once
-  // per task whose output is final (written together with completed_at or failed_at).
+  // Lists carry only the end of each output (up to 64 KiB a task): the whole is read from
+  // GET /tasks/{id}, once per task whose output is final (written with completed_at or
+  // failed_at).
   const outputs = new Map();
 
   async function readOutputs(tasks) {
