@@ -77,6 +77,20 @@ def test_a_background_child_left_by_a_command_is_reaped(
              what="the worker to reap the child its command left behind")
 
 
+def test_what_a_command_leaves_running_in_its_group_dies_when_it_exits(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.start_default(coordinators=1, workers=1)
+    pids = tmp_path / "pids"
+    command = f"sleep 300 > /dev/null 2>&1 & echo $! $$ > {pids}; echo left"
+    _, body = cluster.http("POST", "/schedule", {"command": command})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"), timeout=20)
+    assert (task["status"], task["output"]) == ("succeeded", "left\n"), task
+    child, _ = read_pids(pids) or pytest_fail("the command never wrote its pids")
+    wait_for(lambda: gone(child), timeout=5,
+             what="the child the command left running in its group to be killed")
+
+
 def test_a_task_cancelled_before_its_start_never_runs(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_default(coordinators=1, workers=1)
     marker = tmp_path / "ran"
