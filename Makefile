@@ -7,10 +7,10 @@ PACKAGES := libs/chronocore services/scheduler services/coordinator services/wor
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test chaos-test bench up proto lint
+.PHONY: help install dev test mutation-test chaos-test bench up proto lint
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): $(PYPROJECTS) requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ dev: $(STAMP) ## run a local cluster (PostgreSQL, 1 scheduler, 2 coordinators, 2
 
 test: $(STAMP) ## run the whole test suite against a real PostgreSQL
 	$(BIN)/python -m pytest
+
+mutation-test: $(STAMP) ## break each guarantee in a scratch copy: its test must fail (MUTATION_ARGS=--ci)
+	$(BIN)/python tests/mutation/run.py $(MUTATION_ARGS)
 
 CHAOS_DURATION ?= 180
 chaos-test: $(STAMP) ## the randomized kill-node scenario (CHAOS_DURATION=180 s, CHAOS_SEED=N)
