@@ -8,6 +8,7 @@ several TTLs pass by the database clock while coordinators sweep.
 
 from __future__ import annotations
 
+import random
 import signal
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,10 @@ def claim_of(cluster: Cluster, task_id: int) -> dict[str, Any]:
 
 def start_nodes(cluster: Cluster, *, coordinators: int = 1, ttl: dict[str, str] = TTL,
                 **worker_env: str) -> NodeProcess:
+    # Task ids unlike other tests' (whose first task is 1): a reaper finds a dead worker's
+    # unreported commands by task id and attempt on the whole machine, so a suite running
+    # beside this one could otherwise kill these long commands.
+    cluster.query("SELECT setval('tasks_id_seq', %s)", (random.randrange(10**9, 10**12),))
     cluster.start("scheduler", **ttl)
     for _ in range(coordinators):
         cluster.start("coordinator", **ttl, **FAST_RETRY)
