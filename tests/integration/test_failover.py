@@ -6,8 +6,10 @@ Timings are the harness's (heartbeat 0.2 s, TTL 1.5 s) so recovery shows in seco
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -71,6 +73,49 @@ def test_a_killed_worker_s_at_most_once_task_fails_as_worker_lost_and_its_comman
     cluster.wait_task(witness["id"], ("succeeded",))
     assert starts.read_text().split() == ["x"]
     assert cluster.task(body["id"])["attempt"] == 1
+
+
+def reaper_of(worker_pid: int) -> int:
+    """The pid of a worker's reaper (its child running chronocore.reaper)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit()
+                    and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    == worker_pid
+                    and b"chronocore.reaper" in (entry / "cmdline").read_bytes()):
+                return int(entry.name)
+        except (OSError, ValueError):
+            continue
+    raise AssertionError(f"worker {worker_pid} has no reaper")
+
+
+def test_a_dying_worker_s_reaper_spares_another_cluster_s_command_of_the_same_task_id(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The reaper finds a dead worker's runs by their identity in /proc: another
+    deployment's command on the same machine, with the same task id and attempt, is not
+    one of them."""
+    start_base(cluster)
+    worker = cluster.start("worker")
+    cluster.wait_ready(coordinators=1, workers=1)
+    pids = tmp_path / "pids"
+    _, body = cluster.http("POST", "/schedule", {
+        "command": f"sleep 300 & echo $! > {pids}; wait"})
+    [child] = wait_for(lambda: read_ints(pids), timeout=20, what="the command to start")
+    impostor = subprocess.Popen(
+        ["sleep", "300"], start_new_session=True,
+        env={**os.environ, "CHRONOSYNC_TASK_ID": str(body["id"]), "CHRONOSYNC_ATTEMPT": "1",
+             "CHRONOSYNC_WORKER_ID": "worker-of-another-cluster"})
+    try:
+        reaper = reaper_of(worker.pid)
+        worker.signal(signal.SIGKILL)
+        wait_for(lambda: process_gone(child), timeout=5, what="the dead worker's command")
+        wait_for(lambda: process_gone(reaper), timeout=10,
+                 what="the reaper to end its search")
+        assert impostor.poll() is None, "another cluster's command was killed"
+    finally:
+        impostor.kill()
+        impostor.wait()
 
 
 ORPHAN_CHECK = (

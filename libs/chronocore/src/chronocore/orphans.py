@@ -13,7 +13,8 @@ starts must therefore go through ``begin_spawn``/``end_spawn``, or its child cou
 reaped from under ``Popen.wait``.
 
 An adopted process still in a running command's process group, or carrying a running
-command's identity (``CHRONOSYNC_TASK_ID`` and ``CHRONOSYNC_ATTEMPT`` in its environment),
+command's identity (``CHRONOSYNC_TASK_ID``, ``CHRONOSYNC_ATTEMPT`` and
+``CHRONOSYNC_WORKER_ID`` in its environment),
 is left to that run: it dies with it. Any other is SIGKILLed with its own group, should
 it lead one (a ``setsid`` escapee's descendants are in it). A process that both leaves its
 group and scrubs its environment is killed as soon as it is adopted.

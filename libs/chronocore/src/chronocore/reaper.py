@@ -8,9 +8,9 @@ A parent-death signal would only reach the shell, not the children it started.
 
 A group is only known once the command is spawned, so a worker killed between the spawn
 and its report would leave that command running unattended. Before spawning, the worker
-therefore names the run by environment entries only its processes carry (the task id and
-attempt); a run named but never reported is looked for in every process's environment
-when the pipe closes, and its group killed.
+therefore names the run by environment entries only its processes carry (the task id,
+the attempt and the worker's id); a run named but never reported is looked for in every
+process's environment when the pipe closes, and its group killed.
 
 A command may also leave its group (``setsid``) to outlive it. While the worker lives,
 it finds such processes itself (``chronocore.orphans``: it is their subreaper). When it

@@ -59,19 +59,22 @@ RECORD_RETRY_MAX_S = 3.0
 CONFIRM_TRIES = 3
 
 
-# The variables that tell one run's processes from any other's (a task's attempt runs
-# once), by which the reaper finds a command spawned just before the worker died.
-RUN_IDENTITY = ("CHRONOSYNC_TASK_ID", "CHRONOSYNC_ATTEMPT")
+# The variables that tell one run's processes from any other's, by which the reaper finds
+# a command spawned just before the worker died: a task's attempt runs once, on one
+# worker, and the worker's id is unique, so another cluster's task with the same id and
+# attempt on the same machine (another suite, another deployment) is never taken for it.
+RUN_IDENTITY = ("CHRONOSYNC_TASK_ID", "CHRONOSYNC_ATTEMPT", "CHRONOSYNC_WORKER_ID")
 
 
-def command_environment(base: dict[str, str], task: ClaimedTask,
-                        attempt: int) -> dict[str, str]:
-    """The base environment plus the task's own variables and the three the command may
+def command_environment(base: dict[str, str], task: ClaimedTask, attempt: int, *,
+                        worker_id: str) -> dict[str, str]:
+    """The base environment plus the task's own variables and the ones the command may
     rely on."""
     env = dict(base)
     env.update(task.env)
     env["CHRONOSYNC_TASK_ID"] = str(task.id)
     env["CHRONOSYNC_ATTEMPT"] = str(attempt)
+    env["CHRONOSYNC_WORKER_ID"] = worker_id
     env["CHRONOSYNC_SCHEDULED_AT"] = format_timestamp(task.scheduled_at) or ""
     return env
 
@@ -253,7 +256,8 @@ class SlotPool:
         try:
             run = CommandRun(
                 command=task.command,
-                env=command_environment(self._base_env, task, attempt),
+                env=command_environment(self._base_env, task, attempt,
+                                        worker_id=self._worker_id),
                 cwd=self._workdir,
                 timeout_s=task.timeout_s,
                 kill_grace_s=self._kill_grace_s,
