@@ -65,6 +65,22 @@ def test_a_scheduler_without_a_token_refuses_a_public_address(cluster: Cluster) 
     assert allowed.alive()
 
 
+def test_a_scheduler_on_every_interface_advertises_its_host_name(cluster: Cluster) -> None:
+    cluster.start("scheduler", CHRONOSYNC_HTTP_ADDR=f"0.0.0.0:{cluster.port}",
+                  CHRONOSYNC_API_TOKEN=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def scheduler_addresses() -> list[str] | None:
+        if not _answers(cluster.url):
+            return None
+        status, body = cluster.http("GET", "/nodes", headers=auth)
+        assert status == 200, body
+        return [n["address"] for n in body["nodes"] if n["kind"] == "scheduler"] or None
+
+    addresses = wait_for(scheduler_addresses, timeout=30, what="the scheduler in /nodes")
+    assert addresses == [f"{socket.gethostname()}:{cluster.port}"]
+
+
 def test_a_worker_without_tls_refuses_a_public_address(cluster: Cluster) -> None:
     worker = cluster.start("worker", CHRONOSYNC_WORKER_ADDR="0.0.0.0:0")
     assert worker.proc.wait(timeout=30) == 2

@@ -6,6 +6,7 @@ Stops on SIGTERM/SIGINT: stops accepting connections, then leaves the registry.
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import threading
 
@@ -20,6 +21,13 @@ from chronosync_scheduler.http import make_server
 from chronosync_scheduler.materializer import Materializer
 
 log = logging.getLogger("chronosync.scheduler")
+
+
+def advertised_address(host: str, port: int, http_addr: str) -> str:
+    """What GET /nodes shows: bound to every interface, the host name others can reach."""
+    if host in ("0.0.0.0", "::", ""):
+        return f"{socket.gethostname()}:{port}"
+    return http_addr
 
 
 def main() -> int:
@@ -48,7 +56,8 @@ def main() -> int:
     except ConfigError as exc:
         log.error("bad configuration: %s", exc)
         return 2
-    registry = NodeRegistry(pool, node_id=node_id, kind="scheduler", address=config.http_addr)
+    registry = NodeRegistry(pool, node_id=node_id, kind="scheduler",
+                            address=advertised_address(host, port, config.http_addr))
     jobs = JobRepository(pool)
     api = Api(repo=TaskRepository(pool), jobs=jobs, registry=registry,
               ttl_s=config.node_ttl_s, tls=tls)
