@@ -8,6 +8,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .DEFAULT_GOAL := help
 .PHONY: help install dev test mutation-test chaos-test bench up proto lint
+.PHONY: down compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,10 +38,21 @@ chaos-test: $(STAMP) ## the randomized kill-node scenario (CHAOS_DURATION=180 s,
 bench: $(STAMP) ## the benchmark: throughput, lateness, scale, failover (bench/README.md)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Compose v2 (`docker compose`) if the docker CLI has it, else v1 (`docker-compose`).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo docker compose || echo docker-compose)
+
 up: ## docker compose up --build: PostgreSQL, 2 schedulers, 2 coordinators, 3 workers
-	@token="$${CHRONOSYNC_API_TOKEN:-$$(openssl rand -hex 16)}"; \
-	echo "API token: $$token  (curl -H 'Authorization: Bearer $$token' localhost:8081/nodes)"; \
-	CHRONOSYNC_API_TOKEN="$$token" docker compose up --build
+	@umask 077; grep -qs '^CHRONOSYNC_API_TOKEN=.' .env || echo \
+		"CHRONOSYNC_API_TOKEN=$${CHRONOSYNC_API_TOKEN:-$$(openssl rand -hex 16)}" >> .env
+	@token="$$(sed -n 's/^CHRONOSYNC_API_TOKEN=//p' .env | tail -n 1)"; \
+	echo "API token (kept in .env): curl -H 'Authorization: Bearer $$token' localhost:8081/nodes"
+	$(COMPOSE) up --build $(UP_ARGS)
+
+down: ## stop and remove the compose cluster (ARGS=-v also deletes its data and certificates)
+	$(COMPOSE) down $(ARGS)
+
+compose-test: $(STAMP) ## make up in a real Docker engine: kills, restarts, zombies, make down
+	$(BIN)/python tests/compose/scenario.py
 
 proto: $(STAMP) ## regenerate the gRPC code from proto/
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=libs/chronocore/src \

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -437,6 +439,19 @@ def test_the_dockerfile_runs_as_a_fixed_non_root_user() -> None:
     assert uid != 0
     runs = " ".join(args for instr, args in dockerfile() if instr == "RUN")
     assert re.search(rf"useradd\b[^&]*--uid {uid}\b", runs), "the USER's uid is created"
+    if uid > 999:  # --system ids end at SYS_UID_MAX (999): useradd warns, groupadd too
+        assert not re.search(r"\b(useradd|groupadd)\b[^&]*--system", runs), runs
+
+
+def test_the_image_runs_an_init_that_reaps_what_commands_leave_behind() -> None:
+    """A command's background child outlives it, re-parented to PID 1: without an init
+    there, the node never waits for it, and each is a zombie until the container restarts."""
+    runs = " ".join(args for instr, args in dockerfile() if instr == "RUN")
+    entrypoints = [json.loads(args) for instr, args in dockerfile() if instr == "ENTRYPOINT"]
+    assert entrypoints and entrypoints[-1][:1] == ["tini"], "tini is the image's PID 1"
+    assert re.search(r"apt-get install\b[^&]*\btini\b", runs), "the image installs tini"
+    for name, svc in compose_services().items():
+        assert "entrypoint" not in svc, f"compose {name} replaces the init"
 
 
 def test_the_image_installs_every_package_the_commands_need() -> None:
@@ -474,16 +489,51 @@ def make_recipe(target: str) -> str:
     return re.sub(r"\\\n\t*", " ", match.group(1))
 
 
+def test_make_up_keeps_its_token_in_a_git_ignored_env_file_that_make_down_reads(
+        tmp_path: Path) -> None:
+    """make up makes a token once and keeps it in .env (compose reads it from there):
+    `ps`, `down` and the next `make up` use the same token without being given it."""
+    def make(target: str, **env: str) -> str:
+        argv = ["make", "-s", "-f", str(ROOT / "Makefile"), "-C", str(tmp_path), target,
+                "COMPOSE=echo compose", "ARGS=-v"]
+        clean = {k: v for k, v in os.environ.items() if k != "CHRONOSYNC_API_TOKEN"}
+        return subprocess.run(argv, env={**clean, **env}, capture_output=True, text=True,
+                              check=True).stdout
+
+    env_file = tmp_path / ".env"
+    out = make("up")
+    (token,) = re.findall(r"^CHRONOSYNC_API_TOKEN=(\w{16,})$", env_file.read_text(), re.M)
+    assert token in out and "compose up --build" in out
+    assert env_file.stat().st_mode & 0o077 == 0, "only its owner reads the token"
+    make("up")
+    assert env_file.read_text() == f"CHRONOSYNC_API_TOKEN={token}\n", "the token is reused"
+    env_file.unlink()
+    make("up", CHRONOSYNC_API_TOKEN="given-token-0123456789")
+    assert env_file.read_text() == "CHRONOSYNC_API_TOKEN=given-token-0123456789\n"
+    assert make("down").split() == ["compose", "down", "-v"]
+    for ignore in (".gitignore", ".dockerignore"):
+        lines = (ROOT / ignore).read_text().splitlines()
+        assert ".env" in lines, f"{ignore} keeps the token's .env out"
+
+
+def published_port(mapping: str) -> tuple[str, str, str]:
+    """A compose ports entry -> (host address as by default, host port, container port)."""
+    mapping = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", mapping)
+    match = re.fullmatch(r"(?:(.+):)?(\d+):(\d+)", mapping)
+    assert match, f"a HOST:PORT:PORT mapping: {mapping}"
+    return match.group(1) or "0.0.0.0", match.group(2), match.group(3)
+
+
 def test_make_up_builds_and_starts_the_compose_cluster_with_what_it_needs() -> None:
     recipe = make_recipe("up")
-    assert re.search(r"\bdocker compose up --build\b", recipe)
+    assert re.search(r"\$\(COMPOSE\) up --build\b", recipe)
     required = {name for name, modifier in
                 re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+][^}]*)?\}",
                            (ROOT / "docker-compose.yml").read_text())
                 if not modifier.lstrip(":").startswith(("-", "+"))}
     for name in required:
         assert re.search(rf"\b{name}=", recipe), f"make up does not set {name} for compose"
-    published = {int(port.split(":")[0]) for svc in compose_services().values()
+    published = {int(published_port(port)[1]) for svc in compose_services().values()
                  for port in svc.get("ports", [])}
     for port in re.findall(r"localhost:(\d+)", recipe):
         assert int(port) in published, f"make up points at localhost:{port}, not published"
@@ -506,7 +556,9 @@ def compose_env(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {k: str(v) for k, v in env.items()}
+    # As compose interpolates them when the variable is unset: ${NAME:-default}.
+    return {k: re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", str(v))
+            for k, v in env.items()}
 
 
 def compose_nodes(role: str) -> dict[str, dict[str, Any]]:
@@ -534,7 +586,7 @@ def used_commands() -> set[str]:
             commands.add(command[0])
         commands.update(w for w in shlex.split(" ".join(command)) if w in console_scripts())
     for _, container in k8s_containers():
-        commands.add(container["command"][0])
+        commands.add(container["args"][0])
     return commands
 
 
@@ -619,7 +671,9 @@ def test_compose_ports_and_healthchecks_agree_with_the_listen_addresses() -> Non
         host, port = split_host_port(addr, name="CHRONOSYNC_HTTP_ADDR")
         assert host in ("0.0.0.0", "::"), f"{name} listens on {addr}: unreachable from the host"
         for mapping in svc["ports"]:
-            host_port, container_port = mapping.split(":")
+            host_addr, host_port, container_port = published_port(mapping)
+            # Plain HTTP: only this host, unless PUBLISH_ADDR opens it on purpose.
+            assert host_addr == "127.0.0.1", f"{name} publishes {mapping} beyond this host"
             assert int(container_port) == port, f"{name} publishes {mapping}, listens on {port}"
             published.append(int(host_port))
         url = re.search(r"http://(127\.0\.0\.1|localhost):(\d+)(/\w+)",
@@ -633,6 +687,20 @@ def test_compose_ports_and_healthchecks_agree_with_the_listen_addresses() -> Non
         assert port != 0, f"{name}: a fixed port, for the healthcheck"
         test = " ".join(svc["healthcheck"]["test"])
         assert re.search(rf"'127\.0\.0\.1',\s*{port}\)", test), f"{name}'s healthcheck port"
+
+
+def test_every_long_running_compose_service_comes_back_after_a_docker_restart() -> None:
+    """PostgreSQL too: else after a host reboot the nodes loop on resolving it."""
+    for name, svc in compose_services().items():
+        if name not in one_shots():
+            assert svc.get("restart") in ("always", "unless-stopped"), f"{name} stays down"
+
+
+def test_compose_sets_each_worker_containers_capacity() -> None:
+    """The default, 2 x CPUs, counts the host's CPUs in every container."""
+    for name, svc in compose_nodes("worker").items():
+        value = compose_env(svc).get("CHRONOSYNC_WORKER_CAPACITY", "")
+        assert value.isdigit() and int(value) > 0, f"{name}: capacity {value!r}"
 
 
 def test_compose_gives_stopping_workers_their_shutdown_grace() -> None:
@@ -664,7 +732,7 @@ def k8s(kind: str) -> list[dict[str, Any]]:
 
 def deployment(role: str) -> dict[str, Any]:
     found = [d for d in k8s("Deployment")
-             if d["spec"]["template"]["spec"]["containers"][0]["command"][0] == ROLES[role]]
+             if d["spec"]["template"]["spec"]["containers"][0]["args"][0] == ROLES[role]]
     assert len(found) == 1, f"one Deployment runs {ROLES[role]}: {len(found)}"
     return found[0]
 
@@ -718,8 +786,10 @@ def test_a_deployment_per_service_running_its_console_script_from_the_image() ->
         d = deployment(role)
         assert d["spec"]["replicas"] == replicas, f"{role}: {d['spec']['replicas']} replicas"
         (container,) = d["spec"]["template"]["spec"]["containers"]
-        assert container["command"] == [ROLES[role]]
-        assert container["command"][0] in console_scripts()
+        # args, not command: a command would replace the image's init (its ENTRYPOINT).
+        assert "command" not in container, f"{role}: command replaces the ENTRYPOINT"
+        assert container["args"] == [ROLES[role]]
+        assert container["args"][0] in console_scripts()
         assert container["image"] == image, f"{role} runs {container['image']}, not {image}"
         labels = d["spec"]["template"]["metadata"]["labels"]
         assert selects(d["spec"]["selector"]["matchLabels"], labels)
