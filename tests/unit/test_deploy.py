@@ -891,7 +891,7 @@ def test_every_deployment_requests_resources_and_runs_non_root_read_only() -> No
         assert "memory" in resources.get("limits", {}), f"{name}: a memory limit"
         pod = d["spec"]["template"]["spec"]
         security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
-        if container["command"][0] != ROLES["worker"]:
+        if container["args"][0] != ROLES["worker"]:
             assert security.get("runAsNonRoot") is True, f"{name}: runAsNonRoot"
             assert security.get("runAsUser") == uid, f"{name}: runAsUser is the image's {uid}"
         assert security.get("allowPrivilegeEscalation") is False, name
