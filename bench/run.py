@@ -11,6 +11,7 @@ same run, since the machine is shared and noisy. Times come from the database cl
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import http.client
 import json
@@ -49,9 +50,12 @@ SUBMIT_SECONDS = 5
 RSS_LIMIT_MB = 100
 # Recurring jobs in the materialization measure, each due once in the window.
 MATERIALIZE_JOBS = 20_000
+# The fleet row: many workers, a few coordinators and schedulers, one PostgreSQL.
+FLEET = {"workers": 100, "capacity": 4, "coordinators": 3, "schedulers": 2, "rate": 200,
+         "seconds": 10, "killed": 10}
 # What the durable figures run on: PostgreSQL's defaults, with room for the bench's
 # connections.
-DURABLE_SETTINGS = {"max_connections": "400", "shared_buffers": "128MB"}
+DURABLE_SETTINGS = {"max_connections": "1000", "shared_buffers": "128MB"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -379,6 +383,109 @@ class Bench:
         self.results["materialize"] = {"jobs": MATERIALIZE_JOBS, "occurrences": made,
                                        "per_s": round(made / elapsed)}
 
+    def fleet(self) -> None:
+        """100 workers (capacity 4), 3 coordinators, 2 schedulers against one PostgreSQL:
+        connections, heartbeat writes, claim-to-start under a steady rate, how evenly the
+        work spreads, and recovery when 10 workers die at once."""
+        for node in self.cluster.nodes:
+            node.signal(signal.SIGTERM)
+        self.cluster.stop()
+        self.sql("DELETE FROM nodes")
+        fleet = ProcessCluster(dsn=self.dsn, log_dir=self.workdir, env={
+            "CHRONOSYNC_ALLOW_ROOT": "1", "CHRONOSYNC_WORKER_CAPACITY": str(FLEET["capacity"])})
+        self.cluster = fleet  # close() stops it
+        for _ in range(FLEET["schedulers"]):
+            fleet.start("scheduler", env={"CHRONOSYNC_HTTP_ADDR": f"127.0.0.1:{free_port()}"})
+        for kind in ("coordinators", "workers"):
+            for _ in range(FLEET[kind]):
+                fleet.start(kind.removesuffix("s"))
+        total = FLEET["workers"] + FLEET["coordinators"] + FLEET["schedulers"]
+        self.wait(lambda: self.sql(
+            "SELECT count(*) AS n FROM nodes WHERE stopped_at IS NULL AND "
+            "last_heartbeat_at > now() - interval '5 seconds'")[0]["n"] >= total, 300,
+            "the fleet")
+        out: dict[str, Any] = {k: v for k, v in FLEET.items()}
+        beats_before = self._node_updates()
+        t0 = time.monotonic()
+        since = self.last_id()
+        self.insert_due(FLEET["rate"] * FLEET["seconds"], at_sql="now() + interval '1 second'",
+                        spacing_s=1.0 / FLEET["rate"])
+        connections = 0
+        while self.unfinished():
+            connections = max(connections, self._connections())
+            if time.monotonic() - t0 > 300:
+                raise SystemExit("bench: the fleet's steady run did not finish")
+            time.sleep(0.5)
+        out["heartbeat_writes_per_s"] = round(
+            (self._node_updates() - beats_before) / (time.monotonic() - t0), 1)
+        out["postgres_connections"] = connections
+        rows = self.sql("SELECT EXTRACT(EPOCH FROM started_at - picked_at)::float8 AS c, "
+                        "worker_id FROM tasks WHERE id > %s", (since,))
+        out["claim_to_start_ms"] = self._summary([r["c"] for r in rows])
+        per_worker = collections.Counter(r["worker_id"] for r in rows)
+        out["tasks_per_worker"] = {"min": min(per_worker.values()),
+                                   "max": max(per_worker.values()),
+                                   "workers_used": len(per_worker)}
+        out["kill_10_workers"] = self._kill_workers(fleet, FLEET["killed"])
+        self.results["fleet"] = out
+
+    def _node_updates(self) -> int:
+        self.sql("SELECT pg_stat_force_next_flush()")
+        return self.sql("SELECT n_tup_upd AS n FROM pg_stat_user_tables "
+                        "WHERE relname = 'nodes'")[0]["n"]
+
+    def _connections(self) -> int:
+        return self.sql("SELECT count(*) AS n FROM pg_stat_activity "
+                        "WHERE backend_type = 'client backend'")[0]["n"]
+
+    def _kill_workers(self, fleet: ProcessCluster, count: int) -> dict[str, Any]:
+        """Kill ``count`` busy workers at once: time until every task they ran is
+        recovered; every at_most_once one failed once, every at_least_once succeeded."""
+        since = self.last_id()
+        # The first attempt runs long; a retry ends at once.
+        self.sql("INSERT INTO tasks (command, scheduled_at, delivery, max_attempts) "
+                 "SELECT 'test \"$CHRONOSYNC_ATTEMPT\" -gt 1 || sleep 60', now(), d, m "
+                 "FROM generate_series(1, %s), (VALUES ('at_most_once', 1), "
+                 "('at_least_once', 3)) AS v(d, m)", (FLEET["workers"],))
+        self.wait(lambda: self.sql("SELECT count(*) AS n FROM tasks WHERE id > %s AND "
+                                   "started_at IS NULL", (since,))[0]["n"] == 0, 120,
+                  "every long task to start")
+        busy = [r["pid"] for r in self.sql(
+            "SELECT n.pid, count(*) FROM tasks t JOIN nodes n ON n.id = t.worker_id "
+            "WHERE t.id > %s GROUP BY n.pid ORDER BY count(*) DESC LIMIT %s",
+            (since, count))]
+        victims = {r["id"] for r in self.sql(
+            "SELECT t.id FROM tasks t JOIN nodes n ON n.id = t.worker_id WHERE t.id > %s "
+            "AND n.pid = ANY(%s)", (since, busy))}
+        killed_at = self.sql("SELECT now() AS t")[0]["t"]
+        for node in fleet.nodes:
+            if node.pid in busy:
+                node.signal(signal.SIGKILL)
+        self.wait(lambda: self.sql(
+            "SELECT count(*) AS n FROM task_attempts WHERE task_id = ANY(%s) AND "
+            "error = 'worker_lost'", (list(victims),))[0]["n"] == len(victims), 120,
+            "the killed workers' tasks to be recovered")
+        recovered = self.sql("SELECT max(finished_at) AS t FROM task_attempts WHERE "
+                             "task_id = ANY(%s) AND error = 'worker_lost'",
+                             (list(victims),))[0]["t"]
+        self.wait(lambda: self.sql("SELECT count(*) AS n FROM tasks WHERE id = ANY(%s) AND "
+                                   "completed_at IS NULL AND failed_at IS NULL",
+                                   (list(victims),))[0]["n"] == 0, 120,
+                  "the retries to end")
+        ends = self.sql("SELECT delivery, count(*) FILTER (WHERE failed_at IS NOT NULL AND "
+                        "error = 'worker_lost' AND attempt = 1) AS lost, count(*) FILTER "
+                        "(WHERE completed_at IS NOT NULL) AS ok, count(*) AS n FROM tasks "
+                        "WHERE id = ANY(%s) GROUP BY delivery", (list(victims),))
+        self.sql("UPDATE tasks SET cancelled_at = now() WHERE id > %s AND completed_at IS "
+                 "NULL AND failed_at IS NULL", (since,))
+        by = {r["delivery"]: r for r in ends}
+        return {"tasks_on_them": len(victims),
+                "recovery_s": round((recovered - killed_at).total_seconds(), 2),
+                "at_most_once_failed_once": (by.get("at_most_once", {}).get("lost")
+                                             == by.get("at_most_once", {}).get("n")),
+                "at_least_once_succeeded": (by.get("at_least_once", {}).get("ok")
+                                            == by.get("at_least_once", {}).get("n"))}
+
     def failover(self) -> None:
         out = {}
         # A worker running tasks dies: how long until its tasks are recovered.
@@ -471,6 +578,7 @@ def table(results: dict[str, Any]) -> str:
         ("worker SIGKILL -> recovery", f"{fo['worker_kill_to_recovery_s']} s",
          "target ~6 s (TTL + one sweep)"),
         ("coordinator SIGKILL -> dispatch", f"{fo['coordinator_kill_to_dispatch_s']} s", ""),
+        *fleet_rows(results.get("fleet")),
         ("tasks per statement in the burst", ", ".join(
             f"{k} {v:.0f}" for k, v in b["mean_batch"].items()), ""),
         ("CPU during the burst", ", ".join(
@@ -486,6 +594,27 @@ def table(results: dict[str, Any]) -> str:
                      for a, v, note in rows)
 
 
+def fleet_rows(fleet: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if fleet is None:
+        return []
+    c, k, spread = fleet["claim_to_start_ms"], fleet["kill_10_workers"], fleet[
+        "tasks_per_worker"]
+    name = (f"fleet: {fleet['workers']} workers x {fleet['capacity']}, "
+            f"{fleet['coordinators']} coord., {fleet['schedulers']} sched.")
+    return [
+        (name, f"{fleet['postgres_connections']} PostgreSQL connections",
+         f"{fleet['heartbeat_writes_per_s']} heartbeat writes/s"),
+        (f"fleet: claim to start at {fleet['rate']}/s",
+         f"p50 {c['p50']} ms, p99 {c['p99']} ms",
+         f"{spread['workers_used']} workers used, {spread['min']}-{spread['max']} "
+         "tasks each"),
+        (f"fleet: {fleet['killed']} workers SIGKILLed", f"{k['recovery_s']} s to recover",
+         f"{k['tasks_on_them']} tasks; at_most_once failed once: "
+         f"{k['at_most_once_failed_once']}, at_least_once succeeded: "
+         f"{k['at_least_once_succeeded']}"),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--schedulers", type=int, default=1)
@@ -499,6 +628,8 @@ def main() -> int:
     parser.add_argument("--only-burst", action="store_true", help="skip the other measures")
     parser.add_argument("--only-materialize", action="store_true",
                         help="only the recurring jobs' materialization")
+    parser.add_argument("--only-fleet", action="store_true",
+                        help="only the fleet row (not yet in the full run: see bench/README.md)")
     parser.add_argument("--relaxed", action="store_true",
                         help="PostgreSQL without fsync and synchronous_commit")
     args = parser.parse_args()
@@ -509,11 +640,13 @@ def main() -> int:
         if args.only_materialize:
             bench.start_cluster()
             bench.materialize_rate()
+        elif args.only_fleet:
+            bench.fleet()
         else:
             bench.ceiling()
             bench.start_cluster()
             bench.burst()
-        if not (args.only_burst or args.only_materialize):
+        if not (args.only_burst or args.only_materialize or args.only_fleet):
             bench.materialize_rate()
             bench.lateness_runs()
             bench.scale()
@@ -524,7 +657,7 @@ def main() -> int:
         raise
     bench.close()
     shutil.rmtree(workdir, ignore_errors=True)
-    if args.only_burst or args.only_materialize:
+    if args.only_burst or args.only_materialize or args.only_fleet:
         print(json.dumps(bench.results, indent=2))
         return 0
     now = datetime.now(UTC)
