@@ -254,9 +254,14 @@ class _Page(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def other_site() -> Iterator[str]:
-    """Another origin on this host: http://127.0.0.1:<another port>."""
+def other_site(cluster: Cluster) -> Iterator[str]:
+    """Another origin on this host: http://127.0.0.1:<another port>. Not the port the
+    cluster picked for its scheduler (free, so the kernel may hand it out again)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    while server.server_address[1] == cluster.port:
+        replacement = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+        server.server_close()
+        server = replacement
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
