@@ -21,7 +21,7 @@ from chronocore.devcluster import NodeProcess
 
 TTL = {"CHRONOSYNC_NODE_TTL_S": "1"}
 # How long a healthy command runs: several TTLs, each one a chance to be judged dead.
-TTLS_RUN = 4
+TTLS_RUN = 8
 # Longer than it takes the test to see the failpoint's log line and stop the worker, and
 # than an unstarted claim's lease (the TTL).
 BEFORE_START_PAUSE = {failpoints.BEFORE_START: "2"}
