@@ -248,3 +248,29 @@ def test_the_cli_schedules_lists_shows_and_cancels(
     assert unreachable.returncode == 3 and "cannot reach" in unreachable.stderr
     usage = cli(url, "schedule")
     assert usage.returncode == 2
+
+
+def test_a_node_killed_from_outside_again_and_again_is_no_crash_loop(
+    dsn: str, tmp_path: Path,
+) -> None:
+    """The failover demo, repeated fast: each kill -9 is reported and restarted; only a
+    node that dies of itself at start is a crash loop."""
+    from harness import running_cluster
+
+    from chronocore.devcluster import Supervisor
+
+    said: list[str] = []
+    with running_cluster(dsn, tmp_path) as cluster:
+        supervisor = Supervisor(cluster.processes, say=said.append)
+        cluster.start("worker")
+        for round_ in range(1, 4):
+            [worker] = cluster.processes.nodes
+            os.kill(worker.pid, signal.SIGKILL)
+
+            def restarted(round_: int = round_) -> bool:
+                supervisor.check()  # raises CrashLoop if it took the kills for one
+                return supervisor.restarts == round_
+
+            wait_for(restarted, timeout=30, what=f"restart {round_}")
+        assert sum("killed by SIGKILL" in line for line in said) == 3, said
+        assert cluster.processes.nodes[0].alive()

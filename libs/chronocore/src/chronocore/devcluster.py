@@ -192,7 +192,9 @@ class Supervisor:
         for node in list(self._cluster.nodes):
             if node.alive() or node.name in self._due:
                 continue
-            early = now - node.started < self.EARLY_DEATH_S
+            # A kill from outside (a newcomer's kill -9) says nothing about the node.
+            killed = node.proc.wait() in (-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT)
+            early = now - node.started < self.EARLY_DEATH_S and not killed
             deaths = self._early_deaths[node.name] = (
                 self._early_deaths.get(node.name, 0) + 1 if early else 0)
             how = node.how_it_ended()
