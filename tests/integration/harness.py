@@ -3,7 +3,9 @@ liveness timings shrunk so failures show in seconds, not minutes, and polling he
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import pwd
 import shutil
 import socket
 import subprocess
@@ -267,3 +269,47 @@ def launch_until_ready(procs: dict[str, subprocess.Popen[bytes]],
         return all(ready(name).exists() for name in argv)
 
     wait_for(all_ready, timeout=30, what=what)
+
+
+def unprivileged_user() -> tuple[int, int]:
+    """An unprivileged account of the test's own (made if missing)."""
+    name = "chronosync-test-node"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", name], capture_output=True, check=False)
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            pytest.skip(f"cannot create the user {name} to run nodes as")
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_unprivileged_user() -> list[str]:
+    """A command-line prefix that runs ``python ARGS`` as the test's user: with a Python
+    that user may execute (this one may live in root's home) and these packages."""
+    uid, gid = unprivileged_user()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to start nodes as another user")
+    python = next((p for p in (sys.executable, f"/usr/bin/python3.{sys.version_info[1]}")
+                   if _runs_as(setpriv, uid, gid, p)), None)
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info[:2]} that user {uid} may execute")
+    paths = [str(Path(p).parent) for name in ("chronocore", "chronosync_scheduler",
+                                               "chronosync_coordinator", "chronosync_worker")
+             for p in importlib.util.find_spec(name).submodule_search_locations]
+    paths += [p for p in sys.path if p.endswith("site-packages")]
+    # The cluster runs `PREFIX sys.executable -u -m MODULE`: the shell swaps the Python.
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+            "env", f"PYTHONPATH={':'.join(paths)}",
+            "/bin/sh", "-c", f'shift; exec {python} "$@"', "sh"]
+
+
+def _runs_as(setpriv: str, uid: int, gid: int, python: str) -> bool:
+    probe = subprocess.run([setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                            "--", python, "-c", "import subprocess, sys; "
+                            "subprocess.run([sys.executable, '-c', ''], check=True)"],
+                           capture_output=True, timeout=60, check=False)
+    return probe.returncode == 0

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from harness import free_port, http, wait_for
+from harness import as_unprivileged_user, free_port, http, unprivileged_user, wait_for
 
 CHRONOSYNC = str(Path(sys.executable).parent / "chronosync")
 
@@ -274,3 +274,60 @@ def test_a_node_killed_from_outside_again_and_again_is_no_crash_loop(
             wait_for(restarted, timeout=30, what=f"restart {round_}")
         assert sum("killed by SIGKILL" in line for line in said) == 3, said
         assert cluster.processes.nodes[0].alive()
+
+
+def test_dev_as_a_user_keeps_commands_away_from_the_nodes_and_the_database() -> None:
+    """`make dev` as an ordinary user: nodes and commands share that user, so commands
+    run in a sandbox: they can neither signal a node nor read the database's files."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start `chronosync dev` as a user of the test's own")
+    uid, gid = unprivileged_user()
+    port = free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="chronosync-devtest-"))
+    data_dir.chmod(0o755)
+    os.chown(data_dir, uid, gid)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOSYNC_")}
+    env.update(CHRONOSYNC_HTTP_ADDR=f"127.0.0.1:{port}", CHRONOSYNC_HEARTBEAT_S="0.2")
+    url = f"http://127.0.0.1:{port}"
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [*as_unprivileged_user(), sys.executable, "-m", "chronocore.cli", "dev",
+             "--data-dir", str(data_dir)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: http_ok(url, "/readyz"), timeout=90, what="dev's scheduler")
+        assert "commands run in a sandbox" in log_path.read_text()
+        nodes = wait_for(lambda: [n for n in http(url, "GET", "/nodes")[1]["nodes"]
+                                  if n["state"] == "alive"] or None,
+                         timeout=30, what="dev's nodes")
+        password = next(data_dir.glob("pgdata/*password*"))
+        kills = "; ".join(f"kill -0 {n['pid']} 2>/dev/null && echo signalled-{n['kind']}"
+                          for n in nodes)
+        probe = f"id -u; cat {password} {data_dir}/pgdata/PG_VERSION 2>&1; {kills}; true"
+        status, task = http(url, "POST", "/schedule", {"command": probe})
+        assert status == 201, task
+
+        def finished() -> dict | None:
+            body = http(url, "GET", f"/tasks/{task['id']}")[1]
+            return body if body["status"] in ("succeeded", "failed") else None
+
+        output = wait_for(finished, timeout=30, what="the probe to run")["output"]
+        assert output.splitlines()[0] == str(uid), output  # the nodes' own user
+        assert "signalled" not in output, output
+        assert password.read_text().strip() not in output, output
+        assert "Permission denied" in output, output
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        print(log_path.read_text()[-20000:])
+        log_path.unlink(missing_ok=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def http_ok(url: str, path: str) -> bool:
+    try:
+        return http(url, "GET", path)[0] == 200
+    except OSError:
+        return False

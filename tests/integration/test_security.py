@@ -3,21 +3,29 @@ bounded output, and SQL that stores what it is given as text."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pwd
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import grpc
 import pytest
-from harness import Cluster, free_port, http, node_id, wait_for
+from harness import (
+    Cluster,
+    as_unprivileged_user,
+    free_port,
+    http,
+    node_id,
+    unprivileged_user,
+    wait_for,
+)
 
 from chronocore.rpc import worker_pb2, worker_pb2_grpc
 from chronocore.tls import WORKER_TLS_NAME, TlsFiles, make_certs
@@ -186,78 +194,80 @@ def test_a_root_worker_s_commands_cannot_read_or_signal_it(
         assert secret not in output, secret
 
 
-def _test_user() -> tuple[int, int]:
-    """An unprivileged account of the test's own (made if missing)."""
-    name = "chronosync-test-node"
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", name], capture_output=True, check=False)
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            pytest.skip(f"cannot create the user {name} to run nodes as")
-    return entry.pw_uid, entry.pw_gid
-
-
-def _as_test_user() -> list[str]:
-    """A command-line prefix that runs ``python ARGS`` as the test's user: with a Python
-    that user may execute (this one may live in root's home) and these packages."""
-    uid, gid = _test_user()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to start nodes as another user")
-    python = next((p for p in (sys.executable, f"/usr/bin/python3.{sys.version_info[1]}")
-                   if _runs_as(setpriv, uid, gid, p)), None)
-    if python is None:
-        pytest.skip(f"no Python {sys.version_info[:2]} that user {uid} may execute")
-    paths = [str(Path(p).parent) for name in ("chronocore", "chronosync_scheduler",
-                                               "chronosync_coordinator", "chronosync_worker")
-             for p in importlib.util.find_spec(name).submodule_search_locations]
-    paths += [p for p in sys.path if p.endswith("site-packages")]
-    # The cluster runs `PREFIX sys.executable -u -m MODULE`: the shell swaps the Python.
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
-            "env", f"PYTHONPATH={':'.join(paths)}",
-            "/bin/sh", "-c", f'shift; exec {python} "$@"', "sh"]
-
-
-def _runs_as(setpriv: str, uid: int, gid: int, python: str) -> bool:
-    probe = subprocess.run([setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                            "--", python, "-c", "import subprocess, sys; "
-                            "subprocess.run([sys.executable, '-c', ''], check=True)"],
-                           capture_output=True, timeout=60, check=False)
-    return probe.returncode == 0
-
-
+@pytest.mark.parametrize("sandbox", [False, True], ids=["beside", "sandboxed"])
 def test_commands_of_nodes_sharing_their_user_cannot_read_the_nodes_secrets(
-    cluster: Cluster,
+    cluster: Cluster, sandbox: bool
 ) -> None:
     """``make dev`` as a user: every node and every command run as that user. The nodes
     are non-dumpable and drop their secrets from their environment, so no command reads
-    the DSN or the token in /proc (it can still signal them: same user)."""
+    the DSN or the token in /proc. Beside the nodes, a command can still signal them and
+    read the user's files (the database's, say); in the sandbox (CHRONOSYNC_SANDBOX, what
+    ``make dev`` uses where the kernel allows user namespaces) it can do neither."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run the nodes as a user of the test's own")
-    as_user = _as_test_user()
+    as_user = as_unprivileged_user()
+    uid, gid = unprivileged_user()
+    # Where the test's user can reach (pytest's temp dirs are root's alone).
+    base = Path(tempfile.mkdtemp(prefix="chronosync-sandbox-"))
+    base.chmod(0o755)
+    hidden = base / "pgdata"
+    hidden.mkdir()
+    (hidden / "password").write_text("the-database-password\n")
+    for path in (hidden, hidden / "password"):
+        os.chown(path, uid, gid)
     env = {"CHRONOSYNC_API_TOKEN": TOKEN}
-    nodes = {kind: cluster.processes.start(kind, env=env, wrapper=as_user)
-             for kind in ("scheduler", "coordinator", "worker")}
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    wait_for(lambda: cluster.query("SELECT 1 FROM nodes WHERE kind = 'worker'"), timeout=30,
-             what="the worker")
-    wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
-    pids = {kind: node.pid for kind, node in nodes.items()}
-    pids["reaper"] = _reaper_of(nodes["worker"].pid)
-    _, body = cluster.http("POST", "/schedule", {"command": _probe(pids)}, headers=auth)
+    worker_env = {**env, "CHRONOSYNC_SANDBOX": "1" if sandbox else "",
+                  "CHRONOSYNC_SANDBOX_HIDE": str(hidden)}
+    try:
+        nodes = {kind: cluster.processes.start(
+                     kind, env=worker_env if kind == "worker" else env, wrapper=as_user)
+                 for kind in ("scheduler", "coordinator", "worker")}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        wait_for(lambda: cluster.query("SELECT 1 FROM nodes WHERE kind = 'worker'"),
+                 timeout=30, what="the worker")
+        wait_for(lambda: _answers(cluster.url), timeout=30, what="the scheduler")
+        pids = {kind: node.pid for kind, node in nodes.items()}
+        pids["reaper"] = _reaper_of(nodes["worker"].pid)
 
-    def finished() -> dict | None:
-        task = cluster.http("GET", f"/tasks/{body['id']}", headers=auth)[1]
-        return task if task["status"] in ("succeeded", "failed") else None
+        def run(body: dict[str, Any]) -> dict[str, Any]:
+            _, created = cluster.http("POST", "/schedule", body, headers=auth)
 
-    output = wait_for(finished, timeout=30, what="the probe to run")["output"]
-    assert "signalled-worker" in output  # the same user: it did run as the nodes' user
-    for secret in (cluster.dsn, TOKEN, "CHRONOSYNC_DSN", "CHRONOSYNC_API_TOKEN"):
-        assert secret not in output, (secret, output)
+            def finished() -> dict[str, Any] | None:
+                task = cluster.http("GET", f"/tasks/{created['id']}", headers=auth)[1]
+                return task if task["status"] in ("succeeded", "failed") else None
+
+            return wait_for(finished, timeout=30, what=f"task {created['id']} to end")
+
+        output = run({"command": _probe(pids, (hidden / "password",))})["output"]
+        for secret in (cluster.dsn, TOKEN, "CHRONOSYNC_DSN", "CHRONOSYNC_API_TOKEN"):
+            assert secret not in output, (secret, output)
+        if not sandbox:  # the probe does see what a command beside the nodes can do
+            assert "signalled-worker" in output and "the-database-password" in output
+            return
+        assert "signalled" not in output and "the-database-password" not in output, output
+        # The sandbox still runs commands as commands: their output, exit status and
+        # environment, and a timeout that ends the whole group.
+        done = run({"command": "echo out; echo err >&2; echo $CHRONOSYNC_TASK_ID; exit 3"})
+        assert (done["error"], done["output"]) == ("exit 3", f"out\nerr\n{done['id']}\n")
+        marker = f"sleep 3{uuid.uuid4().int % 1000:03d}"
+        timed_out = run({"command": f"{marker} & {marker}", "timeout_s": 1})
+        assert timed_out["error"] == "timeout", timed_out
+        wait_for(lambda: not _processes_running(marker), timeout=10,
+                 what=f"every {marker!r} to be gone")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _processes_running(cmdline: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and cmdline.encode() in (entry / "cmdline").read_bytes(
+                    ).replace(b"\0", b" "):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_an_allowlist_refuses_other_commands_and_chained_ones(

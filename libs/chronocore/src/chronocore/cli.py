@@ -277,7 +277,8 @@ def cmd_dev(args: argparse.Namespace) -> None:
             else dsn
         print(f"dev: ephemeral PostgreSQL at {shown} (data in {postgres.datadir})",
               flush=True)
-    env = {**_dev_node_env(base), "CHRONOSYNC_SHUTDOWN_GRACE_S": f"{DEV_SHUTDOWN_GRACE_S:g}"}
+    env = {**_dev_node_env(base, postgres.datadir if postgres else None),
+           "CHRONOSYNC_SHUTDOWN_GRACE_S": f"{DEV_SHUTDOWN_GRACE_S:g}"}
     cluster = ProcessCluster(dsn=dsn, env=env)
     supervisor = Supervisor(cluster, say=lambda line: print(line, flush=True))
     workdirs = base / "work"
@@ -413,19 +414,35 @@ class DevStatus:
               f"dashboard {self._dashboard}", flush=True)
 
 
-def _dev_node_env(base: Path) -> dict[str, str]:
-    """Throwaway mutual-TLS certificates for the cluster, and unprivileged commands."""
+def _dev_node_env(base: Path, pgdata: Path | None) -> dict[str, str]:
+    """Throwaway mutual-TLS certificates for the cluster, and commands kept away from
+    the nodes: as root, run as 'nobody'; otherwise, in a sandbox hiding the database's
+    files and the certificates, where the kernel allows it."""
+    from chronocore.runner import Sandbox
     from chronocore.tls import make_certs
 
     files = make_certs(base / "certs")["node"]
     env = {"CHRONOSYNC_TLS_CA": str(files.ca), "CHRONOSYNC_TLS_CERT": str(files.cert),
            "CHRONOSYNC_TLS_KEY": str(files.key)}
-    if os.geteuid() == 0 and not (os.environ.get("CHRONOSYNC_RUN_AS")
-                                  or os.environ.get("CHRONOSYNC_ALLOW_ROOT")):
+    print(f"dev: throwaway TLS certificates in {files.ca.parent}", flush=True)
+    chosen = ("CHRONOSYNC_RUN_AS", "CHRONOSYNC_ALLOW_ROOT", "CHRONOSYNC_SANDBOX")
+    if any(os.environ.get(name) for name in chosen):
+        return env
+    if os.geteuid() == 0:
         env["CHRONOSYNC_RUN_AS"] = "nobody"
         print("dev: running as root, so commands run as 'nobody' (set CHRONOSYNC_RUN_AS "
               "to choose another user)", flush=True)
-    print(f"dev: throwaway TLS certificates in {files.ca.parent}", flush=True)
+        return env
+    hide = tuple(str(p) for p in (pgdata, files.ca.parent) if p is not None)
+    try:
+        Sandbox.lookup(hide).check()
+    except OSError as exc:
+        print(f"dev: commands run as you, beside the nodes: they could read the database's"
+              f" files and signal the nodes (no sandbox here: {exc})", flush=True)
+        return env
+    env.update(CHRONOSYNC_SANDBOX="1", CHRONOSYNC_SANDBOX_HIDE=":".join(hide))
+    print("dev: commands run in a sandbox: they cannot see or signal the nodes, nor read "
+          "the database's files or the certificates", flush=True)
     return env
 
 

@@ -126,6 +126,10 @@ class Config:
     # Workers: run commands as this user (when started as root); root only if allowed.
     run_as: str | None = None
     allow_root: bool = False
+    # Workers that are not root: each command in its own user, PID and mount namespaces,
+    # with these paths hidden (runner.Sandbox).
+    sandbox: bool = False
+    sandbox_hide: tuple[str, ...] = ()
     # Workers: command prefixes allowed here (None: any command).
     command_allowlist: tuple[str, ...] | None = None
     # Workers with a command allowlist: the task env names they accept (none by default).
@@ -180,6 +184,8 @@ class Config:
             tls_key=env.get("CHRONOSYNC_TLS_KEY") or None,
             run_as=env.get("CHRONOSYNC_RUN_AS") or None,
             allow_root=env.get("CHRONOSYNC_ALLOW_ROOT") == "1",
+            sandbox=env.get("CHRONOSYNC_SANDBOX") == "1",
+            sandbox_hide=_paths(env, "CHRONOSYNC_SANDBOX_HIDE"),
             command_allowlist=_allowlist(env.get("CHRONOSYNC_COMMAND_ALLOWLIST")),
             env_allowlist=_names(env.get("CHRONOSYNC_ENV_ALLOWLIST")),
             pass_env=_names(env.get("CHRONOSYNC_PASS_ENV")),
@@ -196,6 +202,14 @@ class Config:
     def direct_dsn(self) -> str:
         """Where what needs a session connects."""
         return self.session_dsn or self.dsn
+
+
+def _paths(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Absolute paths separated by ``:``, as in PATH."""
+    paths = tuple(p for p in (env.get(name) or "").split(":") if p)
+    if relative := [p for p in paths if not os.path.isabs(p)]:
+        raise ConfigError(f"{name} takes absolute paths separated by ':', got {relative[0]!r}")
+    return paths
 
 
 def is_loopback(host: str) -> bool:

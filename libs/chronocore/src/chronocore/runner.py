@@ -75,6 +75,60 @@ class RunAs:
                 "--clear-groups", "--", *argv]
 
 
+# The sandbox's two steps, as /bin/sh scripts. The first runs in a user namespace where
+# it is root: it covers each path to hide with an empty read-only tmpfs, then enters a
+# nested user namespace that gives the worker's own uid back (no capability left to lift
+# the covers: mounts made in a more privileged namespace are locked), with a PID
+# namespace and its own /proc. There the second is process 1 and waits for the command:
+# process 1 ignores every signal it has no handler for, and the command must not.
+_SANDBOX_COVER = """uid=$1 gid=$2 unshare=$3 n=$4; shift 4
+while [ "$n" -gt 0 ]; do
+  mount -t tmpfs -o ro,size=4k,mode=0 chronosync-hidden "$1" || exit 125
+  shift; n=$((n - 1))
+done
+exec "$unshare" --user --map-user="$uid" --map-group="$gid" --pid --fork --mount-proc \\
+  -- /bin/sh -c "$0" chronosync-init "$@"
+"""
+_SANDBOX_INIT = '"$@" & wait $! 2>/dev/null'
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Namespaces around each command of a worker that is not root (CHRONOSYNC_SANDBOX):
+    a PID namespace (the command can neither see nor signal the nodes, and its /proc
+    shows its own processes only), a mount namespace in which the CHRONOSYNC_SANDBOX_HIDE
+    paths are empty (the database's files, the nodes' keys), and a user namespace in which
+    it keeps the worker's uid and holds no capability. Made with util-linux's unshare, as
+    an unprivileged user may where the kernel allows user namespaces; a root worker runs
+    commands as another user instead (RunAs)."""
+
+    unshare: str
+    hide: tuple[str, ...]
+
+    @classmethod
+    def lookup(cls, hide: tuple[str, ...]) -> Sandbox:
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise FileNotFoundError("unshare (util-linux) is needed for the sandbox")
+        return cls(unshare, hide)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return [self.unshare, "--user", "--map-root-user", "--mount", "--",
+                "/bin/sh", "-c", _SANDBOX_COVER, _SANDBOX_INIT, str(os.geteuid()),
+                str(os.getegid()), self.unshare, str(len(self.hide)), *self.hide, *argv]
+
+    def check(self) -> None:
+        """Raise OSError saying why, unless a command can run in the sandbox here."""
+        try:
+            res = subprocess.run(self.wrap(["/bin/sh", "-c", "true"]), capture_output=True,
+                                 text=True, timeout=30, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise OSError("a trial command in the sandbox did not end within 30 s") from None
+        if res.returncode != 0:
+            raise OSError(f"a trial command in the sandbox failed ({res.returncode}): "
+                          f"{(res.stderr or res.stdout).strip()[-500:]}")
+
+
 # With an allowlist, a command must be an allowed prefix followed by plain arguments:
 # shell control characters could chain anything after an allowed prefix.
 SHELL_CONTROL = set(";&|`$()<>\n\\")
@@ -144,7 +198,7 @@ class CommandRun:
     def __init__(self, *, command: str, env: Mapping[str, str], cwd: str,
                  timeout_s: float | None, kill_grace_s: float,
                  reaper: Reaper | None = None, run_as: RunAs | None = None,
-                 identity: tuple[str, ...] = (),
+                 sandbox: Sandbox | None = None, identity: tuple[str, ...] = (),
                  guard: Callable[[], str | None] | None = None) -> None:
         """``identity``: names of ``env`` only this run's processes carry; the reaper finds
         them by it should the worker die between the spawn and reporting its group.
@@ -155,6 +209,7 @@ class CommandRun:
         self._identity = tuple(f"{name}={env[name]}" for name in identity)
         self._guard = guard
         self._run_as = run_as
+        self._sandbox = sandbox
         self._env = dict(env)
         if run_as is not None:
             self._env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
@@ -193,6 +248,8 @@ class CommandRun:
                           if self._reaper is not None else None)
                 try:
                     argv = ["/bin/sh", "-c", self._command]
+                    if self._sandbox is not None:
+                        argv = self._sandbox.wrap(argv)
                     if self._run_as is not None:
                         argv = self._run_as.wrap(argv)
                     self._proc = subprocess.Popen(

@@ -23,7 +23,7 @@ from chronocore.reaper import Reaper
 from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
 from chronocore.repository import Backoff, TaskRepository
 from chronocore.rpc import worker_pb2_grpc
-from chronocore.runner import RunAs
+from chronocore.runner import RunAs, Sandbox
 from chronocore.tls import TlsFiles
 from chronosync_worker.pool import SlotPool
 from chronosync_worker.server import WorkerServicer
@@ -64,6 +64,22 @@ def command_user(config: Config) -> RunAs | None:
     return None
 
 
+def command_sandbox(config: Config) -> Sandbox | None:
+    """The namespaces each command runs in (CHRONOSYNC_SANDBOX=1), tried once here so a
+    kernel or container that refuses them stops the worker at start, saying why."""
+    if not config.sandbox:
+        return None
+    if os.geteuid() == 0:
+        raise ConfigError("CHRONOSYNC_SANDBOX is for a worker that is not root; a root "
+                          "worker runs commands as CHRONOSYNC_RUN_AS")
+    try:
+        sandbox = Sandbox.lookup(config.sandbox_hide)
+        sandbox.check()
+    except OSError as exc:
+        raise ConfigError(f"CHRONOSYNC_SANDBOX: {exc}") from None
+    return sandbox
+
+
 def main() -> int:
     node_id = new_node_id("worker")
     setup_logging(node_id)
@@ -78,6 +94,7 @@ def main() -> int:
                 "mutual TLS (CHRONOSYNC_TLS_CA/CERT/KEY) so only the cluster can dispatch "
                 "commands here, or set CHRONOSYNC_INSECURE=1")
         run_as = command_user(config)
+        sandbox = command_sandbox(config)
     except (ConfigError, ValueError) as exc:
         log.error("bad configuration: %s", exc)
         return 2
@@ -97,7 +114,7 @@ def main() -> int:
     slots = SlotPool(repo=repo, worker_id=node_id, capacity=config.worker_capacity,
                      workdir=workdir, kill_grace_s=config.kill_grace_s, reaper=reaper,
                      lease_s=config.node_ttl_s / 2,
-                     run_as=run_as, allowlist=config.command_allowlist,
+                     run_as=run_as, sandbox=sandbox, allowlist=config.command_allowlist,
                      env_allowlist=config.env_allowlist, pass_env=config.pass_env)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS))

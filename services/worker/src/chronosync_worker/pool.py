@@ -39,6 +39,7 @@ from chronocore.runner import (
     CommandRun,
     RunAs,
     RunResult,
+    Sandbox,
     allowed,
     base_environment,
     env_refused,
@@ -93,6 +94,7 @@ class SlotPool:
     def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
                  workdir: str, kill_grace_s: float, reaper: Reaper | None,
                  lease_s: float, run_as: RunAs | None = None,
+                 sandbox: Sandbox | None = None,
                  allowlist: tuple[str, ...] | None = None,
                  env_allowlist: tuple[str, ...] = (),
                  pass_env: tuple[str, ...] = ()) -> None:
@@ -100,6 +102,7 @@ class SlotPool:
         asking again; well under the TTL after which sweepers judge it dead."""
         self._repo = repo
         self._run_as = run_as
+        self._sandbox = sandbox
         self._allowlist = allowlist
         self._env_allowlist = env_allowlist
         self._worker_id = worker_id
@@ -263,6 +266,7 @@ class SlotPool:
                 kill_grace_s=self._kill_grace_s,
                 reaper=self._reaper,
                 run_as=self._run_as,
+                sandbox=self._sandbox,
                 identity=RUN_IDENTITY,
                 guard=lambda: self._still_ours(slot),
             )
