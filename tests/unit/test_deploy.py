@@ -3,16 +3,10 @@ Makefile's ``up`` and the Kubernetes manifests in deploy/k8s/ name only console 
 packages declare, environment variables the code reads (with values it accepts), ports
 the processes listen on and routes the scheduler serves without a token. Pure file checks:
 no Docker engine, no cluster.
-
-PyYAML is not a dependency, so ``load_yaml`` below reads the YAML subset these files are
-written in (block mappings and sequences, quoted and plain scalars, JSON-style flow
-collections, anchors, aliases, merge keys, several documents a file) and refuses anything
-else loudly rather than guess.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -22,12 +16,12 @@ import subprocess
 import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from chronocore.cli import cmd_certs, parser
@@ -45,229 +39,10 @@ ENV_NAME = re.compile(r"\bCHRONOSYNC_[A-Z0-9_]*[A-Z0-9]\b")
 SECRET = "<from a secret>"  # an env value the files do not show (secretKeyRef)
 
 
-# --- a reader for the YAML these files use ------------------------------------------------
-
-
-class YamlSubsetError(ValueError):
-    pass
-
-
-@dataclass
-class _Line:
-    indent: int
-    text: str
-    number: int
-
-
-def _strip_comment(text: str) -> str:
-    """``text`` without a trailing ``# comment`` (a ``#`` inside quotes stays)."""
-    quote, i = None, 0
-    while i < len(text):
-        ch = text[i]
-        if quote == '"' and ch == "\\":
-            i += 2
-            continue
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "\"'" and (i == 0 or text[i - 1] in " [{,:"):
-            quote = ch
-        elif ch == "#" and (i == 0 or text[i - 1] == " "):
-            return text[:i].rstrip()
-        i += 1
-    return text.rstrip()
-
-
-def _is_item(text: str) -> bool:
-    return text == "-" or text.startswith("- ")
-
-
-def _key(text: str) -> tuple[str, str] | None:
-    """``("key", "rest")`` if ``text`` is a mapping entry ``key: rest``, else None."""
-    if text[:1] in ("'", '"'):
-        end = text.find(text[0], 1)
-        while text[0] == '"' and end > 0 and text[end - 1] == "\\":
-            end = text.find('"', end + 1)
-        if end < 0 or not re.match(r":(\s|$)", text[end + 1:]):
-            return None
-        key = json.loads(text[:end + 1]) if text[0] == '"' else text[1:end]
-        return key, text[end + 2:].strip()
-    if text[:1] in ("[", "{", "&", "*", "!", "|", ">", "%", "@", "`") or _is_item(text):
-        return None
-    match = re.search(r":(\s|$)", text)
-    if match is None or match.start() == 0:
-        return None
-    return text[:match.start()].rstrip(), text[match.end():].strip()
-
-
-class _Reader:
-    def __init__(self, lines: list[_Line], path: Path) -> None:
-        self.lines, self.path, self.i = lines, path, 0
-        self.anchors: dict[str, Any] = {}
-
-    def error(self, line: _Line, message: str) -> YamlSubsetError:
-        return YamlSubsetError(f"{self.path}:{line.number}: {message}: {line.text!r}")
-
-    def document(self) -> Any:
-        value = self.block(self.lines[0].indent)
-        if self.i < len(self.lines):
-            raise self.error(self.lines[self.i], "unexpected indentation")
-        return value
-
-    def block(self, indent: int) -> Any:
-        line = self.lines[self.i]
-        return self.sequence(indent) if _is_item(line.text) else self.mapping(indent)
-
-    def sequence(self, indent: int) -> list[Any]:
-        items = []
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if line.indent != indent or not _is_item(line.text):
-                break
-            rest = line.text[1:].lstrip(" ")
-            if not rest:
-                self.i += 1
-                nested = self.i < len(self.lines) and self.lines[self.i].indent > indent
-                items.append(self.block(self.lines[self.i].indent) if nested else None)
-            elif _key(rest) is not None or _is_item(rest):
-                # "- key: value" (or "- - x"): a block that starts on the dash's line.
-                offset = indent + len(line.text) - len(rest)
-                self.lines[self.i] = _Line(offset, rest, line.number)
-                items.append(self.block(offset))
-            else:
-                self.i += 1
-                items.append(self.inline(rest, line))
-        return items
-
-    def mapping(self, indent: int) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        merges: list[dict[str, Any]] = []
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if line.indent != indent:
-                break
-            entry = _key(line.text)
-            if entry is None:
-                raise self.error(line, "expected 'key: value'")
-            key, rest = entry
-            self.i += 1
-            anchor = None
-            if rest.startswith("&"):
-                anchor, _, rest = rest[1:].partition(" ")
-                rest = rest.strip()
-            following = self.lines[self.i] if self.i < len(self.lines) else None
-            if rest:
-                value = self.inline(rest, line)
-            elif following is not None and following.indent > indent:
-                value = self.block(following.indent)
-            elif following is not None and following.indent == indent and _is_item(
-                    following.text):
-                value = self.sequence(indent)
-            else:
-                value = None
-            if anchor:
-                self.anchors[anchor] = value
-            if key == "<<":
-                if not isinstance(value, dict) or merges:
-                    raise self.error(line, "a merge key takes one mapping")
-                merges.append(value)
-            elif key in result:
-                raise self.error(line, "duplicate key")
-            else:
-                result[key] = value
-        return {**(merges[0] if merges else {}), **result}
-
-    def inline(self, text: str, line: _Line) -> Any:
-        if text.startswith("*"):
-            if text[1:] not in self.anchors:
-                raise self.error(line, "unknown alias")
-            return copy.deepcopy(self.anchors[text[1:]])
-        if text[0] in "[{":
-            # Flow collections must be JSON (they may go on over more indented lines).
-            while True:
-                try:
-                    return json.loads(text)
-                except json.JSONDecodeError:
-                    if self.i < len(self.lines) and self.lines[self.i].indent > line.indent:
-                        text += " " + self.lines[self.i].text
-                        self.i += 1
-                    else:
-                        raise self.error(line, "flow collections must be JSON") from None
-        if text[0] == '"':
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                raise self.error(line, "bad double-quoted scalar") from None
-        if text[0] == "'":
-            if len(text) < 2 or not text.endswith("'") or "'" in text[1:-1].replace("''", ""):
-                raise self.error(line, "bad single-quoted scalar")
-            return text[1:-1].replace("''", "'")
-        if text[0] in "&!|>%@`":
-            raise self.error(line, "unsupported YAML (anchor on a scalar, tag, block scalar)")
-        if text in ("true", "false"):
-            return text == "true"
-        if text in ("null", "~"):
-            return None
-        if text.lower() in ("yes", "no", "on", "off", "y", "n"):
-            raise self.error(line, "a YAML 1.1 boolean: quote it or write true/false")
-        if re.fullmatch(r"-?(0|[1-9][0-9]*)", text):
-            return int(text)
-        if re.fullmatch(r"0[0-7]+", text):  # YAML 1.1 octal, as Kubernetes reads it
-            return int(text, 8)
-        return text
-
-
 def load_yaml(path: Path) -> list[Any]:
-    """The documents in ``path`` (the subset described above)."""
-    documents: list[list[_Line]] = [[]]
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if raw.startswith("---"):
-            documents.append([])
-            continue
-        if "\t" in raw[:len(raw) - len(raw.lstrip())]:
-            raise YamlSubsetError(f"{path}:{number}: a tab in the indentation")
-        indent = len(raw) - len(raw.lstrip(" "))
-        documents[-1].append(_Line(indent, _strip_comment(raw.lstrip(" ")), number))
-    return [_Reader(lines, path).document() for lines in documents if lines]
-
-
-def test_the_yaml_reader_reads_what_the_files_use(tmp_path: Path) -> None:
-    path = tmp_path / "subset.yaml"
-    path.write_text("""\
-x-base: &base  # a comment
-  image: "img:1"
-  env: &env
-    A: 'it''s'
-    B: a:b
-svc:
-  <<: *base
-  image: other
-  env:
-    <<: *env
-    C: "a # b"
-  cmd: ["sh", "-c",
-        "x"]
-  list:
-  - name: a
-    n: 1
-  - plain
----
-second: {}
-""")
-    first, second = load_yaml(path)
-    path.write_text("mode: 0440\n")
-    assert load_yaml(path) == [{"mode": 0o440}]
-    assert first["svc"] == {"image": "other", "env": {"A": "it's", "B": "a:b", "C": "a # b"},
-                            "cmd": ["sh", "-c", "x"], "list": [{"name": "a", "n": 1}, "plain"]}
-    assert second == {"second": {}}
-    for unsupported in ("a: 1\n  b: 2\n", "a: |\n  x\n", "a: yes\n", "a: {b: 1}\n",
-                        "a: *nowhere\n", "a: 1\na: 2\n"):
-        path.write_text(unsupported)
-        with pytest.raises(YamlSubsetError):
-            load_yaml(path)
+    """The documents in ``path``, as Kubernetes and compose read them (YAML 1.1: ``0440``
+    is octal, merge keys merge)."""
+    return list(yaml.safe_load_all(path.read_text()))
 
 
 # --- what the code says -----------------------------------------------------------------
