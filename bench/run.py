@@ -36,7 +36,7 @@ from chronocore import failpoints
 from chronocore.db import open_pool
 from chronocore.devcluster import ProcessCluster
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
+from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, free_port
 from chronocore.queries import QUERIES
 from chronocore.repository import JobRepository
 
@@ -61,14 +61,6 @@ DURABLE_SETTINGS = {"max_connections": "1000", "shared_buffers": "128MB"}
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Bench:

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,12 @@ from psycopg.rows import dict_row
 
 from chronocore.devcluster import NodeProcess, ProcessCluster
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresNotFound
+from chronocore.pgcluster import (
+    FAST_TEST_SETTINGS,
+    LocalCluster,
+    PostgresNotFound,
+    free_port,
+)
 
 T = TypeVar("T")
 
@@ -39,12 +43,6 @@ FAST_TIMINGS = {
     # The tests run as root (CI does) and their commands write into root's temp dirs.
     "CHRONOSYNC_ALLOW_ROOT": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], T], *, timeout: float, what: str,

@@ -154,7 +154,8 @@ def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
                 f"reach {path}; `chmod o+x {d}` or choose another data directory")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -288,7 +289,7 @@ class LocalCluster:
                     f"initdb failed in {self.datadir}:\n{res.stdout}{res.stderr}")
             self._keep_password(password)
         if self._port is None:
-            self._port = _free_port()
+            self._port = free_port()
         opts = {"listen_addresses": "127.0.0.1", "port": str(self._port),
                 "unix_socket_directories": "", **self.settings}
         o = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in opts.items())
