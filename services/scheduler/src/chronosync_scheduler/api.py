@@ -32,6 +32,15 @@ MAX_LIMIT = 1000
 MAX_ID = 2**63 - 1
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A response that is not JSON: the dashboard's files, the metrics text."""
+
+    content_type: str
+    data: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, field: str | None = None) -> None:
         super().__init__(message)

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from chronocore.model import ValidationError
-from chronosync_scheduler.api import ApiError
+from chronosync_scheduler.api import ApiError, Raw
 
 TOKEN_COOKIE = "chronosync_token"
 
@@ -23,9 +23,7 @@ CONTENT_TYPES = {
 }
 
 
-def asset(name: str):  # -> http.Raw (imported lazily: http imports this module)
-    from chronosync_scheduler.http import Raw
-
+def asset(name: str) -> Raw:
     suffix = name[name.rfind("."):] if "." in name else ""
     folder = resources.files("chronosync_scheduler").joinpath("static")
     entry = folder.joinpath(name)
@@ -40,13 +38,11 @@ def login_page() -> bytes:
     return LOGIN_PAGE.encode()
 
 
-def sign_in(body: Any, *, token: str | None):  # -> http.Raw
+def sign_in(body: Any, *, token: str | None) -> Raw:
     """``POST /session {"token": ...}``: the right token comes back as a cookie the page's
     scripts cannot read (HttpOnly) and that no other site's request carries (SameSite=Strict;
     origin.py refuses same-site pages on other ports). http.py adds ``Secure`` when the
     browser came over TLS."""
-    from chronosync_scheduler.http import Raw
-
     if token is None:
         raise ApiError(404, "this scheduler has no API token: there is nothing to sign in to")
     if not isinstance(body, dict):

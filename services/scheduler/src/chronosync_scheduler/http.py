@@ -41,7 +41,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,7 +53,7 @@ import psycopg_pool
 from chronocore import metrics
 from chronocore.model import ValidationError
 from chronosync_scheduler import dashboard, openapi, origin
-from chronosync_scheduler.api import Api, ApiError, whole_number
+from chronosync_scheduler.api import Api, ApiError, Raw, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +104,6 @@ TOO_MANY_FROM_CLIENT = _refusal(b"429 Too Many Requests",
 # as long as the label is not clearly something else.
 ACCEPTED_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
 SIGN_IN_PATH = "/session"  # where the dashboard's sign-in form trades the token for a cookie
-
-
-@dataclass(frozen=True)
-class Raw:
-    """A response that is not JSON: the dashboard's files, the metrics text."""
-
-    content_type: str
-    data: bytes
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[..., tuple[int, "dict[str, Any] | Raw"]]
