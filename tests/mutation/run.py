@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     equivalent = [m for m in chosen if m.equivalent is not None]
 
     scratch = Path(tempfile.mkdtemp(prefix="chronosync-mutation-"))
+    scratch.chmod(0o755)  # some tests run nodes as an unprivileged user, from this copy
     tree, logs = scratch / "repo", scratch / "logs"
     logs.mkdir()
     began = time.monotonic()
