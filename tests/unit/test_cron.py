@@ -792,7 +792,10 @@ def test_a_per_second_job_far_behind_is_made_in_bounded_steps_without_losing_any
 
 # --- plan: any window, cut into any pieces, is the window ------------------------------------
 
-ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
+# Drawn at random: zones whose clock changes cronsim walks right both ways. Lord Howe's
+# half-hour changes it does not (runs lost in the hours after its autumn change walking
+# forward: the strict xfail above); only the explicit examples below visit it.
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
 EXPRESSIONS = [
     "* * * * *", "*/15 * * * *", "0 * * * *", "30 2 * * *", "0 2 * * *", "30 1 * * *",
     "*/7 2 * * *", "*/10 1-3 * * *", "0 9-17 * * MON-FRI", "45 23 * * 6", "0 0,12 1,15 * *",
@@ -893,9 +896,12 @@ def occurrences_until(schedule: Schedule, start: datetime, end: datetime,
 # a window starting in the second pass of Berlin's repeated hour,
 @example(expression="30 2 * * *", zone_and_start=("Europe/Berlin", utc(
     "2026-10-25T02:00:00+01:00")), length_s=3600, cuts=[0.5], horizon_s=0)
-# and one around Lord Howe's half-hour fall back.
+# and two around Lord Howe's half-hour fall back (the second: missed runs looked up
+# backwards across it, half an hour of them lost).
 @example(expression="* */2 * * *", zone_and_start=("Australia/Lord_Howe", utc(
     "2025-04-06T02:00:00+11:00")), length_s=1794, cuts=[], horizon_s=5)
+@example(expression="* */5 * * *", zone_and_start=("Australia/Lord_Howe", utc(
+    "2025-04-05T23:00:00+11:00")), length_s=7200, cuts=[], horizon_s=0)
 def test_planning_a_window_piece_by_piece_makes_each_occurrence_exactly_once_in_order(
     expression: str, zone_and_start: tuple[str, datetime], length_s: int, cuts: list[float],
     horizon_s: int,

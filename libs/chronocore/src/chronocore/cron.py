@@ -73,10 +73,23 @@ class Schedule:
     def before(self, instant: datetime) -> Iterator[datetime]:
         """Occurrences strictly before ``instant``, latest first, in UTC."""
         start = instant + self._margin(instant)
+        later = instant  # the last one yielded
         for local in CronSim(self._expanded, start.astimezone(self.zone), reverse=True):
             occurrence = local.astimezone(UTC)
-            if occurrence < instant:
-                yield occurrence
+            if occurrence >= instant:
+                continue
+            if self._margin(occurrence) or self._margin(later):
+                # Walking back across a clock change that is not a whole hour (Lord
+                # Howe's half hour), cronsim skips occurrences; walking forward it does
+                # not: what lies between, forward, fills the gap.
+                gap = []
+                for between in self.after(occurrence):
+                    if between >= later:
+                        break
+                    gap.append(between)
+                yield from reversed(gap)
+            yield occurrence
+            later = occurrence
 
     def _margin(self, instant: datetime) -> timedelta:
         """How far to start away from ``instant`` to clear a clock change near it."""
