@@ -29,6 +29,7 @@ from chronocore.model import (
     fingerprint,
     format_timestamp,
     parse_common,
+    without_empty_target,
 )
 
 CONCURRENCY_POLICIES = ("allow", "forbid", "replace")
@@ -66,10 +67,11 @@ class JobSpec:
     starting_deadline_s: float | None = None
     max_catchup: int = DEFAULT_MAX_CATCHUP
     paused: bool = False
+    target: dict[str, Any] | None = None
 
     def request_hash(self) -> str:
-        return fingerprint({**asdict(self), "schedule": [self.schedule.expression,
-                                                         self.schedule.timezone]})
+        return fingerprint(without_empty_target(
+            {**asdict(self), "schedule": [self.schedule.expression, self.schedule.timezone]}))
 
 
 def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...]) -> str:
@@ -125,6 +127,7 @@ def patched(row: dict[str, Any], patch: object) -> JobSpec:
         "misfire_policy": row["misfire_policy"],
         "starting_deadline_s": row["starting_deadline_s"],
         "max_catchup": row["max_catchup"], "paused": row["paused_at"] is not None,
+        "target": row.get("target"),
     }
     if "delivery" in patch and "max_attempts" not in patch:
         current["max_attempts"] = None  # back to the new delivery's default
@@ -179,6 +182,7 @@ def job_resource(row: dict[str, Any], *, now: datetime,
                  "timeout_s", "env", "concurrency_policy", "misfire_policy",
                  "starting_deadline_s", "max_catchup", "idempotency_key"):
         resource[name] = row[name]
+    resource["target"] = row.get("target")
     resource["paused"] = row["paused_at"] is not None
     resource["description"] = schedule.describe()
     # A paused job has no next runs: it makes none until it is resumed.

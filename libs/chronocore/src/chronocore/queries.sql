@@ -5,9 +5,9 @@
 -- name: insert_task --
 -- Store one submission; an idempotency key already used inserts nothing.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                   idempotency_key, request_hash, job_id)
+                   idempotency_key, request_hash, job_id, target)
 VALUES (%(command)s, coalesce(%(scheduled_at)s::timestamptz, now()), %(delivery)s, %(max_attempts)s, %(timeout_s)s,
-        %(env)s, %(name)s, %(idempotency_key)s, %(request_hash)s, %(job_id)s)
+        %(env)s, %(name)s, %(idempotency_key)s, %(request_hash)s, %(job_id)s, %(target)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id;
 
@@ -36,7 +36,7 @@ ORDER BY attempt;
 SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
-       t.idempotency_key, t.name, t.env,
+       t.idempotency_key, t.name, t.env, t.target,
        right(t.output, %(output_chars)s) AS output,
        length(t.output) > %(output_chars)s AS output_truncated,
        task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
@@ -72,6 +72,11 @@ WITH due AS (
           WHERE r.job_id = tasks.job_id AND r.id <> tasks.id
             AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
             AND (r.picked_at IS NOT NULL OR r.scheduled_at < tasks.scheduled_at)))
+      -- a target: only while a worker with free slots (as this coordinator sees them)
+      -- has its labels; one no live worker matches is set aside, never read here
+      AND unmatched_at IS NULL AND (target IS NULL OR EXISTS (
+          SELECT 1 FROM jsonb_array_elements(%(worker_labels)s::jsonb) AS w(labels)
+          WHERE w.labels @> (tasks.target->'labels')))
     ORDER BY due_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -80,14 +85,53 @@ UPDATE tasks t
 SET picked_at = now(), claim_token = gen_random_uuid(), claimed_by = %(coordinator_id)s
 FROM due
 WHERE t.id = due.id
-RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.scheduled_at;
+RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.scheduled_at,
+          t.target;
 
 -- name: next_due_in --
 -- Seconds from now (database clock) until the earliest waiting task is due; NULL if none.
 SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8 AS seconds
 FROM tasks
 WHERE picked_at IS NULL AND cancelled_at IS NULL
-  AND completed_at IS NULL AND failed_at IS NULL;
+  AND completed_at IS NULL AND failed_at IS NULL AND unmatched_at IS NULL;
+
+-- name: set_aside_unmatched --
+-- Due targeted tasks that no live worker matches leave the claim's way (unmatched_at)
+-- until one does; never one locked by a claim in flight.
+WITH unmatched AS (
+    SELECT id FROM tasks t
+    WHERE target IS NOT NULL AND unmatched_at IS NULL AND due_at <= now()
+      AND picked_at IS NULL AND cancelled_at IS NULL
+      AND completed_at IS NULL AND failed_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM nodes n
+          WHERE n.kind = 'worker' AND n.stopped_at IS NULL AND n.draining_at IS NULL
+            AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+            AND n.labels @> (t.target->'labels'))
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t SET unmatched_at = now()
+FROM unmatched u
+WHERE t.id = u.id
+RETURNING t.id;
+
+-- name: restore_matched --
+-- Tasks set aside that a live worker now matches go back to the claim's way.
+WITH matched AS (
+    SELECT id FROM tasks t
+    WHERE unmatched_at IS NOT NULL AND picked_at IS NULL AND cancelled_at IS NULL
+      AND completed_at IS NULL AND failed_at IS NULL
+      AND EXISTS (
+          SELECT 1 FROM nodes n
+          WHERE n.kind = 'worker' AND n.stopped_at IS NULL AND n.draining_at IS NULL
+            AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+            AND n.labels @> (t.target->'labels'))
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t SET unmatched_at = NULL
+FROM matched m
+WHERE t.id = m.id
+RETURNING t.id;
 
 -- name: release_claims --
 -- Hand claimed, unstarted tasks back to the queue (no worker took them); fenced by token.
@@ -253,11 +297,11 @@ RETURNING a.task_id, l.retry;
 
 -- name: register_node --
 -- Announce a node (or announce it again after its row was lost).
-INSERT INTO nodes (id, kind, host, pid, address, capacity)
-VALUES (%(id)s, %(kind)s, %(host)s, %(pid)s, %(address)s, %(capacity)s)
+INSERT INTO nodes (id, kind, host, pid, address, capacity, labels)
+VALUES (%(id)s, %(kind)s, %(host)s, %(pid)s, %(address)s, %(capacity)s, %(labels)s)
 ON CONFLICT (id) DO UPDATE
 SET last_heartbeat_at = now(), address = EXCLUDED.address, capacity = EXCLUDED.capacity,
-    stopped_at = NULL;
+    labels = EXCLUDED.labels, stopped_at = NULL;
 
 -- name: heartbeat --
 -- A node is still alive; workers also say how many commands they run; its metrics.
@@ -276,7 +320,7 @@ UPDATE nodes SET stopped_at = now() WHERE id = %(id)s;
 
 -- name: live_workers --
 -- Workers that heartbeat within the TTL and take work, least loaded first.
-SELECT id, address, capacity, running
+SELECT id, address, capacity, running, labels
 FROM nodes
 WHERE kind = 'worker' AND stopped_at IS NULL AND draining_at IS NULL
   AND last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
@@ -288,7 +332,8 @@ SELECT address FROM nodes WHERE id = %(id)s AND kind = 'worker';
 
 -- name: list_nodes --
 -- Every node that was alive within the last hour, with its state by the database clock.
-SELECT id, kind, host, pid, address, capacity, running, started_at, last_heartbeat_at,
+SELECT id, kind, host, pid, address, capacity, running, labels, started_at,
+       last_heartbeat_at,
        CASE WHEN stopped_at IS NOT NULL
                  OR last_heartbeat_at < now() - %(ttl_s)s * interval '1 second' THEN 'dead'
             WHEN draining_at IS NOT NULL THEN 'draining'
@@ -306,12 +351,12 @@ SELECT task_status(%(picked_at)s, %(started_at)s, %(completed_at)s, %(failed_at)
 -- Store a recurring job; an idempotency key already used inserts nothing.
 INSERT INTO jobs (name, command, cron, timezone, delivery, max_attempts, timeout_s, env,
                   concurrency_policy, misfire_policy, starting_deadline_s, max_catchup,
-                  paused_at, next_run_at, idempotency_key, request_hash)
+                  paused_at, next_run_at, idempotency_key, request_hash, target)
 VALUES (%(name)s, %(command)s, %(cron)s, %(timezone)s, %(delivery)s, %(max_attempts)s,
         %(timeout_s)s, %(env)s, %(concurrency_policy)s, %(misfire_policy)s,
         %(starting_deadline_s)s, %(max_catchup)s,
         CASE WHEN %(paused)s THEN now() END, %(next_run_at)s, %(idempotency_key)s,
-        %(request_hash)s)
+        %(request_hash)s, %(target)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id;
 
@@ -341,7 +386,7 @@ SET name = %(name)s, command = %(command)s, cron = %(cron)s, timezone = %(timezo
     delivery = %(delivery)s, max_attempts = %(max_attempts)s, timeout_s = %(timeout_s)s,
     env = %(env)s, concurrency_policy = %(concurrency_policy)s,
     misfire_policy = %(misfire_policy)s, starting_deadline_s = %(starting_deadline_s)s,
-    max_catchup = %(max_catchup)s,
+    max_catchup = %(max_catchup)s, target = %(target)s,
     paused_at = CASE WHEN NOT %(paused)s THEN NULL ELSE coalesce(paused_at, now()) END,
     next_run_at = %(next_run_at)s, updated_at = now()
 WHERE id = %(id)s;
@@ -402,9 +447,9 @@ FOR UPDATE SKIP LOCKED;
 -- Occurrences of a batch of jobs as tasks, in one statement (pairs sorted by job, then
 -- time); one already made (by any scheduler) is not made again.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                   job_id, concurrency_policy)
+                   job_id, concurrency_policy, target)
 SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
-       j.concurrency_policy
+       j.concurrency_policy, j.target
 FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
      AS o(job_id, at, n)
 JOIN jobs j ON j.id = o.job_id

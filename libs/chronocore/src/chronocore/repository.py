@@ -28,6 +28,7 @@ How a task moves, and who may move it (the rules the whole cluster relies on):
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,6 +59,8 @@ class ClaimedTask:
     timeout_s: float | None
     env: dict[str, str]
     scheduled_at: datetime
+    # The labels the worker must have (None: any worker).
+    target: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class TaskRepository:
                 "idempotency_key": submission.idempotency_key,
                 "request_hash": request_hash,
                 "job_id": None,
+                "target": None if submission.target is None else Jsonb(submission.target),
             },
         )
         if row is not None:
@@ -160,15 +164,28 @@ class TaskRepository:
 
     # --- the coordinator's side -----------------------------------------------------
 
-    def claim_due(self, *, coordinator_id: str, limit: int) -> list[ClaimedTask]:
-        rows = self._all("claim_due", {"coordinator_id": coordinator_id, "limit": limit})
+    def claim_due(self, *, coordinator_id: str, limit: int,
+                  worker_labels: Sequence[Mapping[str, str]] = ()) -> list[ClaimedTask]:
+        """Claim up to ``limit`` due tasks; a targeted one only if one of
+        ``worker_labels`` (the labels of workers with free slots) satisfies its target."""
+        rows = self._all("claim_due", {"coordinator_id": coordinator_id, "limit": limit,
+                                       "worker_labels": Jsonb(list(worker_labels))})
         return [
             ClaimedTask(
                 id=r["id"], command=r["command"], token=r["claim_token"],
                 timeout_s=r["timeout_s"], env=r["env"], scheduled_at=r["scheduled_at"],
+                target=None if r["target"] is None else r["target"]["labels"],
             )
             for r in rows
         ]
+
+    def set_aside_unmatched(self, *, ttl_s: float) -> list[int]:
+        """Due targeted tasks no live worker matches leave the claim's way."""
+        return [r["id"] for r in self._all("set_aside_unmatched", {"ttl_s": ttl_s})]
+
+    def restore_matched(self, *, ttl_s: float) -> list[int]:
+        """Tasks set aside that a live worker matches now come back."""
+        return [r["id"] for r in self._all("restore_matched", {"ttl_s": ttl_s})]
 
     def next_due_in(self) -> float | None:
         """Seconds until the next waiting task is due (negative: overdue); None if none."""
@@ -434,4 +451,5 @@ class JobRepository:
             "misfire_policy": spec.misfire_policy,
             "starting_deadline_s": spec.starting_deadline_s,
             "max_catchup": spec.max_catchup, "paused": spec.paused,
+            "target": None if spec.target is None else Jsonb(spec.target),
         }

@@ -78,7 +78,8 @@ class ClaimLoop:
         if free <= 0:
             return FULL_RECHECK_S
         tasks = self._repo.claim_due(coordinator_id=self._coordinator_id,
-                                     limit=min(free, self._batch))
+                                     limit=min(free, self._batch),
+                                     worker_labels=self._dispatcher.free_labels())
         if tasks:
             metrics.REGISTRY.observe("chronosync_claim_batch_size",
                                      "Tasks taken by one claim statement.", len(tasks),

@@ -16,11 +16,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from chronocore import metrics
+from chronocore.labels import matches
 from chronocore.model import format_timestamp
 from chronocore.registry import NodeRegistry
 from chronocore.repository import ClaimedTask
@@ -47,6 +48,7 @@ class WorkerView:
     address: str
     capacity: int
     running: int
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -99,10 +101,11 @@ class Dispatcher:
                 continue
             known = self._workers.get(r["id"])
             if known is not None and r["id"] in self._watches:
+                known.labels = r["labels"] or {}
                 workers[r["id"]] = known
             else:
                 workers[r["id"]] = WorkerView(r["id"], r["address"], r["capacity"] or 0,
-                                              r["running"])
+                                              r["running"], r["labels"] or {})
         self._workers = workers
         with self._lock:
             for worker_id in [w for w in self._watches if w not in workers]:
@@ -134,15 +137,24 @@ class Dispatcher:
         threading.Thread(target=follow, name=f"watch-{worker.id}", daemon=True).start()
         return call
 
+    def free_labels(self) -> list[dict[str, str]]:
+        """The labels of each worker with free slots: the claim takes a targeted task
+        only if one of them satisfies its target."""
+        return [w.labels for w in self._workers.values() if w.free > 0]
+
     def dispatch(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
-        """Offer tasks to workers; returns those nobody accepted."""
+        """Offer tasks to workers (a targeted task only to a worker with its labels);
+        returns those nobody accepted."""
         pending = {t.id: t for t in tasks}
         for worker in sorted(self._workers.values(), key=lambda w: -w.free):
             if not pending:
                 break
             if worker.free <= 0:
                 continue
-            offer = list(pending.values())[: worker.free]
+            offer = [t for t in pending.values()
+                     if t.target is None or matches(worker.labels, t.target)][: worker.free]
+            if not offer:
+                continue
             reply = self._offer(worker, offer)
             if reply is None:
                 continue

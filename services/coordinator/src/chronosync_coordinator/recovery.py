@@ -9,6 +9,8 @@ re-checked under the row lock, so a task is recovered by exactly one of them.
 * Started on a worker that is dead by the database clock (no heartbeat for the TTL):
   ``at_most_once`` -> failed with ``worker_lost``, never run again; ``at_least_once``
   -> retried after an exponential backoff while attempts remain.
+* Due with a target no live worker matches: set aside (``unmatched_at``), out of the
+  claim's way, and brought back by the first sweep that sees a live worker matching it.
 
 A sweeper judges other nodes dead only after it has itself been connected for a whole
 TTL plus the pool's wait: after a database outage every heartbeat is stale, and a live
@@ -39,8 +41,14 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None
         log.warning("recovery: task %s claimed but never started; back to the queue",
                     task_id, extra={"task_id": task_id})
         RECOVERIES.inc(reason="redispatched")
+    for task_id in repo.restore_matched(ttl_s=ttl_s):
+        log.info("task %s: a live worker matches its target now", task_id,
+                 extra={"task_id": task_id})
     if connected_for_s < ttl_s + POOL_WAIT_S:
         return
+    for task_id in repo.set_aside_unmatched(ttl_s=ttl_s):
+        log.info("task %s: no live worker matches its target; set aside until one does",
+                 task_id, extra={"task_id": task_id})
     for row in repo.recover_lost_runs(ttl_s=ttl_s):
         log.warning("recovery: task %s lost its worker; %s", row["task_id"],
                     "retrying" if row["retry"] else "failed as worker_lost",

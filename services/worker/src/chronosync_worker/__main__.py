@@ -128,7 +128,7 @@ def main() -> int:
     address = advertised_address(host, port, config.worker_advertise_addr)
 
     registry = NodeRegistry(pool, node_id=node_id, kind="worker", address=address,
-                            capacity=config.worker_capacity)
+                            capacity=config.worker_capacity, labels=config.worker_labels)
 
     # Each beat also stops runs cancelled (should a Cancel RPC have been lost) or taken
     # from us while we were paused or cut off.
