@@ -4,6 +4,7 @@ must have (``target``). Real processes; what Postgres recorded decides."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from chronocore.queries import QUERIES
 from chronocore.repository import TaskRepository
 
 CHRONOSYNC = str(Path(sys.executable).parent / "chronosync")
+EU_WORKER = [{"id": "worker-eu", "labels": {"zone": "eu-1"}}]
 
 
 def submit(cluster: Cluster, body: dict) -> dict:
@@ -127,7 +129,7 @@ def test_targeted_tasks_no_worker_matches_cost_the_claim_nothing(
         plan = conn.execute(
             f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {QUERIES['claim_due']}",
             {"coordinator_id": "c", "limit": 64,
-             "worker_labels": psycopg.types.json.Jsonb([{"zone": "eu-1"}])},
+             "free_workers": psycopg.types.json.Jsonb(EU_WORKER)},
         ).fetchone()[0][0]["Plan"]
 
     def rows_read(node: dict) -> int:
@@ -137,10 +139,125 @@ def test_targeted_tasks_no_worker_matches_cost_the_claim_nothing(
         return own + sum(rows_read(child) for child in node.get("Plans", []))
 
     assert 0 < rows_read(plan) < 100, json.dumps(plan, indent=1)
-    claimed = repo.claim_due(coordinator_id="c", limit=64, worker_labels=[{"zone": "eu-1"}])
+    claimed = repo.claim_due(coordinator_id="c", limit=64, free_workers=EU_WORKER)
     assert len(claimed) == 10
     assert sorted(t.target is not None for t in claimed) == [False] * 5 + [True] * 5
     # A matching worker appears: they come back.
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE nodes SET labels = '{\"zone\": \"nowhere\"}'")
     assert len(repo.restore_matched(ttl_s=60)) == 5000
+
+
+def test_a_broadcast_runs_once_on_every_matching_worker_and_a_killed_one_is_lost_once(
+        cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    web = [cluster.start("worker", CHRONOSYNC_WORKER_LABELS="role=web") for _ in range(3)]
+    other = cluster.start("worker", CHRONOSYNC_WORKER_LABELS="role=db")
+    cluster.wait_ready(coordinators=1, workers=4)
+    web_ids = {node_id(cluster, w): w for w in web}
+    starts, release = tmp_path / "starts", tmp_path / "release"
+    command = (f"echo $CHRONOSYNC_TASK_ID >> {starts}; "
+               f"while [ ! -e {release} ]; do sleep 0.05; done")
+
+    made = submit(cluster, {"command": command,
+                            "target": {"labels": {"role": "web"}, "all": True}})
+    group = made["broadcast"]
+    assert len(group) == 3 and made["id"] == group[0]
+    tasks = [cluster.task(task_id) for task_id in group]
+    assert {t["pinned_worker"] for t in tasks} == set(web_ids)
+    assert {t["broadcast_id"] for t in tasks} == {made["broadcast_id"]}
+
+    def all_started() -> bool:
+        return starts.exists() and len(starts.read_text().split()) == 3
+
+    wait_for(all_started, timeout=30, what="the broadcast to start on the three workers")
+    doomed = tasks[1]
+    web_ids[doomed["pinned_worker"]].signal(signal.SIGKILL)
+    cluster.wait_task(doomed["id"], ("failed",), timeout=20)
+    release.touch()
+
+    ended = {t["id"]: cluster.wait_task(t["id"], ("succeeded", "failed")) for t in tasks}
+    assert ended[doomed["id"]]["error"] == "worker_lost"
+    assert ended[doomed["id"]]["attempt"] == 1
+    for task in tasks:
+        if task["id"] != doomed["id"]:
+            assert ended[task["id"]]["status"] == "succeeded", ended[task["id"]]
+            assert ended[task["id"]]["worker_id"] == task["pinned_worker"]
+    # A new worker and a witness task later, nothing ran twice, nothing on the other role.
+    cluster.start("worker", CHRONOSYNC_WORKER_LABELS="role=web")
+    cluster.wait_task(submit(cluster, {"command": "true"})["id"], ("succeeded",))
+    assert sorted(int(i) for i in starts.read_text().split()) == sorted(group)
+    assert node_id(cluster, other) not in {t["worker_id"] for t in ended.values()}
+
+
+def test_a_broadcast_task_whose_worker_dies_before_starting_fails_as_worker_lost(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Pinned to one worker, it never runs on another: the sweep fails it instead."""
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    first = cluster.start("worker", CHRONOSYNC_WORKER_LABELS="role=web")
+    second = cluster.start("worker", CHRONOSYNC_WORKER_LABELS="role=web")
+    cluster.wait_ready(coordinators=1, workers=2)
+    runs = tmp_path / "runs"
+    second.signal(signal.SIGSTOP)  # alive in the registry a little longer, taking nothing
+    try:
+        made = submit(cluster, {"command": f"echo $CHRONOSYNC_TASK_ID >> {runs}",
+                                "target": {"labels": {"role": "web"}, "all": True},
+                                "scheduled_at": "2000-01-01T00:00:00Z"})
+        assert len(made["broadcast"]) == 2
+        second.signal(signal.SIGKILL)
+    finally:
+        second.signal(signal.SIGCONT)
+    ended = {i: cluster.wait_task(i, ("succeeded", "failed")) for i in made["broadcast"]}
+    pinned_to_second = [t for t in ended.values()
+                        if t["pinned_worker"] == node_id(cluster, second)]
+    assert [(t["status"], t["error"], t["attempt"]) for t in pinned_to_second] == [
+        ("failed", "worker_lost", 0)]
+    ran = runs.read_text().split()
+    assert [int(i) for i in ran] == [t["id"] for t in ended.values()
+                                     if t["pinned_worker"] == node_id(cluster, first)]
+
+
+def test_a_broadcast_job_makes_one_task_per_matching_worker_per_occurrence(
+        cluster: Cluster) -> None:
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    web = [cluster.start("worker", CHRONOSYNC_WORKER_LABELS="role=web") for _ in range(2)]
+    cluster.start("worker", CHRONOSYNC_WORKER_LABELS="role=db")
+    cluster.wait_ready(coordinators=1, workers=3)
+    web_ids = {node_id(cluster, w) for w in web}
+    job = submit(cluster, {"command": "true", "cron": "* * * * * *",
+                           "target": {"labels": {"role": "web"}, "all": True}})
+
+    def two_occurrences_done() -> list[dict]:
+        rows = cluster.query(
+            "SELECT scheduled_at, array_agg(worker_id ORDER BY worker_id) AS workers, "
+            "count(DISTINCT broadcast_id) AS groups FROM tasks "
+            "WHERE job_id = %s AND completed_at IS NOT NULL GROUP BY scheduled_at "
+            "HAVING count(*) = 2", (job["id"],))
+        return rows if len(rows) >= 2 else []
+
+    for occurrence in wait_for(two_occurrences_done, timeout=30,
+                               what="two occurrences run on both web workers"):
+        assert set(occurrence["workers"]) == web_ids and occurrence["groups"] == 1
+    assert cluster.query("SELECT count(*) AS n FROM tasks WHERE job_id = %s "
+                         "AND worker_id NOT IN (SELECT unnest(%s::text[]))",
+                         (job["id"], list(web_ids)))[0]["n"] == 0
+    status, bad = cluster.http("POST", "/schedule", {
+        "command": "true", "cron": "* * * * *", "concurrency_policy": "forbid",
+        "target": {"labels": {"role": "web"}, "all": True}})
+    assert (status, bad["field"]) == (400, "target")
+
+    # A one-off broadcast replayed with its idempotency key makes nothing more.
+    once = {"command": "true", "scheduled_at": "2099-01-01T00:00:00Z",
+            "idempotency_key": "every-web-host",
+            "target": {"labels": {"role": "web"}, "all": True}}
+    status, first = cluster.http("POST", "/schedule", once)
+    assert status == 201 and len(first["broadcast"]) == 2
+    status, again = cluster.http("POST", "/schedule", once)
+    assert (status, again["id"], again["broadcast"]) == (200, first["id"], first["broadcast"])
+    status, clash = cluster.http("POST", "/schedule", {**once, "command": "false"})
+    assert (status, clash["field"]) == (409, "idempotency_key")
+    assert cluster.query("SELECT count(*) AS n FROM tasks WHERE broadcast_id = %s",
+                         (first["broadcast_id"],))[0]["n"] == 2

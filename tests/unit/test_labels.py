@@ -62,6 +62,15 @@ def test_a_submission_and_a_job_carry_their_target() -> None:
     assert job.target == {"labels": {"role": "web"}}
 
 
+def test_a_job_broadcast_to_every_worker_refuses_the_forbid_policy() -> None:
+    body = {"command": "true", "cron": "* * * * *", "concurrency_policy": "forbid",
+            "target": {"labels": {"role": "web"}, "all": True}}
+    with pytest.raises(ValidationError) as raised:
+        parse_job(body)
+    assert raised.value.field == "target"
+    assert parse_job({**body, "concurrency_policy": "replace"}).target == body["target"]
+
+
 def test_no_target_hashes_as_before_targets_existed() -> None:
     plain = parse_submission({"command": "true", "idempotency_key": "k"})
     aimed = parse_submission({"command": "true", "idempotency_key": "k",

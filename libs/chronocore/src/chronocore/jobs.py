@@ -105,9 +105,14 @@ def parse_job(body: object, *, fields: frozenset[str] = JOB_FIELDS) -> JobSpec:
     paused = body.get("paused", False)
     if not isinstance(paused, bool):
         raise ValidationError("paused must be true or false", "paused")
+    policy = _choice(body, "concurrency_policy", CONCURRENCY_POLICIES)
+    if policy == "forbid" and common["target"] is not None and common["target"].get("all"):
+        # An occurrence is then several tasks at once, which forbid would hold apart.
+        raise ValidationError("a target with all: true takes concurrency_policy allow or "
+                              "replace, not forbid", "target")
     return JobSpec(
         schedule=schedule,
-        concurrency_policy=_choice(body, "concurrency_policy", CONCURRENCY_POLICIES),
+        concurrency_policy=policy,
         misfire_policy=_choice(body, "misfire_policy", MISFIRE_POLICIES),
         starting_deadline_s=None if deadline is None else float(deadline),
         max_catchup=max_catchup,

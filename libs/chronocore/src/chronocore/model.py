@@ -309,6 +309,10 @@ def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None, *,
                  "output", "worker_id", "job_id", "idempotency_key", "name", "env"):
         resource[name] = row[name]
     resource["target"] = row.get("target")
+    # A broadcast ("all"): the worker this task of the group runs on, and the group.
+    resource["pinned_worker"] = row.get("pinned_worker")
+    group = row.get("broadcast_id")
+    resource["broadcast_id"] = None if group is None else str(group)
     resource["waiting"] = waiting
     if "output_truncated" in row:
         resource["output_truncated"] = bool(row["output_truncated"])

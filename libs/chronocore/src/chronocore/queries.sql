@@ -11,6 +11,38 @@ VALUES (%(command)s, coalesce(%(scheduled_at)s::timestamptz, now()), %(delivery)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id;
 
+-- name: insert_broadcast --
+-- "all": one task per live worker with the target's labels, each pinned to it, grouped
+-- by a broadcast id; with none live, one unpinned task that waits for the first.
+WITH workers AS (
+    SELECT n.id FROM nodes n
+    WHERE n.kind = 'worker' AND n.stopped_at IS NULL AND n.draining_at IS NULL
+      AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+      AND n.labels @> (%(target)s::jsonb->'labels')
+), pins AS (
+    SELECT id FROM workers
+    UNION ALL
+    SELECT NULL WHERE NOT EXISTS (SELECT 1 FROM workers)
+)
+INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
+                   idempotency_key, request_hash, target, pinned_worker, broadcast_id)
+SELECT %(command)s, coalesce(%(scheduled_at)s::timestamptz, now()), %(delivery)s,
+       %(max_attempts)s, %(timeout_s)s, %(env)s, %(name)s,
+       -- the key names the group's first task (the one a replay returns)
+       CASE WHEN row_number() OVER (ORDER BY p.id) = 1 THEN %(idempotency_key)s END,
+       %(request_hash)s, %(target)s, p.id, %(broadcast_id)s
+FROM pins p
+ORDER BY p.id
+RETURNING id;
+
+-- name: lock_idempotency_key --
+-- Serializes submissions naming one idempotency key (a broadcast inserts several rows).
+SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0));
+
+-- name: broadcast_tasks --
+-- The tasks of one broadcast, by id.
+SELECT id FROM tasks WHERE broadcast_id = %(id)s ORDER BY id;
+
 -- name: task_by_idempotency_key --
 -- The task an idempotency key already names, with the hash of the request that made it.
 SELECT id, request_hash FROM tasks WHERE idempotency_key = %(key)s;
@@ -36,7 +68,7 @@ ORDER BY attempt;
 SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
-       t.idempotency_key, t.name, t.env, t.target,
+       t.idempotency_key, t.name, t.env, t.target, t.pinned_worker, t.broadcast_id,
        right(t.output, %(output_chars)s) AS output,
        length(t.output) > %(output_chars)s AS output_truncated,
        task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
@@ -75,8 +107,9 @@ WITH due AS (
       -- a target: only while a worker with free slots (as this coordinator sees them)
       -- has its labels; one no live worker matches is set aside, never read here
       AND unmatched_at IS NULL AND (target IS NULL OR EXISTS (
-          SELECT 1 FROM jsonb_array_elements(%(worker_labels)s::jsonb) AS w(labels)
-          WHERE w.labels @> (tasks.target->'labels')))
+          SELECT 1 FROM jsonb_array_elements(%(free_workers)s::jsonb) AS w(worker)
+          WHERE w.worker->'labels' @> (tasks.target->'labels')
+            AND (tasks.pinned_worker IS NULL OR tasks.pinned_worker = w.worker->>'id')))
     ORDER BY due_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -86,7 +119,7 @@ SET picked_at = now(), claim_token = gen_random_uuid(), claimed_by = %(coordinat
 FROM due
 WHERE t.id = due.id
 RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.scheduled_at,
-          t.target;
+          t.target, t.pinned_worker;
 
 -- name: next_due_in --
 -- Seconds from now (database clock) until the earliest waiting task is due; NULL if none.
@@ -113,6 +146,24 @@ WITH unmatched AS (
 UPDATE tasks t SET unmatched_at = now()
 FROM unmatched u
 WHERE t.id = u.id
+RETURNING t.id;
+
+-- name: fail_orphaned_pins --
+-- A broadcast's task whose worker died before starting it never runs anywhere else:
+-- failed as worker_lost.
+WITH orphaned AS (
+    SELECT id FROM tasks t
+    WHERE pinned_worker IS NOT NULL AND picked_at IS NULL AND cancelled_at IS NULL
+      AND completed_at IS NULL AND failed_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM nodes n
+          WHERE n.id = t.pinned_worker AND n.stopped_at IS NULL
+            AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second')
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t SET failed_at = now(), error = 'worker_lost'
+FROM orphaned o
+WHERE t.id = o.id
 RETURNING t.id;
 
 -- name: restore_matched --
@@ -446,15 +497,25 @@ FOR UPDATE SKIP LOCKED;
 -- name: insert_occurrences --
 -- Occurrences of a batch of jobs as tasks, in one statement (pairs sorted by job, then
 -- time); one already made (by any scheduler) is not made again.
+-- A job whose target says "all" makes one task per live matching worker (pinned to it,
+-- grouped by a broadcast id racing schedulers compute alike), or one that waits if none.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                   job_id, concurrency_policy, target)
+                   job_id, concurrency_policy, target, pinned_worker, broadcast_id)
 SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
-       j.concurrency_policy, j.target
+       j.concurrency_policy, j.target, w.id,
+       CASE WHEN j.target ? 'all' THEN md5(j.id || '@' || o.at::text)::uuid END
 FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
      AS o(job_id, at, n)
 JOIN jobs j ON j.id = o.job_id
-ORDER BY o.n
-ON CONFLICT (job_id, scheduled_at) DO NOTHING
+LEFT JOIN LATERAL (
+    SELECT n.id FROM nodes n
+    WHERE j.target ? 'all' AND n.kind = 'worker' AND n.stopped_at IS NULL
+      AND n.draining_at IS NULL
+      AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+      AND n.labels @> (j.target->'labels')
+) w ON true
+ORDER BY o.n, w.id
+ON CONFLICT DO NOTHING
 RETURNING id, job_id;
 
 -- name: advance_jobs --

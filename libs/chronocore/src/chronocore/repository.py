@@ -61,6 +61,8 @@ class ClaimedTask:
     scheduled_at: datetime
     # The labels the worker must have (None: any worker).
     target: dict[str, str] | None = None
+    # A broadcast's task runs on this worker only.
+    pinned_worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,12 @@ class Backoff:
 
 
 class TaskRepository:
-    def __init__(self, pool: ConnectionPool, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, pool: ConnectionPool, *, backoff: Backoff | None = None,
+                 node_ttl_s: float = 5.0) -> None:
         self._pool = pool
         self._backoff = backoff or Backoff()
+        # Who is live for a broadcast: the cluster's liveness rule (CHRONOSYNC_NODE_TTL_S).
+        self._node_ttl_s = node_ttl_s
 
     def _all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self._pool.connection() as conn:
@@ -107,6 +112,8 @@ class TaskRepository:
         ``created=False``; with another payload it raises ``IdempotencyConflict``.
         """
         request_hash = submission.request_hash()
+        if submission.target is not None and submission.target.get("all"):
+            return self._submit_broadcast(submission, request_hash)
         row = self._one(
             "insert_task",
             {
@@ -131,6 +138,33 @@ class TaskRepository:
         if existing["request_hash"] != request_hash:
             raise IdempotencyConflict(existing["id"])
         return existing["id"], False
+
+    def _submit_broadcast(self, submission: Submission,
+                          request_hash: str) -> tuple[int, bool]:
+        """One task per live worker matching the target (see ``insert_broadcast``), in one
+        transaction; the idempotency key, if any, names the first."""
+        key = submission.idempotency_key
+        with self._pool.connection() as conn, conn.transaction():
+            if key is not None:
+                conn.execute(QUERIES["lock_idempotency_key"], {"key": key})
+                existing = conn.execute(QUERIES["task_by_idempotency_key"],
+                                        {"key": key}).fetchone()
+                if existing is not None:
+                    if existing["request_hash"] != request_hash:
+                        raise IdempotencyConflict(existing["id"])
+                    return existing["id"], False
+            rows = conn.execute(QUERIES["insert_broadcast"], {
+                "command": submission.command, "scheduled_at": submission.scheduled_at,
+                "delivery": submission.delivery, "max_attempts": submission.max_attempts,
+                "timeout_s": submission.timeout_s, "env": Jsonb(submission.env),
+                "name": submission.name, "idempotency_key": key,
+                "request_hash": request_hash, "target": Jsonb(submission.target),
+                "broadcast_id": uuid.uuid4(), "ttl_s": self._node_ttl_s,
+            }).fetchall()
+        return min(r["id"] for r in rows), True
+
+    def broadcast_tasks(self, broadcast_id: uuid.UUID) -> list[int]:
+        return [r["id"] for r in self._all("broadcast_tasks", {"id": broadcast_id})]
 
     def get(self, task_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """A task and its attempts, or None."""
@@ -165,16 +199,18 @@ class TaskRepository:
     # --- the coordinator's side -----------------------------------------------------
 
     def claim_due(self, *, coordinator_id: str, limit: int,
-                  worker_labels: Sequence[Mapping[str, str]] = ()) -> list[ClaimedTask]:
+                  free_workers: Sequence[Mapping[str, Any]] = ()) -> list[ClaimedTask]:
         """Claim up to ``limit`` due tasks; a targeted one only if one of
-        ``worker_labels`` (the labels of workers with free slots) satisfies its target."""
+        ``free_workers`` (``{"id", "labels"}`` of workers with free slots) satisfies its
+        target (and is the worker it is pinned to, if it is)."""
         rows = self._all("claim_due", {"coordinator_id": coordinator_id, "limit": limit,
-                                       "worker_labels": Jsonb(list(worker_labels))})
+                                       "free_workers": Jsonb(list(free_workers))})
         return [
             ClaimedTask(
                 id=r["id"], command=r["command"], token=r["claim_token"],
                 timeout_s=r["timeout_s"], env=r["env"], scheduled_at=r["scheduled_at"],
                 target=None if r["target"] is None else r["target"]["labels"],
+                pinned_worker=r["pinned_worker"],
             )
             for r in rows
         ]
@@ -182,6 +218,10 @@ class TaskRepository:
     def set_aside_unmatched(self, *, ttl_s: float) -> list[int]:
         """Due targeted tasks no live worker matches leave the claim's way."""
         return [r["id"] for r in self._all("set_aside_unmatched", {"ttl_s": ttl_s})]
+
+    def fail_orphaned_pins(self, *, ttl_s: float) -> list[int]:
+        """A broadcast's unstarted tasks whose worker died: failed as worker_lost."""
+        return [r["id"] for r in self._all("fail_orphaned_pins", {"ttl_s": ttl_s})]
 
     def restore_matched(self, *, ttl_s: float) -> list[int]:
         """Tasks set aside that a live worker matches now come back."""
@@ -287,8 +327,10 @@ class JobExists(Exception):
 class JobRepository:
     """Recurring jobs, and their materialization into tasks (see chronocore.jobs)."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, node_ttl_s: float = 5.0) -> None:
         self._pool = pool
+        # Who is live when a broadcast job's occurrence is made (one task per worker).
+        self._node_ttl_s = node_ttl_s
 
     def database_now(self) -> datetime:
         with self._pool.connection() as conn:
@@ -415,7 +457,8 @@ class JobRepository:
             if pairs:
                 for row in conn.execute(QUERIES["insert_occurrences"],
                                         {"job_ids": [p[0] for p in pairs],
-                                         "occurrences": [p[1] for p in pairs]}):
+                                         "occurrences": [p[1] for p in pairs],
+                                         "ttl_s": self._node_ttl_s}):
                     made[row["job_id"]].append(row["id"])
             if ids:
                 conn.execute(QUERIES["advance_jobs"], {

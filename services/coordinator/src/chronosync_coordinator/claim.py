@@ -79,7 +79,7 @@ class ClaimLoop:
             return FULL_RECHECK_S
         tasks = self._repo.claim_due(coordinator_id=self._coordinator_id,
                                      limit=min(free, self._batch),
-                                     worker_labels=self._dispatcher.free_labels())
+                                     free_workers=self._dispatcher.free_workers())
         if tasks:
             metrics.REGISTRY.observe("chronosync_claim_batch_size",
                                      "Tasks taken by one claim statement.", len(tasks),

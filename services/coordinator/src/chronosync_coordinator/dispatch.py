@@ -137,10 +137,10 @@ class Dispatcher:
         threading.Thread(target=follow, name=f"watch-{worker.id}", daemon=True).start()
         return call
 
-    def free_labels(self) -> list[dict[str, str]]:
-        """The labels of each worker with free slots: the claim takes a targeted task
-        only if one of them satisfies its target."""
-        return [w.labels for w in self._workers.values() if w.free > 0]
+    def free_workers(self) -> list[dict[str, object]]:
+        """Each worker with free slots, its id and labels: the claim takes a targeted
+        task only if one of them satisfies its target (or is the worker it is pinned to)."""
+        return [{"id": w.id, "labels": w.labels} for w in self._workers.values() if w.free > 0]
 
     def dispatch(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
         """Offer tasks to workers (a targeted task only to a worker with its labels);
@@ -151,8 +151,7 @@ class Dispatcher:
                 break
             if worker.free <= 0:
                 continue
-            offer = [t for t in pending.values()
-                     if t.target is None or matches(worker.labels, t.target)][: worker.free]
+            offer = [t for t in pending.values() if self._fits(t, worker)][: worker.free]
             if not offer:
                 continue
             reply = self._offer(worker, offer)
@@ -164,6 +163,12 @@ class Dispatcher:
                           extra={"task_id": task_id})
             DISPATCHED.inc(len(reply.accepted))
         return list(pending.values())
+
+    @staticmethod
+    def _fits(task: ClaimedTask, worker: WorkerView) -> bool:
+        if task.pinned_worker is not None and task.pinned_worker != worker.id:
+            return False
+        return task.target is None or matches(worker.labels, task.target)
 
     def close(self) -> None:
         with self._lock:

@@ -9,6 +9,8 @@ re-checked under the row lock, so a task is recovered by exactly one of them.
 * Started on a worker that is dead by the database clock (no heartbeat for the TTL):
   ``at_most_once`` -> failed with ``worker_lost``, never run again; ``at_least_once``
   -> retried after an exponential backoff while attempts remain.
+* A broadcast's task (pinned to one worker) not started when its worker died: failed
+  with ``worker_lost``; it runs on no other worker.
 * Due with a target no live worker matches: set aside (``unmatched_at``), out of the
   claim's way, and brought back by the first sweep that sees a live worker matching it.
 
@@ -46,6 +48,10 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None
                  extra={"task_id": task_id})
     if connected_for_s < ttl_s + POOL_WAIT_S:
         return
+    for task_id in repo.fail_orphaned_pins(ttl_s=ttl_s):
+        log.warning("recovery: task %s: its broadcast's worker died before starting it; "
+                    "failed as worker_lost", task_id, extra={"task_id": task_id})
+        RECOVERIES.inc(reason="worker_lost")
     for task_id in repo.set_aside_unmatched(ttl_s=ttl_s):
         log.info("task %s: no live worker matches its target; set aside until one does",
                  task_id, extra={"task_id": task_id})

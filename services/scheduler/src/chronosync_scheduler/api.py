@@ -238,7 +238,10 @@ class Api:
         if found is None:
             raise ApiError(404, f"no task {task_id}")
         row, attempts = found
-        return task_resource(row, attempts, waiting=self._waiting([row]).get(task_id))
+        resource = task_resource(row, attempts, waiting=self._waiting([row]).get(task_id))
+        if row["broadcast_id"] is not None:
+            resource["broadcast"] = self.repo.broadcast_tasks(row["broadcast_id"])
+        return resource
 
     def _waiting(self, rows: list[dict[str, Any]]) -> dict[int, str]:
         """Why due targeted tasks still wait, by id: no live worker has their labels

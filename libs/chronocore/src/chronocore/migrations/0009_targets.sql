@@ -25,3 +25,15 @@ CREATE OR REPLACE TRIGGER tasks_due_notify
                        AND NEW.completed_at IS NULL AND NEW.failed_at IS NULL
                        AND NEW.unmatched_at IS NULL)
     EXECUTE FUNCTION notify_task_due();
+
+-- "all": one task per live matching worker, each pinned to its worker and grouped by a
+-- broadcast id; a job's occurrence may so be several tasks, one per worker.
+ALTER TABLE tasks ADD COLUMN pinned_worker text;
+ALTER TABLE tasks ADD COLUMN broadcast_id uuid;
+CREATE INDEX tasks_broadcast ON tasks (broadcast_id) WHERE broadcast_id IS NOT NULL;
+CREATE INDEX tasks_pinned ON tasks (pinned_worker)
+    WHERE pinned_worker IS NOT NULL AND picked_at IS NULL AND cancelled_at IS NULL
+      AND completed_at IS NULL AND failed_at IS NULL;
+ALTER TABLE tasks DROP CONSTRAINT tasks_job_occurrence;
+CREATE UNIQUE INDEX tasks_job_occurrence
+    ON tasks (job_id, scheduled_at, (coalesce(pinned_worker, '')));
