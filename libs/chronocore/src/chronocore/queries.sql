@@ -503,7 +503,8 @@ INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env
                    job_id, concurrency_policy, target, pinned_worker, broadcast_id)
 SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
        j.concurrency_policy, j.target, w.id,
-       CASE WHEN j.target ? 'all' THEN md5(j.id || '@' || o.at::text)::uuid END
+       CASE WHEN j.target ? 'all'
+            THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END
 FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
      AS o(job_id, at, n)
 JOIN jobs j ON j.id = o.job_id
