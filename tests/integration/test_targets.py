@@ -261,3 +261,36 @@ def test_a_broadcast_job_makes_one_task_per_matching_worker_per_occurrence(
     assert (status, clash["field"]) == (409, "idempotency_key")
     assert cluster.query("SELECT count(*) AS n FROM tasks WHERE broadcast_id = %s",
                          (first["broadcast_id"],))[0]["n"] == 2
+
+
+def test_a_worker_with_malformed_labels_refuses_to_start_and_says_why(
+        cluster: Cluster) -> None:
+    worker = cluster.start("worker", CHRONOSYNC_WORKER_LABELS="zone=eu-1,disk")
+    wait_for(lambda: not worker.alive(), timeout=30, what="the worker to give up")
+    assert worker.how_it_ended() == "exited with code 2"
+    assert "CHRONOSYNC_WORKER_LABELS: 'disk' is not key=value" in worker.last_words()
+    assert cluster.query("SELECT count(*) AS n FROM nodes")[0]["n"] == 0
+
+
+def test_bad_targets_are_refused_with_a_400_naming_the_field(cluster: Cluster) -> None:
+    cluster.start("scheduler")
+    wait_for(lambda: cluster.http("GET", "/readyz")[0] == 200, timeout=30,
+             what="the scheduler")
+    for target in ("zone=eu-1", {"labels": {}}, {"labels": {"zone": ""}},
+                   {"labels": {"zone": "eu-1"}, "all": "yes"},
+                   {"labels": {"zone": "eu-1"}, "nodes": 3},
+                   {"labels": {"zone": ["eu-1"]}}, {"labels": {"k" * 500: "v"}}):
+        for extra in ({}, {"cron": "* * * * *"}):
+            status, body = cluster.http("POST", "/schedule", {"command": "true",
+                                                              "target": target, **extra})
+            assert (status, body["field"]) == (400, "target"), (target, body)
+    status, job = cluster.http("POST", "/schedule", {"command": "true", "cron": "@daily"})
+    assert status == 201 and job["target"] is None
+    status, body = cluster.http("PATCH", f"/jobs/{job['id']}",
+                                {"target": {"labels": {"zone": "eu 1"}}})
+    assert (status, body["field"]) == (400, "target")
+    status, body = cluster.http("PATCH", f"/jobs/{job['id']}",
+                                {"target": {"labels": {"zone": "eu-1"}}})
+    assert status == 200 and body["target"] == {"labels": {"zone": "eu-1"}}
+    assert cluster.query("SELECT target FROM jobs")[0]["target"] == {
+        "labels": {"zone": "eu-1"}}
