@@ -274,8 +274,7 @@ def test_a_worker_with_malformed_labels_refuses_to_start_and_says_why(
 
 def test_bad_targets_are_refused_with_a_400_naming_the_field(cluster: Cluster) -> None:
     cluster.start("scheduler")
-    wait_for(lambda: cluster.http("GET", "/readyz")[0] == 200, timeout=30,
-             what="the scheduler")
+    cluster.wait_ready(coordinators=0, workers=0)
     for target in ("zone=eu-1", {"labels": {}}, {"labels": {"zone": ""}},
                    {"labels": {"zone": "eu-1"}, "all": "yes"},
                    {"labels": {"zone": "eu-1"}, "nodes": 3},
