@@ -67,11 +67,8 @@ WITH due AS (
       AND due_at <= now()
       -- concurrency_policy forbid: not while another occurrence of the job is in flight
       -- or an earlier one still waits (it goes first; this one is then skipped)
-      AND (concurrency_policy IS DISTINCT FROM 'forbid' OR NOT EXISTS (
-          SELECT 1 FROM tasks r
-          WHERE r.job_id = tasks.job_id AND r.id <> tasks.id
-            AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
-            AND (r.picked_at IS NOT NULL OR r.scheduled_at < tasks.scheduled_at)))
+      AND (concurrency_policy IS DISTINCT FROM 'forbid'
+           OR NOT forbid_holds_back(job_id, id, scheduled_at))
     ORDER BY due_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -83,11 +80,18 @@ WHERE t.id = due.id
 RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.scheduled_at;
 
 -- name: next_due_in --
--- Seconds from now (database clock) until the earliest waiting task is due; NULL if none.
-SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8 AS seconds
+-- Seconds from now (database clock) until the earliest waiting task the claim would take
+-- is due (no row if none): the same predicate as claim_due, so a due task the claim
+-- refuses (held back by forbid) never makes the claim loop spin. Such a task becomes
+-- claimable only when the task ahead of it ends, which notifies (migration 0006).
+SELECT EXTRACT(EPOCH FROM due_at - now())::float8 AS seconds
 FROM tasks
 WHERE picked_at IS NULL AND cancelled_at IS NULL
-  AND completed_at IS NULL AND failed_at IS NULL;
+  AND completed_at IS NULL AND failed_at IS NULL
+  AND (concurrency_policy IS DISTINCT FROM 'forbid'
+       OR NOT forbid_holds_back(job_id, id, scheduled_at))
+ORDER BY due_at, id
+LIMIT 1;
 
 -- name: release_claims --
 -- Hand claimed, unstarted tasks back to the queue (no worker took them); fenced by token.
