@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 from harness import Cluster, query, wait_for
 
 from chronocore.queries import QUERIES
@@ -84,3 +85,81 @@ def explain(dsn: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
         return conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {QUERIES[name]}",
                             params).fetchone()[0][0]
 
+
+# The history: finished tasks of ten jobs (five forbid, five replace) and one-off tasks.
+HISTORY = 1_000_000
+JOBS = 10
+# Shared buffers one periodic statement may touch (summed over its plan's nodes) with
+# this history and the little live work below; reading a job's history (or all of it)
+# touches tens of thousands.
+MAX_BUFFERS = 1000
+# Every statement that runs on a timer, whatever the load: the coordinator's claim loop
+# and sweep, the scheduler's concurrency step, a metrics scrape, and its parameters.
+PERIODIC = {
+    "claim_due": {"coordinator_id": "coordinator-plan", "limit": 10},
+    "next_due_in": {},
+    "requeue_stale_claims": {"lease_s": 5.0},
+    "recover_lost_runs": {"ttl_s": 5.0, "backoff_base_s": 1.0, "backoff_max_s": 60.0},
+    "prune_finished": {"retention_s": 30 * 86400.0, "limit": 500},
+    "skip_forbidden": {},
+    "replace_running": {},
+    "queue_depth": {},
+    "in_flight": {},
+}
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in plan_nodes(child))]
+
+
+@pytest.mark.slow
+def test_every_periodic_statement_reads_live_work_only_over_a_million_finished_tasks(
+    dsn: str
+) -> None:
+    query(dsn, f"""
+        INSERT INTO tasks (command, scheduled_at, due_at, picked_at, started_at,
+                           completed_at, attempt, job_id, concurrency_policy, worker_id)
+        SELECT 'true', at, at, at, at, at + interval '1 second', 1, job,
+               CASE WHEN job <= {JOBS // 2} THEN 'forbid' WHEN job IS NOT NULL
+                    THEN 'replace' END,
+               'worker-gone'
+        FROM generate_series(1, {HISTORY}) AS i,
+             LATERAL (SELECT now() - interval '1 day' - i * interval '1 second' AS at,
+                             CASE WHEN i % 4 <> 0 THEN i % {JOBS} + 1 END AS job) s""")
+    # Live work: a live worker running one occurrence of each job, a due occurrence of
+    # each (held back by forbid, or replacing the run), a later one, and one-off tasks.
+    query(dsn, "INSERT INTO nodes (id, kind, host, pid, address, capacity)"
+               " VALUES ('worker-live', 'worker', 'test', 1, 'nowhere:1', 8)")
+    query(dsn, f"""
+        INSERT INTO tasks (command, scheduled_at, picked_at, started_at, attempt, job_id,
+                           concurrency_policy, worker_id, claim_token)
+        SELECT 'sleep 600', now() - interval '1 minute', now(), now(), 1, job,
+               CASE WHEN job <= {JOBS // 2} THEN 'forbid' ELSE 'replace' END,
+               'worker-live', gen_random_uuid()
+        FROM generate_series(1, {JOBS}) AS job""")
+    query(dsn, "INSERT INTO task_attempts (task_id, attempt, worker_id, started_at)"
+               " SELECT id, 1, worker_id, started_at FROM tasks WHERE worker_id = 'worker-live'")
+    query(dsn, f"""
+        INSERT INTO tasks (command, scheduled_at, job_id, concurrency_policy)
+        SELECT 'true', now() + offset_s * interval '1 second', job,
+               CASE WHEN job <= {JOBS // 2} THEN 'forbid' ELSE 'replace' END
+        FROM generate_series(1, {JOBS}) AS job, unnest(ARRAY[-1, 3600]) AS offset_s""")
+    query(dsn, "INSERT INTO tasks (command, scheduled_at)"
+               " SELECT 'true', now() + i * interval '1 minute' FROM generate_series(1, 20) i")
+    query(dsn, "VACUUM ANALYZE tasks")
+
+    problems = []
+    for name, params in PERIODIC.items():
+        explained = explain(dsn, name, params)
+        nodes = plan_nodes(explained["Plan"])
+        scans = [n for n in nodes if n["Node Type"] == "Seq Scan"
+                 and n.get("Relation Name") == "tasks"]
+        # Over every node (a parent counts its children's too, and a data-modifying CTE
+        # runs apart from the top node): an upper bound of what the statement touched.
+        buffers = sum(n.get("Shared Hit Blocks", 0) + n.get("Shared Read Blocks", 0)
+                      for n in nodes)
+        if scans:
+            problems.append(f"{name}: a sequential scan of tasks")
+        if buffers > MAX_BUFFERS:
+            problems.append(f"{name}: {buffers} shared buffers")
+    assert not problems, "periodic statements that read history:\n" + "\n".join(problems)

@@ -231,7 +231,9 @@ WITH lost AS (
             AND t.cancelled_at IS NULL) AS retry
     FROM tasks t
     LEFT JOIN nodes n ON n.id = t.worker_id
-    WHERE t.started_at IS NOT NULL AND t.completed_at IS NULL AND t.failed_at IS NULL
+    -- started implies picked: says so, so that the in-flight index (live work) is read
+    WHERE t.picked_at IS NOT NULL AND t.started_at IS NOT NULL
+      AND t.completed_at IS NULL AND t.failed_at IS NULL
       AND (n.id IS NULL OR n.stopped_at IS NOT NULL
            OR n.last_heartbeat_at < now() - %(ttl_s)s * interval '1 second')
     FOR UPDATE OF t SKIP LOCKED
@@ -465,7 +467,7 @@ ORDER BY j.id;
 -- is cancelled; returns where the cancelled ones run, to signal their workers.
 UPDATE tasks r
 SET cancelled_at = now()
-WHERE r.concurrency_policy = 'replace'
+WHERE r.concurrency_policy = 'replace' AND r.job_id IS NOT NULL  -- tasks_job_unfinished
   AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
   AND EXISTS (SELECT 1 FROM tasks t
               WHERE t.job_id = r.job_id AND t.scheduled_at > r.scheduled_at

@@ -1,6 +1,13 @@
 -- What an idle cluster reads must follow its live work, never its history: every
 -- statement run periodically finds its rows through an index on unfinished tasks only.
 
+-- A job's tasks not yet finished (waiting, picked or running), by occurrence: what the
+-- concurrency policies ask of one job ("an earlier occurrence still waits", "one is in
+-- flight", "a later one is due"), read without touching the job's finished history.
+CREATE INDEX tasks_job_unfinished ON tasks (job_id, scheduled_at)
+    WHERE job_id IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL
+      AND cancelled_at IS NULL;
+
 -- concurrency_policy forbid: is this occurrence held back, by another occurrence of its
 -- job in flight or by an earlier one still waiting (that one goes first)? One definition
 -- for the claim and for the claim loop's sleep (next_due_in), so that the loop never
