@@ -105,6 +105,7 @@ PERIODIC = {
     "replace_running": {},
     "queue_depth": {},
     "in_flight": {},
+    "job_health": {},
 }
 
 
