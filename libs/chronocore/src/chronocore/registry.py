@@ -153,9 +153,8 @@ class Heartbeat:
         late = rested is not None and began - rested > self._interval_s + BEAT_GAP_SLACK_S
         if self._connected_since is None or ended - began > self._interval_s or late:
             if late:
-                log.warning("heartbeat %.1fs late (process frozen or starved); waiting a "
-                            "full TTL of connectivity before judging other nodes",
-                            began - rested - self._interval_s)
+                log.warning("heartbeat %.1fs late (process frozen or starved); "
+                            "connectivity counts afresh", began - rested - self._interval_s)
             self._connected_since = ended
         self._rested_at = ended
         try:
