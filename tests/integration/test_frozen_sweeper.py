@@ -7,7 +7,7 @@ again, it must not sweep at once: the silence it sees is its own. The long-runni
 on the live worker must stay running through every cycle; and once the worker really
 dies, the same coordinator must still recover its task (the sweep was not simply off).
 
-The session's shared database server cannot be stopped, so this test runs its own.
+The test run's shared database server cannot be stopped, so this test runs its own.
 """
 
 from __future__ import annotations
