@@ -67,11 +67,8 @@ WITH due AS (
       AND due_at <= now()
       -- concurrency_policy forbid: not while another occurrence of the job is in flight
       -- or an earlier one still waits (it goes first; this one is then skipped)
-      AND (concurrency_policy IS DISTINCT FROM 'forbid' OR NOT EXISTS (
-          SELECT 1 FROM tasks r
-          WHERE r.job_id = tasks.job_id AND r.id <> tasks.id
-            AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
-            AND (r.picked_at IS NOT NULL OR r.scheduled_at < tasks.scheduled_at)))
+      AND (concurrency_policy IS DISTINCT FROM 'forbid'
+           OR NOT forbid_holds_back(job_id, id, scheduled_at))
     ORDER BY due_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -83,11 +80,18 @@ WHERE t.id = due.id
 RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.scheduled_at;
 
 -- name: next_due_in --
--- Seconds from now (database clock) until the earliest waiting task is due; NULL if none.
-SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8 AS seconds
+-- Seconds from now (database clock) until the earliest waiting task the claim would take
+-- is due (no row if none): the same predicate as claim_due, so a due task the claim
+-- refuses (held back by forbid) never makes the claim loop spin. Such a task becomes
+-- claimable only when the task ahead of it ends, which notifies (migration 0006).
+SELECT EXTRACT(EPOCH FROM due_at - now())::float8 AS seconds
 FROM tasks
 WHERE picked_at IS NULL AND cancelled_at IS NULL
-  AND completed_at IS NULL AND failed_at IS NULL;
+  AND completed_at IS NULL AND failed_at IS NULL
+  AND (concurrency_policy IS DISTINCT FROM 'forbid'
+       OR NOT forbid_holds_back(job_id, id, scheduled_at))
+ORDER BY due_at, id
+LIMIT 1;
 
 -- name: release_claims --
 -- Hand claimed, unstarted tasks back to the queue (no worker took them); fenced by token.
@@ -227,7 +231,9 @@ WITH lost AS (
             AND t.cancelled_at IS NULL) AS retry
     FROM tasks t
     LEFT JOIN nodes n ON n.id = t.worker_id
-    WHERE t.started_at IS NOT NULL AND t.completed_at IS NULL AND t.failed_at IS NULL
+    -- started implies picked: says so, so that the in-flight index (live work) is read
+    WHERE t.picked_at IS NOT NULL AND t.started_at IS NOT NULL
+      AND t.completed_at IS NULL AND t.failed_at IS NULL
       AND (n.id IS NULL OR n.stopped_at IS NOT NULL
            OR n.last_heartbeat_at < now() - %(ttl_s)s * interval '1 second')
     FOR UPDATE OF t SKIP LOCKED
@@ -461,7 +467,7 @@ ORDER BY j.id;
 -- is cancelled; returns where the cancelled ones run, to signal their workers.
 UPDATE tasks r
 SET cancelled_at = now()
-WHERE r.concurrency_policy = 'replace'
+WHERE r.concurrency_policy = 'replace' AND r.job_id IS NOT NULL  -- tasks_job_unfinished
   AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
   AND EXISTS (SELECT 1 FROM tasks t
               WHERE t.job_id = r.job_id AND t.scheduled_at > r.scheduled_at

@@ -43,7 +43,7 @@ def main() -> int:
                             refresh_s=config.heartbeat_s, tls=tls,
                             on_slots_freed=lambda: loop.wake())
     def on_beat() -> None:
-        sweep(repo, ttl_s=config.node_ttl_s, connected_for_s=heartbeat.connected_for())
+        sweep(repo, ttl_s=config.node_ttl_s, connected_for=heartbeat.connected_for)
         prune(repo, retention_s=config.retention_s)
 
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s, on_beat=on_beat)
