@@ -530,6 +530,9 @@ FOR SHARE;
 -- A retry by hand: a new task from a finished one, due at AT and naming it in retry_of.
 -- What runs, how and where is copied; everything else starts afresh. A column added to
 -- tasks that says what runs, how or where (a target) is copied here too, in both lists.
+-- job_id too: a retry of a job's occurrence is one more occurrence of the job (in its
+-- history, under its concurrency policy); AT is off the whole second, so the unique
+-- (job_id, scheduled_at) key never meets a tick's (see repository.hand_instants).
 INSERT INTO tasks (command, delivery, max_attempts, timeout_s, env, name, job_id,
                    concurrency_policy,
                    scheduled_at, retry_of, idempotency_key, request_hash)
