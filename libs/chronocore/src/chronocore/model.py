@@ -251,6 +251,22 @@ def parse_submission(body: object) -> Submission:
     return Submission(scheduled_at=scheduled_at, **parse_common(body))
 
 
+# A retry by hand (POST /tasks/{id}/retry) may carry this, and nothing else.
+RETRY_FIELDS = frozenset({"idempotency_key"})
+
+
+def parse_retry(body: object) -> str | None:
+    """The body of ``POST /tasks/{id}/retry``: none, ``{}``, or an ``idempotency_key``
+    (a client that resends the request gets the first retry back, not a second one)."""
+    if body is None:
+        return None
+    body = check_fields(body, RETRY_FIELDS)
+    key = _string(body, "idempotency_key")
+    if key is not None and not key:
+        raise ValidationError("idempotency_key must not be empty", "idempotency_key")
+    return key
+
+
 def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) -> dict:
     """A task row (with its derived ``status``) as the API shows it. A row read for a
     list has only the end of its output (``output_truncated`` says whether that is all of
@@ -266,6 +282,7 @@ def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) ->
     for name in ("delivery", "attempt", "max_attempts", "timeout_s", "exit_code", "error",
                  "output", "worker_id", "job_id", "idempotency_key", "name", "env"):
         resource[name] = row[name]
+    resource["retry_of"] = row["retry_of"]  # the task this one retries by hand, if any
     if "output_truncated" in row:
         resource["output_truncated"] = bool(row["output_truncated"])
     if attempts is not None:

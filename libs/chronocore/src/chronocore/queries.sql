@@ -37,6 +37,7 @@ SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
        t.idempotency_key, t.name, t.env,
+       t.retry_of,
        right(t.output, %(output_chars)s) AS output,
        length(t.output) > %(output_chars)s AS output_truncated,
        task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
@@ -522,3 +523,46 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id;
+
+-- name: lock_task --
+-- One task with its derived status, held against changes while a retry is made from it.
+SELECT t.*, task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
+                        t.cancelled_at, t.attempt) AS status
+FROM tasks t
+WHERE t.id = %(id)s
+FOR SHARE;
+
+-- name: insert_retry --
+-- A retry by hand: a new task from a finished one, due at AT and naming it in retry_of.
+-- What runs, how and where is copied; everything else starts afresh. A column added to
+-- tasks that says what runs, how or where (a target) is copied here too, in both lists.
+-- job_id too: a retry of a job's occurrence is one more occurrence of the job (in its
+-- history, under its concurrency policy); AT is off the whole second, so the unique
+-- (job_id, scheduled_at) key never meets a tick's (see repository.hand_instants).
+INSERT INTO tasks (command, delivery, max_attempts, timeout_s, env, name, job_id,
+                   concurrency_policy,
+                   scheduled_at, retry_of, idempotency_key, request_hash)
+SELECT command, delivery, max_attempts, timeout_s, env, name, job_id,
+       concurrency_policy,
+       %(at)s, id, %(idempotency_key)s, %(request_hash)s
+FROM tasks
+WHERE id = %(id)s
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: unfinished_before --
+-- What a job's new occurrence due at AT meets: its other occurrences not finished, in
+-- flight or due before it (forbid skips the new one for them, replace cancels them).
+SELECT id, scheduled_at,
+       task_status(picked_at, started_at, completed_at, failed_at, cancelled_at, attempt)
+           AS status
+FROM tasks
+WHERE job_id = %(job_id)s AND picked_at IS NOT NULL
+  AND completed_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
+UNION
+SELECT id, scheduled_at,
+       task_status(picked_at, started_at, completed_at, failed_at, cancelled_at, attempt)
+FROM tasks
+WHERE job_id = %(job_id)s AND picked_at IS NULL AND scheduled_at < %(at)s
+  AND completed_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
+ORDER BY scheduled_at, id;

@@ -23,11 +23,15 @@ How a task moves, and who may move it (the rules the whole cluster relies on):
   worker was paused or starved) first asks again (``confirm_start``, a heartbeat too), so
   an attempt recovered meanwhile never runs beside its retry.
 * Time is the database's: every ``now()`` is PostgreSQL's, never a node's clock.
+* By hand: a retry is a new task made from a finished one (``retry_of`` names it), never
+  the finished one moved back; a job's run now is one more occurrence. Both meet the
+  job's concurrency policy as a tick does (``make_way``).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +42,7 @@ from psycopg_pool import ConnectionPool
 
 from chronocore.cron import Schedule
 from chronocore.jobs import JobSpec, Plan, patched, plan
-from chronocore.model import Submission
+from chronocore.model import TERMINAL_STATUSES, Submission, fingerprint
 from chronocore.queries import QUERIES
 
 
@@ -157,6 +161,54 @@ class TaskRepository:
     def cancel(self, task_id: int) -> dict[str, Any] | None:
         """Mark a task cancelled; returns ``{started_at, worker_id}`` if it changed, else None."""
         return self._one("cancel_task", {"id": task_id})
+
+    def retry(self, task_id: int, *, idempotency_key: str | None = None) -> HandRun | None:
+        """A new task from a finished one, due now, naming it in ``retry_of``; None if
+        there is no such task. Raises ``RunRefused`` for a task not finished, or for one
+        of a job whose concurrency policy would skip it (see ``make_way``), and
+        ``IdempotencyConflict`` for a key another request took.
+
+        A job's task stays the job's: the retry keeps its ``job_id`` (it shows in the
+        job's history) and the policy it ran under, and is an occurrence like any other.
+        """
+        request_hash = fingerprint({"retry_of": task_id})
+        if idempotency_key is not None:
+            replay = self._replay(idempotency_key, request_hash)
+            if replay is not None:
+                return replay
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                original = conn.execute(QUERIES["lock_task"], {"id": task_id}).fetchone()
+                if original is None:
+                    return None
+                refuse_unfinished(original)
+                now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
+                replaced: list[dict[str, Any]] = []
+                if original["job_id"] is not None:
+                    # One run by hand of a job at a time (the job may be gone: no lock).
+                    conn.execute(QUERIES["lock_job"], {"id": original["job_id"]})
+                    replaced = make_way(conn, job_id=original["job_id"],
+                                        policy=original["concurrency_policy"], at=now)
+                made = insert_by_hand(
+                    conn, "insert_retry", lambda at: {
+                        "id": task_id, "at": at, "idempotency_key": idempotency_key,
+                        "request_hash": request_hash},
+                    now=now, idempotency_key=idempotency_key)
+                return HandRun(task_id=made, created=True, replaced=replaced)
+        except KeyTaken:  # by a request just committed: this one's changes are undone
+            pass
+        replay = self._replay(idempotency_key, request_hash)
+        assert replay is not None
+        return replay
+
+    def _replay(self, key: str | None, request_hash: str) -> HandRun | None:
+        """The task an idempotency key already names, if it was made by the same request."""
+        existing = self._one("task_by_idempotency_key", {"key": key})
+        if existing is None:
+            return None
+        if existing["request_hash"] != request_hash:
+            raise IdempotencyConflict(existing["id"])
+        return HandRun(task_id=existing["id"], created=False, replaced=[])
 
     # --- the coordinator's side -----------------------------------------------------
 
@@ -357,6 +409,22 @@ class JobRepository:
                          "scheduled_at": row["scheduled_at"]})
         return outcomes
 
+    def run_now(self, job_id: int) -> HandRun | None:
+        """An extra occurrence of a job, due now, made as a tick is made (from the job as
+        it is now, paused or not); the schedule (``next_run_at``) does not move. None if
+        there is no such job; ``RunRefused`` when its concurrency policy would skip it."""
+        with self._pool.connection() as conn, conn.transaction():
+            job = conn.execute(QUERIES["lock_job"], {"id": job_id}).fetchone()
+            if job is None:
+                return None
+            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
+            replaced = make_way(conn, job_id=job_id, policy=job["concurrency_policy"],
+                                at=now)
+            made = insert_by_hand(conn, "insert_occurrences",
+                                  lambda at: {"job_ids": [job_id], "occurrences": [at]},
+                                  now=now)
+            return HandRun(task_id=made, created=True, replaced=replaced)
+
     def delete(self, job_id: int) -> bool:
         with self._pool.connection() as conn:
             return conn.execute(QUERIES["delete_job"], {"id": job_id}).fetchone() is not None
@@ -435,3 +503,97 @@ class JobRepository:
             "starting_deadline_s": spec.starting_deadline_s,
             "max_catchup": spec.max_catchup, "paused": spec.paused,
         }
+
+
+# --- runs made by hand: POST /tasks/{id}/retry and POST /jobs/{id}/run ------------------
+
+# The instants a run made by hand may take, tried in turn. Each occurrence of a job is
+# one task by the unique key (job_id, scheduled_at): a run by hand is due at the
+# database's now, off the whole second (where every cron tick falls, made or still to
+# come, so it never takes a tick's place) and a microsecond later for each run by hand
+# that already took an instant (two in the same microsecond).
+HAND_INSTANT_TRIES = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandRun:
+    """A task made by hand: a retry, or a job's run now."""
+
+    task_id: int
+    created: bool  # False: an idempotent replay of an earlier request
+    replaced: list[dict[str, Any]]  # cancelled by replace: id, started_at, worker_id
+
+
+class RunRefused(Exception):
+    """A run by hand refused: the task has not finished, or the job's concurrency policy
+    forbids it now."""
+
+
+class KeyTaken(Exception):
+    """The idempotency key was taken meanwhile (inside a transaction, to roll it back)."""
+
+
+def hand_instants(now: datetime) -> Iterator[datetime]:
+    at = now if now.microsecond else now + timedelta(microseconds=1)
+    for _ in range(HAND_INSTANT_TRIES):
+        yield at
+        at += timedelta(microseconds=1)
+        if at.microsecond == 0:
+            at += timedelta(microseconds=1)
+    raise RuntimeError(f"no free instant for a run by hand after {now}")
+
+
+def insert_by_hand(conn: psycopg.Connection[Any], name: str,
+                   params: Callable[[datetime], dict[str, Any]], *, now: datetime,
+                   idempotency_key: str | None = None) -> int:
+    """Run the insert ``name`` (``ON CONFLICT DO NOTHING ... RETURNING id``) at the first
+    instant of ``hand_instants(now)`` no other task of the job holds; the new task's id.
+    Raises ``KeyTaken`` when it is the idempotency key that another request holds."""
+    for at in hand_instants(now):
+        row = conn.execute(QUERIES[name], params(at)).fetchone()
+        if row is not None:
+            return row["id"]
+        if idempotency_key is not None and conn.execute(
+                QUERIES["task_by_idempotency_key"], {"key": idempotency_key}
+        ).fetchone() is not None:
+            raise KeyTaken
+    raise AssertionError("unreachable: hand_instants ends by raising")
+
+
+def refuse_unfinished(task: dict[str, Any]) -> None:
+    """Only a finished task is retried: one still waiting or running would then run
+    twice, and a cancelled one still stopping would run beside its retry."""
+    status = task["status"]
+    if status not in TERMINAL_STATUSES:
+        raise RunRefused(f"task {task['id']} is {status}: only a finished task (succeeded, "
+                         "failed or cancelled) can be retried")
+    if task["started_at"] is not None and task["completed_at"] is None \
+            and task["failed_at"] is None:
+        raise RunRefused(f"task {task['id']} is cancelled but its command is still "
+                         "stopping; retry it once it has ended")
+
+
+def make_way(conn: psycopg.Connection[Any], *, job_id: int, policy: str | None,
+             at: datetime) -> list[dict[str, Any]]:
+    """What a job's occurrence made by hand, due at ``at``, meets, as a tick would: with
+    ``forbid``, any other occurrence in flight or due before it means it would be skipped
+    (raises ``RunRefused`` rather than make a task bound to be skipped); with
+    ``replace``, those are cancelled (returned, so that their workers are told). A claim
+    racing this decision is still ruled by the claim and the materializer's policy step.
+    """
+    if policy not in ("forbid", "replace"):
+        return []
+    ahead = conn.execute(QUERIES["unfinished_before"], {"job_id": job_id, "at": at}).fetchall()
+    if policy == "forbid":
+        if ahead:
+            raise RunRefused(
+                f"job {job_id} has concurrency_policy forbid and its task {ahead[0]['id']} "
+                f"is {ahead[0]['status']}: a run made now would be skipped; try again once "
+                "it has ended")
+        return []
+    replaced = []
+    for task in ahead:
+        cancelled = conn.execute(QUERIES["cancel_task"], {"id": task["id"]}).fetchone()
+        if cancelled is not None:
+            replaced.append(cancelled)
+    return replaced
