@@ -35,7 +35,7 @@ def main() -> int:
     if not migrate_when_reachable(config, stop):
         return 0
     pool = db.open_pool(config.dsn, size=config.pool_size, name="coordinator",
-                        pooled=config.pooled)
+                        pooled=config.pooled, timeouts=config.session_timeouts)
     repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
                                                 max_s=config.retry_backoff_max_s))
     registry = NodeRegistry(pool, node_id=node_id, kind="coordinator")
