@@ -44,15 +44,17 @@ def test_a_scheduler_frozen_mid_step_stops_no_tick_and_no_edit(cluster: Cluster)
                  what="the second scheduler to pause inside a step that took the job")
         frozen.signal(signal.SIGSTOP)
         frozen_at = cluster.query("SELECT now() AS now")[0]["now"]
+        wait_for(lambda: ticks(cluster, job["id"])[-1]["scheduled_at"]
+                 >= frozen_at + TICKS_AFTER_FREEZE * SECOND, timeout=30,
+                 what=f"ticks up to {TICKS_AFTER_FREEZE} s after the freeze")
 
         edit = bounded_request(cluster.url, "PATCH", f"/jobs/{job['id']}",
                                {"command": "echo edited"}, timeout=5)
         assert edit.status == 200, f"the edit was not answered: {edit}"
         edited_at = cluster.query("SELECT now() AS now")[0]["now"]
-
-        last = frozen_at + TICKS_AFTER_FREEZE * SECOND
-        wait_for(lambda: ticks(cluster, job["id"])[-1]["scheduled_at"] >= last, timeout=30,
-                 what=f"ticks up to {TICKS_AFTER_FREEZE} s after the freeze")
+        wait_for(lambda: ticks(cluster, job["id"])[-1]["scheduled_at"]
+                 >= edited_at + TICKS_AFTER_FREEZE * SECOND, timeout=30,
+                 what=f"ticks up to {TICKS_AFTER_FREEZE} s after the edit")
     finally:
         frozen.signal(signal.SIGCONT)
 

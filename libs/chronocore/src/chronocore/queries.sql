@@ -466,25 +466,26 @@ RETURNING id, job_id;
 
 -- name: skip_forbidden --
 -- concurrency_policy forbid: a due occurrence whose job still runs an earlier one is
--- skipped (never started), as a Kubernetes CronJob does.
-UPDATE tasks t
-SET cancelled_at = now(), error = 'skipped: concurrency_policy forbid'
-WHERE t.concurrency_policy = 'forbid' AND t.due_at <= now()
-  AND t.picked_at IS NULL AND t.cancelled_at IS NULL
-  AND t.completed_at IS NULL AND t.failed_at IS NULL
-  AND EXISTS (SELECT 1 FROM tasks r
-              WHERE r.job_id = t.job_id AND r.id <> t.id AND r.picked_at IS NOT NULL
-                AND r.completed_at IS NULL AND r.failed_at IS NULL
-                AND r.cancelled_at IS NULL)
-RETURNING t.id, t.job_id;
-
--- name: count_forbidden --
--- Count, on each job, the occurrences the forbid policy skipped (same transaction).
-UPDATE jobs j
-SET forbidden_occurrences = forbidden_occurrences + s.skipped
-FROM (SELECT job_id, count(*) AS skipped FROM unnest(%(job_ids)s::bigint[]) AS s(job_id)
-      GROUP BY job_id) s
-WHERE j.id = s.job_id;
+-- skipped (never started), as a Kubernetes CronJob does; in the same statement each job
+-- counts the occurrences skipped (no transaction holds a job's lock across round trips).
+WITH skipped AS (
+    UPDATE tasks t
+    SET cancelled_at = now(), error = 'skipped: concurrency_policy forbid'
+    WHERE t.concurrency_policy = 'forbid' AND t.due_at <= now()
+      AND t.picked_at IS NULL AND t.cancelled_at IS NULL
+      AND t.completed_at IS NULL AND t.failed_at IS NULL
+      AND EXISTS (SELECT 1 FROM tasks r
+                  WHERE r.job_id = t.job_id AND r.id <> t.id AND r.picked_at IS NOT NULL
+                    AND r.completed_at IS NULL AND r.failed_at IS NULL
+                    AND r.cancelled_at IS NULL)
+    RETURNING t.id, t.job_id
+), counted AS (
+    UPDATE jobs j
+    SET forbidden_occurrences = forbidden_occurrences + s.skipped
+    FROM (SELECT job_id, count(*) AS skipped FROM skipped GROUP BY job_id) s
+    WHERE j.id = s.job_id
+)
+SELECT id, job_id FROM skipped;
 
 -- name: job_health --
 -- Per job, what cron users alert on: its last run's start, its last success, and the

@@ -449,11 +449,7 @@ class JobRepository:
         """forbid: skip due occurrences while an earlier one runs; replace: cancel the
         earlier one. Returns ``(skipped, replaced)`` rows."""
         with self._pool.connection() as conn:
-            with conn.transaction():
-                skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
-                if skipped:
-                    conn.execute(QUERIES["count_forbidden"],
-                                 {"job_ids": [r["job_id"] for r in skipped]})
+            skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
             replaced = conn.execute(QUERIES["replace_running"]).fetchall()
         return skipped, replaced
 
