@@ -388,8 +388,26 @@ CROSS JOIN LATERAL (
 ORDER BY j.id, t.scheduled_at;
 
 -- name: delete_job --
--- Delete a job; the tasks it already made stay, with their history.
-DELETE FROM jobs WHERE id = %(id)s RETURNING id;
+-- Delete a job and, in the same statement, cancel its tasks not yet started (ticks made
+-- ahead, claims not yet started, retries waiting): none starts after the answer. Its other
+-- tasks stay, with their history. The job goes only if its row is still the version this
+-- statement's snapshot saw: ticks inserted after that snapshot (invisible to the cancel)
+-- came with an advance of the job, so then nothing happens and the caller tries again.
+WITH seen AS (
+    SELECT id, xmin FROM jobs WHERE id = %(id)s
+), deleted AS (
+    DELETE FROM jobs j
+    USING seen
+    WHERE j.id = seen.id AND j.xmin = seen.xmin
+    RETURNING j.id
+), cancelled AS (
+    UPDATE tasks t
+    SET cancelled_at = now(), error = %(reason)s
+    FROM deleted d
+    WHERE t.job_id = d.id AND t.started_at IS NULL AND t.cancelled_at IS NULL
+      AND t.completed_at IS NULL AND t.failed_at IS NULL
+)
+SELECT (SELECT id FROM seen) AS seen, (SELECT id FROM deleted) AS deleted;
 
 -- name: database_now --
 -- The database clock.

@@ -379,8 +379,17 @@ class JobRepository:
         return outcomes
 
     def delete(self, job_id: int) -> bool:
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES["delete_job"], {"id": job_id}).fetchone() is not None
+        """Delete a job and cancel its tasks not yet started, in one statement; False if
+        there is no such job."""
+        for _ in range(MAX_WRITE_TRIES):
+            with self._pool.connection() as conn:
+                row = conn.execute(QUERIES["delete_job"],
+                                   {"id": job_id, "reason": DELETED_REASON}).fetchone()
+            if row["deleted"] is not None:
+                return True
+            if row["seen"] is None:
+                return False
+        raise JobBusy(f"job {job_id} kept changing while being deleted; try again")
 
     def materialize(self, *, horizon_s: float,
                     limit: int = MATERIALIZE_BATCH) -> list[dict[str, Any]]:
