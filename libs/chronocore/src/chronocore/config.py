@@ -127,7 +127,8 @@ class Config:
     pool_size: int = 4
     # Schedulers make a recurring job's tasks this far ahead of their time.
     horizon_s: float = 5.0
-    # Finished tasks older than this are pruned (in small batches, by every coordinator).
+    # Finished tasks older than this are pruned (in small batches, by every coordinator),
+    # and rows of nodes stopped or dead for as long.
     retention_s: float = 30 * 86400.0
     tls_ca: str | None = None
     tls_cert: str | None = None

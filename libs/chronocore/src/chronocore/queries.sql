@@ -274,6 +274,20 @@ UPDATE nodes SET draining_at = now() WHERE id = %(id)s;
 -- A node left cleanly.
 UPDATE nodes SET stopped_at = now() WHERE id = %(id)s;
 
+-- name: prune_nodes --
+-- Retention: delete up to LIMIT rows of nodes stopped or silent for longer than the
+-- retention age (every start adds a row, metrics included); never a live node's. Found
+-- through the heartbeat index; SKIP LOCKED: it never waits on a heartbeat.
+DELETE FROM nodes
+WHERE id IN (
+    SELECT id FROM nodes
+    WHERE last_heartbeat_at < now() - %(retention_s)s * interval '1 second'
+      AND (stopped_at IS NULL OR stopped_at < now() - %(retention_s)s * interval '1 second')
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id;
+
 -- name: live_workers --
 -- Workers that heartbeat within the TTL and take work, least loaded first.
 SELECT id, address, capacity, running

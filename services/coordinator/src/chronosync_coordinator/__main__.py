@@ -44,7 +44,7 @@ def main() -> int:
                             on_slots_freed=lambda: loop.wake())
     def on_beat() -> None:
         sweep(repo, ttl_s=config.node_ttl_s, connected_for_s=heartbeat.connected_for())
-        prune(repo, retention_s=config.retention_s)
+        prune(repo, registry, retention_s=config.retention_s)
 
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s, on_beat=on_beat)
     loop = ClaimLoop(repo=repo, dispatcher=dispatcher, coordinator_id=node_id,

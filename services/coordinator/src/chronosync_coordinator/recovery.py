@@ -22,6 +22,7 @@ import logging
 
 from chronocore import metrics
 from chronocore.db import POOL_WAIT_S
+from chronocore.registry import NodeRegistry
 from chronocore.repository import TaskRepository
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,11 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None
 PRUNE_BATCH = 500
 
 
-def prune(repo: TaskRepository, *, retention_s: float) -> int:
-    """Delete old finished tasks, one small batch per sweep (any coordinator may)."""
+def prune(repo: TaskRepository, registry: NodeRegistry, *, retention_s: float) -> int:
+    """Delete old finished tasks, one small batch per sweep (any coordinator may), and
+    the rows of nodes stopped or dead for as long (each start of a node adds one)."""
     pruned = repo.prune_finished(retention_s=retention_s, limit=PRUNE_BATCH)
     if pruned:
         PRUNED.inc(pruned)
+    registry.prune_nodes(retention_s=retention_s, limit=PRUNE_BATCH)
     return pruned
