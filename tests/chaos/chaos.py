@@ -11,7 +11,10 @@ sometimes past the TTL), always leaving at least one running node of each kind. 
 then (when the scenario runs its own PostgreSQL) the fault is a pair: a coordinator is
 SIGSTOPped, PostgreSQL is stopped for longer than the TTL and started again, and only
 then is the coordinator resumed, so it wakes among heartbeats that all went stale while
-it slept (it must wait, not judge the workers still reconnecting dead).
+it slept (it must wait, not judge the workers still reconnecting dead). A per-second
+recurring job ticks throughout (catching up every missed tick), and one of the
+schedulers pauses inside each materialization step that took it (a failpoint), so
+stopping that scheduler often freezes it mid-step, holding the job's lease.
 
 When the duration is over, every node is resumed or restarted, the load stops, and once
 every task is terminal (or a deadline passes) the scenario checks what PostgreSQL and the
@@ -21,6 +24,8 @@ marker file recorded:
   terminal state, and nothing at all is left scheduled, picked or running, no worker slot
   stays busy and no command process is left over;
 * an ``at_most_once`` command started at most once (marker lines and attempt rows);
+* the recurring job (deleted once the chaos is over) made every tick from its first to its
+  last, each once;
 * every ``at_least_once`` task succeeded, each attempt after the first was preceded by a
   recorded failure or ``worker_lost`` of the previous one, no attempt started twice, and
   no older attempt started after a newer one (a retry racing its own orphan).
@@ -71,6 +76,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from chronocore.devcluster import NodeProcess, ProcessCluster
+from chronocore.failpoints import MID_MATERIALIZE
 from chronocore.migrate import apply_migrations
 from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
 
@@ -104,6 +110,10 @@ RESUME_AFTER_S = (1.0, 8.0)  # above the 5 s TTL about 40% of the time
 AT_LEAST_ONCE_MAX_ATTEMPTS = 10  # retries cannot run out within the scenario
 DELAYED_SHARE = 0.3  # submissions due a second or two ahead rather than now
 DEFAULT_RATE = 15.0  # tasks per second: modest, the machine is shared
+# The second scheduler pauses this long inside every materialization step that took a
+# job, so a SIGSTOP of it often lands mid-step (the job's lease held, 2 s by default).
+MID_STEP_PAUSE_S = 1.0
+TICK = timedelta(seconds=1)
 
 HTTP_TIMEOUT_S = 3.0  # a stopped scheduler still accepts connections (kernel backlog)
 POSTERS = 8  # threads posting submissions, so one stopped scheduler cannot stall the load
@@ -277,6 +287,8 @@ class Chaos:
                 if kind == "scheduler":
                     port = ports[i]
                     env["CHRONOSYNC_HTTP_ADDR"] = f"127.0.0.1:{port}"
+                    if i == 1:
+                        env[MID_MATERIALIZE] = str(MID_STEP_PAUSE_S)
                 node = self._cluster.start(kind, env=env)
                 self.slots.append(Slot(kind=kind, env=env, node=node, port=port))
 
@@ -762,6 +774,38 @@ def wait_ready(chaos: Chaos, dsn: str) -> bool:
     return bool(wait_until(ready, timeout=READY_TIMEOUT_S, interval=0.5))
 
 
+def call_live_scheduler(chaos: Chaos, token: str, method: str, path: str,
+                        body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """One request to the first live scheduler that answers; (0, None) if none did."""
+    for port in chaos.live_scheduler_ports():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT_S)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": "application/json",
+                                  "Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+        except (OSError, http.client.HTTPException, ValueError):
+            continue
+        finally:
+            conn.close()
+    return 0, None
+
+
+def check_ticks(dsn: str, job_id: int) -> list[Violation]:
+    """The recurring job made every tick from its first to its last, each once."""
+    with connect(dsn) as conn:
+        ticks = [r["scheduled_at"] for r in conn.execute(
+            "SELECT scheduled_at FROM tasks WHERE job_id = %s ORDER BY scheduled_at",
+            (job_id,)).fetchall()]
+    if not ticks:
+        return [Violation("the recurring job made no tick", [], [])]
+    log(f"recurring job: {len(ticks)} ticks, {ticks[0]:%H:%M:%S} to {ticks[-1]:%H:%M:%S}")
+    gaps = [f"{a:%H:%M:%S} -> {b:%H:%M:%S}" for a, b in pairwise(ticks) if b - a != TICK]
+    return [Violation("recurring job ticks missing or doubled", [], gaps)] if gaps else []
+
+
 def nonterminal_count(dsn: str) -> int:
     with connect(dsn) as conn:
         row = conn.execute(
@@ -813,6 +857,12 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
             + ", ".join(f"{n} {k}s" for k, n in TOPOLOGY.items())
             + f"; {args.rate:g} tasks/s for {args.duration:g}s")
 
+        status, job = call_live_scheduler(chaos, token, "POST", "/schedule", {
+            "command": f"echo $CHRONOSYNC_TASK_ID:$CHRONOSYNC_ATTEMPT >> {starts}",
+            "cron": "* * * * * *", "misfire_policy": "run_all", "max_catchup": 10_000})
+        if status != 201:
+            log(f"the recurring job was not created: {status} {job}")
+            return 2
         load = Load(chaos=chaos, rate=args.rate, rng=load_rng, starts=starts, token=token,
                     seed=seed)
         stop_load = threading.Event()
@@ -831,6 +881,10 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
         began = time.monotonic()
         chaos.run(until=began + args.duration, stop=stop_chaos)
         chaos.finish()
+        # Its ticks made ahead are cancelled with it, so every task can settle.
+        deleted = wait_until(
+            lambda: call_live_scheduler(chaos, token, "DELETE", f"/jobs/{job['id']}")[0]
+            == 204, timeout=30)
         stop_load.set()
         threads[0].join(timeout=HTTP_TIMEOUT_S * TOPOLOGY["scheduler"] * 3 + 10)
         log(f"{time.monotonic() - started:6.1f}s chaos over, every node running; load stopped;"
@@ -850,7 +904,9 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
         busy = wait_until(lambda: not busy_workers(dsn), timeout=QUIESCE_TIMEOUT_S)
 
         recorded = read_recorded(dsn, starts)
-        violations = check(recorded, load.accepted)
+        violations = check(recorded, load.accepted) + check_ticks(dsn, job["id"])
+        if not deleted:
+            violations.append(Violation("the recurring job could not be deleted", [], []))
         if not leftovers:
             procs = command_processes(markers)
             violations.append(Violation("command processes left over", [], procs))

@@ -82,6 +82,11 @@ class NodeRegistry:
     def mark_stopped(self) -> None:
         self._execute("mark_node_stopped", {"id": self.node_id})
 
+    def prune_nodes(self, *, retention_s: float, limit: int) -> int:
+        """Delete up to ``limit`` rows of nodes stopped or dead longer than the retention
+        age; returns how many."""
+        return len(self._execute("prune_nodes", {"retention_s": retention_s, "limit": limit}))
+
     def metrics_sources(self, *, ttl_s: float) -> list[dict[str, Any]]:
         return self._execute("metrics_sources", {"ttl_s": ttl_s})
 

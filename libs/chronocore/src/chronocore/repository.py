@@ -40,6 +40,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from chronocore import failpoints
 from chronocore.cron import Schedule
 from chronocore.jobs import JobSpec, Plan, patched, plan
 from chronocore.model import TERMINAL_STATUSES, Submission, fingerprint
@@ -306,17 +307,32 @@ class TaskRepository:
 
 
 PAUSED_REASON = "skipped: job paused"
+DELETED_REASON = "skipped: job deleted"
 # A listed task carries the end of its output, this many characters: a page of 1,000
 # stays a few MiB (GET /tasks/{id} has the whole 64 KiB).
 LISTED_OUTPUT_CHARS = 4096
 # Jobs one materialize step takes: their occurrences go in one INSERT. Large enough that
 # a minute's 100,000 jobs are a hundred statements, small enough that a step's
-# transaction (and its row locks) stays short.
+# statements (and their row locks) stay short.
 MATERIALIZE_BATCH = 1000
+# How long a materialization step holds the jobs it took before another scheduler may
+# take them over, as a share of the horizon: a step frozen midway delays a job's next
+# ticks by at most this, and they are still made more than half a horizon ahead of their
+# time (5 s horizon: a 2 s lease). A step takes milliseconds; one that outlives its lease
+# only loses its work (its write is fenced off by the token).
+LEASE_SHARE_OF_HORIZON = 0.4
+MIN_LEASE_S = 0.1
+# An edit or a deletion that finds the job changed under it reads it again, this many
+# times at most: a job changes a couple of times per second at most (lease, advance).
+MAX_WRITE_TRIES = 50
 
 
 class JobExists(Exception):
     """Another job already has this name."""
+
+
+class JobBusy(Exception):
+    """The job kept changing under an edit or a deletion, which gave up."""
 
 
 class JobRepository:
@@ -368,33 +384,38 @@ class JobRepository:
         A new schedule takes effect from the first occurrence after both now and the last
         one already made a task; resuming starts from now (what fell in the pause is not
         run); pausing cancels the tasks made ahead of time that no coordinator took yet.
+
+        Optimistic, holding no lock between round trips: read the job (unlocked), merge
+        and plan here, then write in one statement on condition that the row is still the
+        version read; if anything changed it meanwhile (a materialization advancing it,
+        another edit), read again.
         """
-        with self._pool.connection() as conn, conn.transaction():
-            row = conn.execute(QUERIES["lock_job"], {"id": job_id}).fetchone()
-            if row is None:
-                return None
-            spec = patched(row, patch)
-            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
-            next_run_at = row["next_run_at"]
-            rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
-                row["cron"], row["timezone"])
-            resumed = row["paused_at"] is not None and not spec.paused
-            if resumed and not rescheduled:
-                conn.execute(QUERIES["restore_paused_of_job"],
-                             {"id": job_id, "reason": PAUSED_REASON})
-            if rescheduled or resumed:
-                last = conn.execute(QUERIES["last_occurrence"], {"id": job_id}).fetchone()["at"]
-                start = now if last is None else max(now, last)
-                next_run_at = next(spec.schedule.after(start))
-            try:
-                conn.execute(QUERIES["update_job"], {**self._columns(spec), "id": job_id,
-                                                     "next_run_at": next_run_at})
-            except psycopg.errors.UniqueViolation:
-                raise JobExists(f"a job named {spec.name!r} exists already") from None
-            if spec.paused and row["paused_at"] is None:
-                conn.execute(QUERIES["cancel_pending_of_job"],
-                             {"id": job_id, "reason": PAUSED_REASON})
-            return conn.execute(QUERIES["get_job"], {"id": job_id}).fetchone()
+        for _ in range(MAX_WRITE_TRIES):
+            with self._pool.connection() as conn:
+                row = conn.execute(QUERIES["job_to_update"], {"id": job_id}).fetchone()
+                if row is None:
+                    return None
+                spec = patched(row, patch)
+                next_run_at = row["next_run_at"]
+                rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
+                    row["cron"], row["timezone"])
+                resumed = row["paused_at"] is not None and not spec.paused
+                if rescheduled or resumed:
+                    last = row["last_occurrence"]
+                    start = row["now"] if last is None else max(row["now"], last)
+                    next_run_at = next(spec.schedule.after(start))
+                try:
+                    changed = conn.execute(QUERIES["update_job"], {
+                        **self._columns(spec), "id": job_id, "next_run_at": next_run_at,
+                        "row_version": row["row_version"], "reason": PAUSED_REASON,
+                        "restore": resumed and not rescheduled,
+                        "cancel": spec.paused and row["paused_at"] is None,
+                    }).fetchone()
+                except psycopg.errors.UniqueViolation:
+                    raise JobExists(f"a job named {spec.name!r} exists already") from None
+            if changed is not None:
+                return changed
+        raise JobBusy(f"job {job_id} kept changing while being updated; try again")
 
     def recent_outcomes(self, job_ids: list[int], *, count: int = 10
                         ) -> dict[int, list[dict[str, Any]]]:
@@ -426,27 +447,54 @@ class JobRepository:
             return HandRun(task_id=made, created=True, replaced=replaced)
 
     def delete(self, job_id: int) -> bool:
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES["delete_job"], {"id": job_id}).fetchone() is not None
+        """Delete a job and cancel its tasks not yet started, in one statement; False if
+        there is no such job."""
+        for _ in range(MAX_WRITE_TRIES):
+            with self._pool.connection() as conn:
+                row = conn.execute(QUERIES["delete_job"],
+                                   {"id": job_id, "reason": DELETED_REASON}).fetchone()
+            if row["deleted"] is not None:
+                return True
+            if row["seen"] is None:
+                return False
+        raise JobBusy(f"job {job_id} kept changing while being deleted; try again")
 
     def materialize(self, *, horizon_s: float,
                     limit: int = MATERIALIZE_BATCH) -> list[dict[str, Any]]:
         """One step: turn due occurrences of up to ``limit`` jobs into tasks.
 
-        Set-based: the jobs are locked with SKIP LOCKED (racing schedulers share the
-        work), their occurrences planned here, then inserted in one statement and the
-        jobs advanced in another, in the same transaction; the unique (job_id,
-        scheduled_at) key makes any overlap harmless. Returns per job what was made and
-        skipped.
+        Two statements and no transaction around them, so no row lock outlives a round
+        trip and a scheduler frozen mid-step (SIGSTOP, a host gone without closing its
+        connections) blocks no other scheduler's step and no edit of the job:
+
+        1. lease: the due jobs no one holds are leased to this step under fresh tokens
+           (picked with SKIP LOCKED, so racing schedulers share the work) until
+           ``lease_s`` from now, by the database clock;
+        2. here, with no lock held: each job's occurrences are planned (cronsim, in the
+           job's time zone);
+        3. write: one statement advances the jobs whose token is still the step's and
+           inserts their occurrences. A holder that outlived its lease (another scheduler
+           took the job over) or whose job was edited or deleted meanwhile finds its
+           token gone and writes nothing for that job: its plan may be stale.
+
+        Each occurrence is one task whatever happens: only the token's holder advances a
+        job, the unique (job_id, scheduled_at) key makes any overlap harmless, and the
+        advance and the insert commit together. Returns per job advanced what was made
+        and skipped.
         """
-        with self._pool.connection() as conn, conn.transaction():
-            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
-            jobs = conn.execute(QUERIES["jobs_to_materialize"],
-                                {"horizon_s": horizon_s, "limit": limit}).fetchall()
+        lease_s = max(horizon_s * LEASE_SHARE_OF_HORIZON, MIN_LEASE_S)
+        with self._pool.connection() as conn:
+            jobs = conn.execute(QUERIES["lease_jobs_to_materialize"],
+                                {"horizon_s": horizon_s, "limit": limit,
+                                 "lease_s": lease_s}).fetchall()
+            if not jobs:
+                return []
+            failpoints.pause(failpoints.MID_MATERIALIZE)
             # Jobs alike (same schedule, next run and policies: a fleet's "every minute")
             # have the same plan: computed once per step.
             plans: dict[tuple[Any, ...], Plan] = {}
             steps = {}
+            tokens = {}
             for job in jobs:
                 key = tuple(job[k] for k in ("cron", "timezone", "next_run_at",
                                              "misfire_policy", "starting_deadline_s",
@@ -454,36 +502,31 @@ class JobRepository:
                 if key not in plans:
                     plans[key] = plan(
                         schedule=Schedule(job["cron"], job["timezone"]),
-                        next_run_at=job["next_run_at"], now=now,
+                        next_run_at=job["next_run_at"], now=job["now"],
                         horizon=timedelta(seconds=horizon_s),
                         misfire_policy=job["misfire_policy"],
                         starting_deadline_s=job["starting_deadline_s"],
                         max_catchup=job["max_catchup"])
                 steps[job["id"]] = plans[key]
-            ids = sorted(steps)
+                tokens[job["id"]] = job["lease_token"]
+            ids = sorted(steps)  # one lock order for every step
             pairs = [(job_id, at) for job_id in ids for at in steps[job_id].occurrences]
-            made: dict[int, list[int]] = {job_id: [] for job_id in ids}
-            if pairs:
-                for row in conn.execute(QUERIES["insert_occurrences"],
-                                        {"job_ids": [p[0] for p in pairs],
-                                         "occurrences": [p[1] for p in pairs]}):
-                    made[row["job_id"]].append(row["id"])
-            if ids:
-                conn.execute(QUERIES["advance_jobs"], {
-                    "ids": ids, "next_run_ats": [steps[i].next_run_at for i in ids],
-                    "skipped": [steps[i].skipped for i in ids]})
+            rows = conn.execute(QUERIES["make_occurrences"], {
+                "ids": ids, "tokens": [tokens[i] for i in ids],
+                "next_run_ats": [steps[i].next_run_at for i in ids],
+                "skipped": [steps[i].skipped for i in ids],
+                "job_ids": [p[0] for p in pairs], "occurrences": [p[1] for p in pairs],
+                "planned_at": jobs[0]["now"],
+            }).fetchall()
+        made = {r["job_id"]: r["tasks"] for r in rows}
         return [{"job_id": job_id, "tasks": made[job_id], "skipped": steps[job_id].skipped}
-                for job_id in ids]
+                for job_id in ids if job_id in made]
 
     def enforce_concurrency(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """forbid: skip due occurrences while an earlier one runs; replace: cancel the
         earlier one. Returns ``(skipped, replaced)`` rows."""
         with self._pool.connection() as conn:
-            with conn.transaction():
-                skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
-                if skipped:
-                    conn.execute(QUERIES["count_forbidden"],
-                                 {"job_ids": [r["job_id"] for r in skipped]})
+            skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
             replaced = conn.execute(QUERIES["replace_running"]).fetchall()
         return skipped, replaced
 

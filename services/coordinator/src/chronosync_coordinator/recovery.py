@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from chronocore import metrics
 from chronocore.db import POOL_WAIT_S
+from chronocore.registry import NodeRegistry
 from chronocore.repository import TaskRepository
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,11 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for: Callable[[], flo
 PRUNE_BATCH = 500
 
 
-def prune(repo: TaskRepository, *, retention_s: float) -> int:
-    """Delete old finished tasks, one small batch per sweep (any coordinator may)."""
+def prune(repo: TaskRepository, registry: NodeRegistry, *, retention_s: float) -> int:
+    """Delete old finished tasks, one small batch per sweep (any coordinator may), and
+    the rows of nodes stopped or dead for as long (each start of a node adds one)."""
     pruned = repo.prune_finished(retention_s=retention_s, limit=PRUNE_BATCH)
     if pruned:
         PRUNED.inc(pruned)
+    registry.prune_nodes(retention_s=retention_s, limit=PRUNE_BATCH)
     return pruned

@@ -26,6 +26,7 @@ from chronocore.registry import NodeRegistry
 from chronocore.repository import (
     HandRun,
     IdempotencyConflict,
+    JobBusy,
     JobExists,
     JobRepository,
     RunRefused,
@@ -133,12 +134,18 @@ class Api:
             row = self.jobs.update(job_id, body)
         except JobExists as exc:
             raise ApiError(409, str(exc), "name") from None
+        except JobBusy as exc:
+            raise ApiError(409, str(exc)) from None
         if row is None:
             raise ApiError(404, f"no job {job_id}")
         return 200, job_resource(row, now=self.jobs.database_now())
 
     def delete_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
-        if not self.jobs.delete(job_id):
+        try:
+            deleted = self.jobs.delete(job_id)
+        except JobBusy as exc:
+            raise ApiError(409, str(exc)) from None
+        if not deleted:
             raise ApiError(404, f"no job {job_id}")
         return 204, {}
 
