@@ -53,6 +53,14 @@ MATERIALIZE_JOBS = 20_000
 # The fleet row: many workers, a few coordinators and schedulers, one PostgreSQL.
 FLEET = {"workers": 100, "capacity": 4, "coordinators": 3, "schedulers": 2, "rate": 200,
          "seconds": 10, "killed": 10}
+# The idle row: finished tasks in history (three in four of ten recurring jobs, half
+# forbid, half replace), and how long the idle cluster is watched at each size.
+IDLE_HISTORIES = {"10k": 10_000, "1m": 1_000_000}
+IDLE_JOBS = 10
+IDLE_WINDOW_S = 20.0
+# After the history is written and analysed, before counting: the statistics of the
+# statements that wrote it have been reported (backends report at most once a second).
+IDLE_SETTLE_S = 3.0
 # What the durable figures run on: PostgreSQL's defaults, with room for the bench's
 # connections.
 DURABLE_SETTINGS = {"max_connections": "1000", "shared_buffers": "128MB"}
@@ -421,6 +429,60 @@ class Bench:
         out["kill_10_workers"] = self._kill_workers(fleet, FLEET["killed"])
         self.results["fleet"] = out
 
+    def idle(self) -> None:
+        """Tuples an idle cluster reads per second (``tup_returned + tup_fetched`` of its
+        database), with 10 k and 1 M finished tasks in history: the work every heartbeat,
+        sweep and concurrency step does when there is nothing to do. Runs its own nodes
+        on a database of its own, so nothing else in the bench is counted."""
+        self.sql("DROP DATABASE IF EXISTS chronosync_idle")
+        self.sql("CREATE DATABASE chronosync_idle")
+        dsn = self.postgres.dsn("chronosync_idle")
+        apply_migrations(dsn)
+        log_dir = self.workdir / "idle"
+        log_dir.mkdir(exist_ok=True)
+        cluster = ProcessCluster(dsn=dsn, log_dir=log_dir, env={
+            "CHRONOSYNC_ALLOW_ROOT": "1", "CHRONOSYNC_HTTP_ADDR": f"127.0.0.1:{free_port()}"})
+        figures: dict[str, int] = {}
+        try:
+            with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+                def sql(statement: str, params: Any = None) -> list[dict[str, Any]]:
+                    cur = conn.execute(statement, params)
+                    return cur.fetchall() if cur.description else []
+
+                def tuples_read() -> int:
+                    return sql("SELECT tup_returned + tup_fetched AS n FROM pg_stat_database"
+                               " WHERE datname = current_database()")[0]["n"]
+
+                for kind in ("scheduler", "coordinator", "worker", "worker"):
+                    cluster.start(kind)
+                self.wait(lambda: sql("SELECT count(*) AS n FROM nodes WHERE stopped_at IS "
+                                      "NULL AND last_heartbeat_at > now() - interval "
+                                      "'2 seconds'")[0]["n"] >= 4, 60, "the idle cluster")
+                have = 0
+                for label, history in IDLE_HISTORIES.items():
+                    sql(f"""
+                        INSERT INTO tasks (command, scheduled_at, due_at, picked_at,
+                                           started_at, completed_at, attempt, job_id,
+                                           concurrency_policy, worker_id)
+                        SELECT 'history', at, at, at, at, at + interval '1 second', 1, job,
+                               CASE WHEN job <= {IDLE_JOBS // 2} THEN 'forbid'
+                                    WHEN job IS NOT NULL THEN 'replace' END, 'worker-gone'
+                        FROM generate_series(%s::int, %s::int) AS i,
+                             LATERAL (SELECT now() - interval '1 day' - i * interval
+                                             '1 second' AS at,
+                                             CASE WHEN i %% 4 <> 0 THEN i %% {IDLE_JOBS} + 1
+                                             END AS job) s""", (have + 1, history))
+                    have = history
+                    sql("VACUUM ANALYZE tasks")
+                    time.sleep(IDLE_SETTLE_S)
+                    before, t0 = tuples_read(), time.monotonic()
+                    time.sleep(IDLE_WINDOW_S)
+                    figures[f"history_{label}"] = round(
+                        (tuples_read() - before) / (time.monotonic() - t0))
+        finally:
+            cluster.stop()
+        self.results["idle_tuples_read_per_s"] = figures
+
     def _node_updates(self) -> int:
         self.sql("SELECT pg_stat_force_next_flush()")
         return self.sql("SELECT n_tup_upd AS n FROM pg_stat_user_tables "
@@ -570,6 +632,7 @@ def table(results: dict[str, Any]) -> str:
         ("worker SIGKILL -> recovery", f"{fo['worker_kill_to_recovery_s']} s",
          "target ~6 s (TTL + one sweep)"),
         ("coordinator SIGKILL -> dispatch", f"{fo['coordinator_kill_to_dispatch_s']} s", ""),
+        *idle_rows(results.get("idle_tuples_read_per_s")),
         *fleet_rows(results.get("fleet")),
         ("tasks per statement in the burst", ", ".join(
             f"{k} {v:.0f}" for k, v in b["mean_batch"].items()), ""),
@@ -584,6 +647,14 @@ def table(results: dict[str, Any]) -> str:
     value_width = max(len(r[1]) for r in rows)
     return "\n".join(f"{a.ljust(width)}  {v.ljust(value_width)}  {note}".rstrip()
                      for a, v, note in rows)
+
+
+def idle_rows(idle: dict[str, int] | None) -> list[tuple[str, str, str]]:
+    if idle is None:
+        return []
+    return [(f"idle cluster, {label.removeprefix('history_').upper()} finished",
+             f"{n:,} tuples read/s", "1 scheduler, 1 coordinator, 2 workers")
+            for label, n in idle.items()]
 
 
 def fleet_rows(fleet: dict[str, Any] | None) -> list[tuple[str, str, str]]:
@@ -622,6 +693,8 @@ def main() -> int:
                         help="only the recurring jobs' materialization")
     parser.add_argument("--only-fleet", action="store_true",
                         help="only the fleet row (not yet in the full run: see bench/README.md)")
+    parser.add_argument("--only-idle", action="store_true",
+                        help="only the idle cluster's reads at 10k and 1M history")
     parser.add_argument("--relaxed", action="store_true",
                         help="PostgreSQL without fsync and synchronous_commit")
     args = parser.parse_args()
@@ -634,22 +707,26 @@ def main() -> int:
             bench.materialize_rate()
         elif args.only_fleet:
             bench.fleet()
+        elif args.only_idle:
+            bench.idle()
         else:
             bench.ceiling()
             bench.start_cluster()
             bench.burst()
-        if not (args.only_burst or args.only_materialize or args.only_fleet):
+        if not (args.only_burst or args.only_materialize or args.only_fleet
+                or args.only_idle):
             bench.materialize_rate()
             bench.lateness_runs()
             bench.scale()
             bench.failover()
+            bench.idle()
     except BaseException:
         bench.close()
         print(f"bench: the nodes' logs are kept in {workdir}", file=sys.stderr)
         raise
     bench.close()
     shutil.rmtree(workdir, ignore_errors=True)
-    if args.only_burst or args.only_materialize or args.only_fleet:
+    if args.only_burst or args.only_materialize or args.only_fleet or args.only_idle:
         print(json.dumps(bench.results, indent=2))
         return 0
     now = datetime.now(UTC)

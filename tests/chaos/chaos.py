@@ -7,8 +7,14 @@ schedulers (mixed ``at_most_once`` / ``at_least_once``, some due now, some a sec
 ahead); each command appends ``TASK_ID:ATTEMPT`` to one marker file as it starts. Every
 ~2 s the chaos thread picks a random running node of any kind and either SIGKILLs it
 (a new node of that kind starts 1-4 s later) or SIGSTOPs it (SIGCONT 1-8 s later, so
-sometimes past the TTL), always leaving at least one running node of each kind.
-PostgreSQL is never touched.
+sometimes past the TTL), always leaving at least one running node of each kind. Now and
+then (when the scenario runs its own PostgreSQL) the fault is a pair: a coordinator is
+SIGSTOPped, PostgreSQL is stopped for longer than the TTL and started again, and only
+then is the coordinator resumed, so it wakes among heartbeats that all went stale while
+it slept (it must wait, not judge the workers still reconnecting dead). A per-second
+recurring job ticks throughout (catching up every missed tick), and one of the
+schedulers pauses inside each materialization step that took it (a failpoint), so
+stopping that scheduler often freezes it mid-step, holding the job's lease.
 
 When the duration is over, every node is resumed or restarted, the load stops, and once
 every task is terminal (or a deadline passes) the scenario checks what PostgreSQL and the
@@ -18,6 +24,8 @@ marker file recorded:
   terminal state, and nothing at all is left scheduled, picked or running, no worker slot
   stays busy and no command process is left over;
 * an ``at_most_once`` command started at most once (marker lines and attempt rows);
+* the recurring job (deleted once the chaos is over) made every tick from its first to its
+  last, each once;
 * every ``at_least_once`` task succeeded, each attempt after the first was preceded by a
   recorded failure or ``worker_lost`` of the previous one, no attempt started twice, and
   no older attempt started after a newer one (a retry racing its own orphan).
@@ -68,6 +76,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from chronocore.devcluster import NodeProcess, ProcessCluster
+from chronocore.failpoints import MID_MATERIALIZE
 from chronocore.migrate import apply_migrations
 from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
 
@@ -90,11 +99,21 @@ NODE_ENV = {
 }
 
 FAULT_EVERY_S = (1.5, 2.5)  # "every ~2 s"
+# The paired fault (a coordinator frozen across a database restart): this share of the
+# faults that fall on a coordinator, at most once per DB_RESTART_EVERY_S; the database
+# stays down this long (past the TTL, so every heartbeat is stale when it returns).
+DB_RESTART_SHARE = 0.25
+DB_RESTART_EVERY_S = 60.0
+DB_DOWN_S = (NODE_TTL_S + 0.5, NODE_TTL_S + 3.0)
 RESTART_AFTER_S = (1.0, 4.0)
 RESUME_AFTER_S = (1.0, 8.0)  # above the 5 s TTL about 40% of the time
 AT_LEAST_ONCE_MAX_ATTEMPTS = 10  # retries cannot run out within the scenario
 DELAYED_SHARE = 0.3  # submissions due a second or two ahead rather than now
 DEFAULT_RATE = 15.0  # tasks per second: modest, the machine is shared
+# The second scheduler pauses this long inside every materialization step that took a
+# job, so a SIGSTOP of it often lands mid-step (the job's lease held, 2 s by default).
+MID_STEP_PAUSE_S = 1.0
+TICK = timedelta(seconds=1)
 
 HTTP_TIMEOUT_S = 3.0  # a stopped scheduler still accepts connections (kernel backlog)
 POSTERS = 8  # threads posting submissions, so one stopped scheduler cannot stall the load
@@ -121,16 +140,17 @@ def seconds(delta: timedelta) -> float:
 
 
 @contextmanager
-def database(base: Path) -> Iterator[tuple[str, str]]:
+def database(base: Path) -> Iterator[tuple[str, str, LocalCluster | None]]:
     """A fresh database: on CHRONOSYNC_TEST_DSN if set, else an ephemeral local cluster.
-    Yields ``(conninfo, description)``."""
+    Yields ``(conninfo, description, the cluster if it is ours to restart)``."""
     admin = os.environ.get("CHRONOSYNC_TEST_DSN")
     if admin:
         name = f"chaos_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         try:
-            yield make_conninfo(admin, dbname=name), f"database {name} on CHRONOSYNC_TEST_DSN"
+            yield (make_conninfo(admin, dbname=name), f"database {name} on CHRONOSYNC_TEST_DSN",
+                   None)
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -139,7 +159,7 @@ def database(base: Path) -> Iterator[tuple[str, str]]:
     cluster = LocalCluster(datadir=base / "pgdata", settings=FAST_TEST_SETTINGS)
     cluster.start()
     try:
-        yield cluster.dsn(), f"ephemeral PostgreSQL on 127.0.0.1:{cluster.port}"
+        yield cluster.dsn(), f"ephemeral PostgreSQL on 127.0.0.1:{cluster.port}", cluster
     finally:
         cluster.stop()
 
@@ -173,6 +193,7 @@ class Fault:
     at_s: float  # seconds into the scenario
     planned_s: float  # until the restart or SIGCONT
     ended_at: datetime | None = None  # database clock of the restart or SIGCONT
+    db_restart: bool = False  # frozen while PostgreSQL was stopped and started again
 
 
 @dataclass
@@ -202,9 +223,13 @@ class ClaimWatch:
             return len(self._watched)
 
     def run(self, stop: threading.Event) -> None:
-        with connect(self._dsn) as conn:
-            while not stop.wait(POLL_S):
-                self.run_once(conn)
+        while not stop.is_set():
+            try:
+                with connect(self._dsn) as conn:
+                    while not stop.wait(POLL_S):
+                        self.run_once(conn)
+            except psycopg.OperationalError:  # the database is being restarted
+                stop.wait(POLL_S)
 
     def run_once(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         with self._lock:
@@ -239,9 +264,11 @@ class Chaos:
     """Starts the topology and then, on its own thread, kills and stops nodes."""
 
     def __init__(self, *, cluster: ProcessCluster, dsn: str, rng: random.Random,
-                 claims: ClaimWatch, started: float) -> None:
+                 claims: ClaimWatch, started: float, server: LocalCluster | None) -> None:
         self._cluster = cluster
         self._dsn = dsn
+        self._server = server
+        self._last_db_restart = float("-inf")
         self._rng = rng
         self._claims = claims
         self._started = started
@@ -260,6 +287,8 @@ class Chaos:
                 if kind == "scheduler":
                     port = ports[i]
                     env["CHRONOSYNC_HTTP_ADDR"] = f"127.0.0.1:{port}"
+                    if i == 1:
+                        env[MID_MATERIALIZE] = str(MID_STEP_PAUSE_S)
                 node = self._cluster.start(kind, env=env)
                 self.slots.append(Slot(kind=kind, env=env, node=node, port=port))
 
@@ -297,18 +326,56 @@ class Chaos:
         if self._conn is not None:
             self._conn.close()
 
+    def _query(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
+        """On the chaos thread's connection, opened again after a database restart."""
+        for attempt in range(2):
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self._dsn)
+            try:
+                return self._conn.execute(statement, params).fetchall()
+            except psycopg.OperationalError:
+                self._conn.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def _db_now(self) -> datetime:
-        assert self._conn is not None
-        row = self._conn.execute("SELECT now() AS now").fetchone()
-        assert row is not None
-        return row["now"]
+        return self._query("SELECT now() AS now")[0]["now"]
 
     def _node_id(self, kind: str, pid: int) -> str | None:
-        assert self._conn is not None
-        row = self._conn.execute(
-            "SELECT id FROM nodes WHERE kind = %s AND pid = %s"
-            " ORDER BY started_at DESC LIMIT 1", (kind, pid)).fetchone()
-        return None if row is None else row["id"]
+        rows = self._query("SELECT id FROM nodes WHERE kind = %s AND pid = %s"
+                           " ORDER BY started_at DESC LIMIT 1", (kind, pid))
+        return rows[0]["id"] if rows else None
+
+    def _freeze_across_db_restart(self, slot: Slot) -> None:
+        """SIGSTOP a coordinator, stop PostgreSQL past the TTL, start it, SIGCONT."""
+        assert self._server is not None
+        node = slot.node
+        node_id = self._node_id(slot.kind, node.pid)
+        at = self._db_now()
+        down_s = self._rng.uniform(*DB_DOWN_S)
+        node.signal(signal.SIGSTOP)
+        with self._lock:
+            slot.state = "stopped"
+        log(f"{time.monotonic() - self._started:6.1f}s SIGSTOP {node.name} ({node_id}); "
+            f"PostgreSQL down for {down_s:.1f}s, then SIGCONT")
+        began = time.monotonic()
+        try:
+            self._server.stop()
+            time.sleep(down_s)  # the outage itself
+            self._server.start()
+        finally:
+            node.signal(signal.SIGCONT)
+            with self._lock:
+                slot.state = "running"
+        fault = Fault(signal="SIGSTOP", kind=slot.kind, name=node.name, pid=node.pid,
+                      node_id=node_id, at=at, at_s=began - self._started,
+                      planned_s=time.monotonic() - began, ended_at=self._db_now(),
+                      db_restart=True)
+        with self._lock:
+            self.faults.append(fault)
+        self._last_db_restart = time.monotonic()
+        log(f"{time.monotonic() - self._started:6.1f}s PostgreSQL back; {node.name} SIGCONT")
 
     def _fault(self) -> None:
         with self._lock:
@@ -319,6 +386,11 @@ class Chaos:
         if not candidates:
             return
         slot = self._rng.choice(candidates)
+        if (self._server is not None and slot.kind == "coordinator"
+                and self._rng.random() < DB_RESTART_SHARE
+                and time.monotonic() - self._last_db_restart > DB_RESTART_EVERY_S):
+            self._freeze_across_db_restart(slot)
+            return
         kill = self._rng.random() < 0.5
         delay = self._rng.uniform(*(RESTART_AFTER_S if kill else RESUME_AFTER_S))
         node = slot.node
@@ -339,12 +411,11 @@ class Chaos:
             heapq.heappush(self._pending, (time.monotonic() + delay, self._seq, slot, fault))
         held = ""
         if slot.kind == "coordinator" and fault.node_id is not None:
-            assert self._conn is not None
-            claims = self._conn.execute(
+            claims = self._query(
                 "SELECT id, claim_token FROM tasks WHERE claimed_by = %s"
                 " AND picked_at IS NOT NULL AND started_at IS NULL AND cancelled_at IS NULL"
                 " AND completed_at IS NULL AND failed_at IS NULL",
-                (fault.node_id,)).fetchall()
+                (fault.node_id,))
             self._claims.add(fault, claims)
             held = f", holding {len(claims)} unstarted claims"
         then = "restart" if kill else "SIGCONT"
@@ -703,6 +774,38 @@ def wait_ready(chaos: Chaos, dsn: str) -> bool:
     return bool(wait_until(ready, timeout=READY_TIMEOUT_S, interval=0.5))
 
 
+def call_live_scheduler(chaos: Chaos, token: str, method: str, path: str,
+                        body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """One request to the first live scheduler that answers; (0, None) if none did."""
+    for port in chaos.live_scheduler_ports():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT_S)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": "application/json",
+                                  "Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+        except (OSError, http.client.HTTPException, ValueError):
+            continue
+        finally:
+            conn.close()
+    return 0, None
+
+
+def check_ticks(dsn: str, job_id: int) -> list[Violation]:
+    """The recurring job made every tick from its first to its last, each once."""
+    with connect(dsn) as conn:
+        ticks = [r["scheduled_at"] for r in conn.execute(
+            "SELECT scheduled_at FROM tasks WHERE job_id = %s ORDER BY scheduled_at",
+            (job_id,)).fetchall()]
+    if not ticks:
+        return [Violation("the recurring job made no tick", [], [])]
+    log(f"recurring job: {len(ticks)} ticks, {ticks[0]:%H:%M:%S} to {ticks[-1]:%H:%M:%S}")
+    gaps = [f"{a:%H:%M:%S} -> {b:%H:%M:%S}" for a, b in pairwise(ticks) if b - a != TICK]
+    return [Violation("recurring job ticks missing or doubled", [], gaps)] if gaps else []
+
+
 def nonterminal_count(dsn: str) -> int:
     with connect(dsn) as conn:
         row = conn.execute(
@@ -733,7 +836,7 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
     starts = markers / "starts"
     token = secrets.token_hex(16)
     with ExitStack() as stack:
-        dsn, where = stack.enter_context(database(base))
+        dsn, where, server = stack.enter_context(database(base))
         apply_migrations(dsn)
         log(f"{where}; node logs in {logs}")
         cluster = ProcessCluster(dsn=dsn, log_dir=logs, env={
@@ -743,7 +846,8 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
         stack.callback(lambda: [n.signal(signal.SIGCONT) for n in cluster.nodes])
         claims = ClaimWatch(dsn)
         started = time.monotonic()
-        chaos = Chaos(cluster=cluster, dsn=dsn, rng=chaos_rng, claims=claims, started=started)
+        chaos = Chaos(cluster=cluster, dsn=dsn, rng=chaos_rng, claims=claims, started=started,
+                      server=server)
         chaos.start_topology(free_ports(TOPOLOGY["scheduler"]))
         if not wait_ready(chaos, dsn):
             log(f"the cluster did not become ready within {READY_TIMEOUT_S:.0f}s")
@@ -753,6 +857,12 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
             + ", ".join(f"{n} {k}s" for k, n in TOPOLOGY.items())
             + f"; {args.rate:g} tasks/s for {args.duration:g}s")
 
+        status, job = call_live_scheduler(chaos, token, "POST", "/schedule", {
+            "command": f"echo $CHRONOSYNC_TASK_ID:$CHRONOSYNC_ATTEMPT >> {starts}",
+            "cron": "* * * * * *", "misfire_policy": "run_all", "max_catchup": 10_000})
+        if status != 201:
+            log(f"the recurring job was not created: {status} {job}")
+            return 2
         load = Load(chaos=chaos, rate=args.rate, rng=load_rng, starts=starts, token=token,
                     seed=seed)
         stop_load = threading.Event()
@@ -771,6 +881,10 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
         began = time.monotonic()
         chaos.run(until=began + args.duration, stop=stop_chaos)
         chaos.finish()
+        # Its ticks made ahead are cancelled with it, so every task can settle.
+        deleted = wait_until(
+            lambda: call_live_scheduler(chaos, token, "DELETE", f"/jobs/{job['id']}")[0]
+            == 204, timeout=30)
         stop_load.set()
         threads[0].join(timeout=HTTP_TIMEOUT_S * TOPOLOGY["scheduler"] * 3 + 10)
         log(f"{time.monotonic() - started:6.1f}s chaos over, every node running; load stopped;"
@@ -790,7 +904,9 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
         busy = wait_until(lambda: not busy_workers(dsn), timeout=QUIESCE_TIMEOUT_S)
 
         recorded = read_recorded(dsn, starts)
-        violations = check(recorded, load.accepted)
+        violations = check(recorded, load.accepted) + check_ticks(dsn, job["id"])
+        if not deleted:
+            violations.append(Violation("the recurring job could not be deleted", [], []))
         if not leftovers:
             procs = command_processes(markers)
             violations.append(Violation("command processes left over", [], procs))
@@ -824,6 +940,8 @@ def report(*, args: argparse.Namespace, seed: int, load: Load, chaos: Chaos,
     long_stops = [f for f in chaos.faults if f.signal == "SIGSTOP" and f.ended_at
                   and seconds(f.ended_at - f.at) > NODE_TTL_S]
     print(f"  stops longer than the {NODE_TTL_S:g}s TTL: {len(long_stops)}")
+    print(f"  coordinators frozen across a PostgreSQL restart: "
+          f"{sum(f.db_restart for f in chaos.faults)}")
 
     statuses = Counter((t["delivery"], t["status"], t["error"]) for t in recorded.tasks.values())
     for (delivery, status, error), n in sorted(statuses.items(), key=str):

@@ -117,6 +117,32 @@ def test_pausing_stops_new_ticks_within_a_second_and_resuming_restarts_them(
     assert expected <= ran, sorted(expected - ran)
 
 
+def test_deleting_a_job_cancels_the_ticks_it_made_ahead_and_none_starts_after(
+    cluster: Cluster,
+) -> None:
+    cluster.start_default(coordinators=1, workers=1)
+    job = create_job(cluster, command="true", cron="* * * * * *")
+    wait_for(lambda: any(t["status"] == "succeeded" for t in job_tasks(cluster, job["id"])),
+             timeout=10, what="the first tick")
+    wait_for(lambda: cluster.query(
+        "SELECT 1 FROM tasks WHERE job_id = %s AND scheduled_at > now() + interval '2 s'",
+        (job["id"],)), timeout=10, what="ticks made ahead")
+    status, _ = cluster.http("DELETE", f"/jobs/{job['id']}")
+    assert status == 204
+    deleted_at = db_now(cluster)
+    # Past the horizon (5 s by default): every tick made ahead of the deletion would have
+    # fallen due and started by then.
+    wait_until(cluster, deleted_at + timedelta(seconds=7))
+    tasks = job_tasks(cluster, job["id"])
+    late = [(t["scheduled_at"], t["started_at"]) for t in tasks
+            if t["started_at"] is not None and t["started_at"] > deleted_at]
+    assert not late, f"ticks of the deleted job started after the 204: {late}"
+    ahead = [t for t in tasks if t["scheduled_at"] > deleted_at]
+    assert ahead, "no tick was made ahead of the deletion: the test proves nothing"
+    assert all(t["status"] == "cancelled" and t["error"] == "skipped: job deleted"
+               for t in ahead), [(t["scheduled_at"], t["status"], t["error"]) for t in ahead]
+
+
 def overlaps(tasks: list[dict[str, Any]]) -> int:
     """How many pairs of runs of the job overlapped in time."""
     runs = sorted((t["started_at"], t["completed_at"] or t["failed_at"])

@@ -30,3 +30,31 @@ def test_old_finished_tasks_are_pruned_and_nothing_else(cluster: Cluster) -> Non
     left = sorted(r["command"] for r in cluster.query("SELECT command FROM tasks"))
     assert left == ["old, cancelled while running", "recent ok", "waiting"]
     assert cluster.query("SELECT count(*) AS n FROM task_attempts")[0]["n"] == 0
+
+
+def test_rows_of_nodes_stopped_or_dead_longer_than_the_retention_are_pruned(
+    cluster: Cluster,
+) -> None:
+    old = "now() - interval '40 days'"
+    recent = "now() - interval '1 day'"
+    cluster.query(f"""
+        INSERT INTO nodes (id, kind, host, pid, started_at, last_heartbeat_at, stopped_at)
+        VALUES ('old-stopped', 'worker', 'h', 1, {old}, {old}, {old}),
+               ('old-dead', 'coordinator', 'h', 2, {old}, {old}, NULL),
+               ('recently-stopped', 'worker', 'h', 3, {old}, {recent}, {recent}),
+               ('recently-dead', 'scheduler', 'h', 4, {old}, {recent}, NULL),
+               ('stopped-lately-after-a-long-silence', 'worker', 'h', 5, {old}, {old},
+                {recent});
+    """)
+    coordinator = cluster.start("coordinator", CHRONOSYNC_RETENTION_DAYS="30")
+
+    def pruned() -> bool:
+        return not cluster.query("SELECT 1 FROM nodes WHERE id LIKE 'old-%'")
+
+    wait_for(pruned, timeout=30, what="the rows of nodes gone for 40 days to be pruned")
+    left = {r["id"] for r in cluster.query("SELECT id FROM nodes")}
+    assert {"recently-stopped", "recently-dead",
+            "stopped-lately-after-a-long-silence"} <= left
+    # The live coordinator that pruned them is still there.
+    assert cluster.query("SELECT 1 FROM nodes WHERE pid = %s AND stopped_at IS NULL",
+                         (coordinator.pid,))

@@ -37,3 +37,19 @@ def test_an_empty_dsn_file_is_a_missing_dsn(tmp_path: Path) -> None:
     (tmp_path / "dsn").write_text("\n")
     with pytest.raises(ConfigError, match="CHRONOSYNC_DSN"):
         Config.from_env({"CHRONOSYNC_DSN_FILE": str(tmp_path / "dsn")})
+
+
+def test_it_reads_the_session_timeouts_and_takes_0_as_no_statement_bound() -> None:
+    config = Config.from_env({"CHRONOSYNC_DSN": "host=db", "CHRONOSYNC_LOCK_TIMEOUT_S": "2.5",
+                              "CHRONOSYNC_IDLE_IN_TRANSACTION_TIMEOUT_S": "30",
+                              "CHRONOSYNC_STATEMENT_TIMEOUT_S": "0"})
+    assert config.session_timeouts.options() == (
+        "-c lock_timeout=2500 -c idle_in_transaction_session_timeout=30000"
+        " -c statement_timeout=0")
+
+
+@pytest.mark.parametrize("name", ["CHRONOSYNC_LOCK_TIMEOUT_S",
+                                  "CHRONOSYNC_IDLE_IN_TRANSACTION_TIMEOUT_S"])
+def test_a_lock_or_idle_timeout_of_0_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({"CHRONOSYNC_DSN": "host=db", name: "0"})

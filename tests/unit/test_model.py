@@ -770,6 +770,7 @@ def make_row(**overrides: Any) -> dict[str, Any]:
         "idempotency_key": "req-1",
         "name": "greeting",
         "env": {"A": "1"},
+        "retry_of": 7,
     }
     row.update(overrides)
     return row
@@ -804,7 +805,7 @@ def test_a_task_resource_has_kind_task_and_every_documented_field() -> None:
         "id", "kind", "command", "status", "scheduled_at", "picked_at", "started_at",
         "completed_at", "failed_at", "cancelled_at", "created_at", "delivery", "attempt",
         "max_attempts", "timeout_s", "exit_code", "error", "output", "worker_id", "job_id",
-        "idempotency_key", "attempts",
+        "idempotency_key", "attempts", "retry_of",
     }
     assert documented <= set(resource)
 
@@ -825,7 +826,7 @@ def test_a_task_resource_passes_the_other_columns_through() -> None:
     resource = task_resource(row, None)
     for name in ("id", "command", "status", "delivery", "attempt", "max_attempts",
                  "timeout_s", "exit_code", "error", "output", "worker_id", "job_id",
-                 "idempotency_key", "name", "env"):
+                 "idempotency_key", "name", "env", "retry_of"):
         assert resource[name] == row[name], name
 
 

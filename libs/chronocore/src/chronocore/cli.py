@@ -4,6 +4,7 @@
     chronosync schedule --cron EXPR [--tz ZONE] [--name N] -- COMMAND...
     chronosync tasks [--status S] [--job ID] [--limit N]   chronosync task ID
     chronosync cancel ID                          chronosync nodes
+    chronosync retry ID [--idempotency-key K]     chronosync run JOB
     chronosync jobs      chronosync job ID        chronosync pause|resume|delete ID
     chronosync migrate                            chronosync dev
 
@@ -234,6 +235,26 @@ def cmd_task(args: argparse.Namespace) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> None:
     show(args, request(args.url, "POST", f"/tasks/{args.id}/cancel", {}), None, [])
+
+
+def cmd_retry(args: argparse.Namespace) -> None:
+    body = {"idempotency_key": args.idempotency_key} if args.idempotency_key else {}
+    _show_made(args, request(args.url, "POST", f"/tasks/{args.id}/retry", body))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    _show_made(args, request(args.url, "POST", f"/jobs/{args.id}/run", {}))
+
+
+def _show_made(args: argparse.Namespace, task: dict[str, Any]) -> None:
+    """A task made by hand: one line for people (its id first, for scripts that cut it),
+    the whole task with -o json."""
+    if wants_json(args):
+        print(json.dumps(task, indent=2))
+        return
+    origin = f"retry of task {task['retry_of']}" if task["retry_of"] else \
+        f"run of job {task['job_id']}"
+    print(f"task {task['id']} made ({origin}), due {task['scheduled_at']}")
 
 
 def cmd_nodes(args: argparse.Namespace) -> None:
@@ -509,6 +530,8 @@ EXAMPLES = {
     "tasks": ["chronosync tasks --status failed -o wide", "chronosync tasks --watch"],
     "task": ["chronosync task 17 -o json"],
     "cancel": ["chronosync cancel 17"],
+    "retry": ["chronosync retry 17", "chronosync retry 17 --idempotency-key retry-17-once"],
+    "run": ["chronosync run 3"],
     "logs": ["chronosync logs 17"],
     "jobs": ["chronosync jobs -o wide"],
     "job": ["chronosync job 3"],
@@ -571,6 +594,14 @@ def parser() -> argparse.ArgumentParser:
                              ("resume", cmd_resume, "resume a job"),
                              ("delete", cmd_delete, "delete a job (its tasks stay)")):
         command(name, text, func).add_argument("id", type=int)
+    r = command("retry", "run a finished task again: a new task, due now, with the same "
+                "command, env and delivery (a job's task stays the job's)", cmd_retry)
+    r.add_argument("id", type=int, help="the finished task")
+    r.add_argument("--idempotency-key", help="resending with the same key makes no second "
+                   "retry")
+    command("run", "run a job now: an extra occurrence, as its concurrency policy allows "
+            "(its schedule does not move)", cmd_run).add_argument("id", type=int,
+                                                                 help="the job")
     command("nodes", "nodes, their pids and liveness", cmd_nodes)
     command("migrate", "apply database migrations", cmd_migrate)
     command("certs", "write a throwaway CA and node certificate",

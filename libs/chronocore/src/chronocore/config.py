@@ -18,6 +18,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from chronocore.db import SessionTimeouts
 from chronocore.labels import LabelError, parse_worker_labels
 from chronocore.prctl import make_undumpable
 
@@ -55,6 +56,14 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise ConfigError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def _seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, where 0 means no bound."""
+    raw = env.get(name)
+    if raw == "0":
+        return 0.0
+    return _float(env, name, default)
 
 
 def _allowlist(raw: str | None) -> tuple[str, ...] | None:
@@ -131,7 +140,8 @@ class Config:
     pool_size: int = 4
     # Schedulers make a recurring job's tasks this far ahead of their time.
     horizon_s: float = 5.0
-    # Finished tasks older than this are pruned (in small batches, by every coordinator).
+    # Finished tasks older than this are pruned (in small batches, by every coordinator),
+    # and rows of nodes stopped or dead for as long.
     retention_s: float = 30 * 86400.0
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -152,6 +162,10 @@ class Config:
     pass_env: tuple[str, ...] = ()
     # Listen beyond loopback without a token (scheduler) or TLS (worker).
     insecure: bool = False
+    # Server-side bounds on every session of a node's pool (see chronocore.db).
+    lock_timeout_s: float = SessionTimeouts.lock_s
+    idle_in_transaction_timeout_s: float = SessionTimeouts.idle_in_transaction_s
+    statement_timeout_s: float = SessionTimeouts.statement_s
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -204,8 +218,20 @@ class Config:
             env_allowlist=_names(env.get("CHRONOSYNC_ENV_ALLOWLIST")),
             pass_env=_names(env.get("CHRONOSYNC_PASS_ENV")),
             insecure=env.get("CHRONOSYNC_INSECURE") == "1",
+            lock_timeout_s=_float(env, "CHRONOSYNC_LOCK_TIMEOUT_S", defaults.lock_timeout_s),
+            idle_in_transaction_timeout_s=_float(
+                env, "CHRONOSYNC_IDLE_IN_TRANSACTION_TIMEOUT_S",
+                defaults.idle_in_transaction_timeout_s),
+            statement_timeout_s=_seconds_or_off(env, "CHRONOSYNC_STATEMENT_TIMEOUT_S",
+                                                defaults.statement_timeout_s),
         )
 
+
+    @property
+    def session_timeouts(self) -> SessionTimeouts:
+        return SessionTimeouts(lock_s=self.lock_timeout_s,
+                               idle_in_transaction_s=self.idle_in_transaction_timeout_s,
+                               statement_s=self.statement_timeout_s)
 
     @property
     def pooled(self) -> bool:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -38,6 +40,38 @@ CONNECTION_TIMEOUTS = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class SessionTimeouts:
+    """Bounds the server puts on every session of a node's pool, so that no client, frozen
+    or cut off, can hold others up for long (CHRONOSYNC_*_TIMEOUT_S; see the README).
+
+    - ``lock_s``: a statement waiting this long for a row lock gives up (an error the
+      caller retries or answers 503) instead of hanging behind a stuck holder;
+    - ``idle_in_transaction_s``: a session that leaves a transaction open this long
+      between statements is ended by the server, releasing its locks (a frozen process
+      mid-transaction; ChronoSync's own statements hold none across round trips);
+    - ``statement_s``: the longest any one statement may run (0: no bound).
+    """
+
+    lock_s: float = 5.0
+    idle_in_transaction_s: float = 10.0
+    statement_s: float = 60.0
+
+    def options(self) -> str:
+        """The libpq ``options`` that set them at connection start (milliseconds)."""
+        settings = {"lock_timeout": self.lock_s,
+                    "idle_in_transaction_session_timeout": self.idle_in_transaction_s,
+                    "statement_timeout": self.statement_s}
+        return " ".join(f"-c {name}={round(seconds * 1000)}"
+                        for name, seconds in settings.items())
+
+
+def _with_options(dsn: str, timeouts: SessionTimeouts) -> dict[str, str]:
+    """The ``options`` connection parameter: the DSN's own, then the timeouts."""
+    own = conninfo_to_dict(dsn).get("options") or ""
+    return {"options": f"{own} {timeouts.options()}".strip()}
+
+
 class _Connection(psycopg.Connection):  # type: ignore[type-arg]
     """A connection that remembers when the pool last had it back."""
 
@@ -53,15 +87,20 @@ def _mark_used(conn: _Connection) -> None:
     conn.last_used = time.monotonic()
 
 
-def open_pool(dsn: str, *, size: int, name: str, pooled: bool = False) -> ConnectionPool:
-    """A pool of autocommit connections returning rows as dicts.
+def open_pool(dsn: str, *, size: int, name: str, pooled: bool = False,
+              timeouts: SessionTimeouts | None = None) -> ConnectionPool:
+    """A pool of autocommit connections returning rows as dicts, each session bounded by
+    ``timeouts`` (the defaults unless given).
 
     Autocommit because every statement in queries.sql is one atomic unit on its own; the
     few places needing a transaction open one explicitly. ``pooled``: ``dsn`` goes through
     a transaction pooler (PgBouncer), where a statement prepared on one server connection
-    is unknown on the next, so none is prepared.
+    is unknown on the next, so none is prepared; nor are the timeouts sent (a pooler
+    refuses or drops startup options: set them on the database role instead).
     """
     prepare = {"prepare_threshold": None} if pooled else {}
+    if not pooled:
+        prepare.update(_with_options(dsn, timeouts or SessionTimeouts()))
     pool = ConnectionPool(
         dsn,
         connection_class=_Connection,

@@ -10,6 +10,8 @@ Off unless the environment names them; production never sets these variables.
   spawning the command.
 - CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S: a worker pauses between spawning a command and
   reporting its process group to the reaper.
+- CHRONOSYNC_FAILPOINT_MID_MATERIALIZE_S: a scheduler pauses inside a materialization
+  step, between taking jobs and making their occurrences (only in a step that took one).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ AFTER_CLAIM = "CHRONOSYNC_FAILPOINT_AFTER_CLAIM_S"
 BEFORE_START = "CHRONOSYNC_FAILPOINT_BEFORE_START_S"
 AFTER_START = "CHRONOSYNC_FAILPOINT_AFTER_START_S"
 AFTER_SPAWN = "CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S"
+MID_MATERIALIZE = "CHRONOSYNC_FAILPOINT_MID_MATERIALIZE_S"
 
 
 # Read once: a process's failpoints are fixed when it starts, and pause() is on every
 # task's path.
 _SECONDS = {name: float(os.environ.get(name) or 0)
-            for name in (AFTER_CLAIM, BEFORE_START, AFTER_START, AFTER_SPAWN)}
+            for name in (AFTER_CLAIM, BEFORE_START, AFTER_START, AFTER_SPAWN,
+                          MID_MATERIALIZE)}
 
 
 def pause(name: str, stop: threading.Event | None = None) -> None:

@@ -292,6 +292,22 @@ def parse_submission(body: object) -> Submission:
     return Submission(scheduled_at=scheduled_at, **parse_common(body))
 
 
+# A retry by hand (POST /tasks/{id}/retry) may carry this, and nothing else.
+RETRY_FIELDS = frozenset({"idempotency_key"})
+
+
+def parse_retry(body: object) -> str | None:
+    """The body of ``POST /tasks/{id}/retry``: none, ``{}``, or an ``idempotency_key``
+    (a client that resends the request gets the first retry back, not a second one)."""
+    if body is None:
+        return None
+    body = check_fields(body, RETRY_FIELDS)
+    key = _string(body, "idempotency_key")
+    if key is not None and not key:
+        raise ValidationError("idempotency_key must not be empty", "idempotency_key")
+    return key
+
+
 def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None, *,
                   waiting: str | None = None) -> dict:
     """A task row (with its derived ``status``) as the API shows it. A row read for a
@@ -314,6 +330,7 @@ def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None, *,
     group = row.get("broadcast_id")
     resource["broadcast_id"] = None if group is None else str(group)
     resource["waiting"] = waiting
+    resource["retry_of"] = row["retry_of"]  # the task this one retries by hand, if any
     if "output_truncated" in row:
         resource["output_truncated"] = bool(row["output_truncated"])
     if attempts is not None:

@@ -69,6 +69,7 @@ SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
        t.idempotency_key, t.name, t.env, t.target, t.pinned_worker, t.broadcast_id,
+       t.retry_of,
        right(t.output, %(output_chars)s) AS output,
        length(t.output) > %(output_chars)s AS output_truncated,
        task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
@@ -99,11 +100,8 @@ WITH due AS (
       AND due_at <= now()
       -- concurrency_policy forbid: not while another occurrence of the job is in flight
       -- or an earlier one still waits (it goes first; this one is then skipped)
-      AND (concurrency_policy IS DISTINCT FROM 'forbid' OR NOT EXISTS (
-          SELECT 1 FROM tasks r
-          WHERE r.job_id = tasks.job_id AND r.id <> tasks.id
-            AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
-            AND (r.picked_at IS NOT NULL OR r.scheduled_at < tasks.scheduled_at)))
+      AND (concurrency_policy IS DISTINCT FROM 'forbid'
+           OR NOT forbid_holds_back(job_id, id, scheduled_at))
       -- a target: only while a worker with free slots (as this coordinator sees them)
       -- has its labels; one no live worker matches is set aside, never read here
       AND unmatched_at IS NULL AND (target IS NULL OR EXISTS (
@@ -122,11 +120,18 @@ RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.sched
           t.target, t.pinned_worker;
 
 -- name: next_due_in --
--- Seconds from now (database clock) until the earliest waiting task is due; NULL if none.
-SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8 AS seconds
+-- Seconds from now (database clock) until the earliest waiting task the claim would take
+-- is due (no row if none): the same predicate as claim_due, so a due task the claim
+-- refuses (held back by forbid) never makes the claim loop spin. Such a task becomes
+-- claimable only when the task ahead of it ends, which notifies (migration 0006).
+SELECT EXTRACT(EPOCH FROM due_at - now())::float8 AS seconds
 FROM tasks
 WHERE picked_at IS NULL AND cancelled_at IS NULL
-  AND completed_at IS NULL AND failed_at IS NULL AND unmatched_at IS NULL;
+  AND completed_at IS NULL AND failed_at IS NULL AND unmatched_at IS NULL
+  AND (concurrency_policy IS DISTINCT FROM 'forbid'
+       OR NOT forbid_holds_back(job_id, id, scheduled_at))
+ORDER BY due_at, id
+LIMIT 1;
 
 -- name: set_aside_unmatched --
 -- Due targeted tasks that no live worker matches leave the claim's way (unmatched_at)
@@ -322,7 +327,9 @@ WITH lost AS (
             AND t.cancelled_at IS NULL) AS retry
     FROM tasks t
     LEFT JOIN nodes n ON n.id = t.worker_id
-    WHERE t.started_at IS NOT NULL AND t.completed_at IS NULL AND t.failed_at IS NULL
+    -- started implies picked: says so, so that the in-flight index (live work) is read
+    WHERE t.picked_at IS NOT NULL AND t.started_at IS NOT NULL
+      AND t.completed_at IS NULL AND t.failed_at IS NULL
       AND (n.id IS NULL OR n.stopped_at IS NOT NULL
            OR n.last_heartbeat_at < now() - %(ttl_s)s * interval '1 second')
     FOR UPDATE OF t SKIP LOCKED
@@ -368,6 +375,20 @@ UPDATE nodes SET draining_at = now() WHERE id = %(id)s;
 -- name: mark_node_stopped --
 -- A node left cleanly.
 UPDATE nodes SET stopped_at = now() WHERE id = %(id)s;
+
+-- name: prune_nodes --
+-- Retention: delete up to LIMIT rows of nodes stopped or silent for longer than the
+-- retention age (every start adds a row, metrics included); never a live node's. Found
+-- through the heartbeat index; SKIP LOCKED: it never waits on a heartbeat.
+DELETE FROM nodes
+WHERE id IN (
+    SELECT id FROM nodes
+    WHERE last_heartbeat_at < now() - %(retention_s)s * interval '1 second'
+      AND (stopped_at IS NULL OR stopped_at < now() - %(retention_s)s * interval '1 second')
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id;
 
 -- name: live_workers --
 -- Workers that heartbeat within the TTL and take work, least loaded first.
@@ -419,9 +440,13 @@ SELECT id, request_hash FROM jobs WHERE idempotency_key = %(key)s;
 -- One job.
 SELECT * FROM jobs WHERE id = %(id)s;
 
--- name: lock_job --
--- One job, locked for a change (PATCH).
-SELECT * FROM jobs WHERE id = %(id)s FOR UPDATE;
+-- name: job_to_update --
+-- One job as a PATCH reads it, unlocked: with its row version (xmin, renewed by any change
+-- of the row), the database clock, and its latest occurrence already made a task.
+SELECT j.*, j.xmin::text AS row_version, now() AS now,
+       (SELECT max(scheduled_at) FROM tasks WHERE job_id = j.id) AS last_occurrence
+FROM jobs j
+WHERE j.id = %(id)s;
 
 -- name: list_jobs --
 -- Jobs newest first, paged by id.
@@ -431,36 +456,37 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: update_job --
--- Replace a job's mutable fields (the merged, validated result of a PATCH).
-UPDATE jobs
-SET name = %(name)s, command = %(command)s, cron = %(cron)s, timezone = %(timezone)s,
-    delivery = %(delivery)s, max_attempts = %(max_attempts)s, timeout_s = %(timeout_s)s,
-    env = %(env)s, concurrency_policy = %(concurrency_policy)s,
-    misfire_policy = %(misfire_policy)s, starting_deadline_s = %(starting_deadline_s)s,
-    max_catchup = %(max_catchup)s, target = %(target)s,
-    paused_at = CASE WHEN NOT %(paused)s THEN NULL ELSE coalesce(paused_at, now()) END,
-    next_run_at = %(next_run_at)s, updated_at = now()
-WHERE id = %(id)s;
-
--- name: last_occurrence --
--- The latest occurrence of a job already made a task (NULL if none).
-SELECT max(scheduled_at) AS at FROM tasks WHERE job_id = %(id)s;
-
--- name: cancel_pending_of_job --
--- A paused job's tasks made ahead of time and not yet claimed never start.
-UPDATE tasks
-SET cancelled_at = now(), error = %(reason)s
-WHERE job_id = %(id)s AND picked_at IS NULL AND cancelled_at IS NULL
-  AND completed_at IS NULL AND failed_at IS NULL
-RETURNING id;
-
--- name: restore_paused_of_job --
--- Resuming: the ticks a pause cancelled that are still ahead come back.
-UPDATE tasks
-SET cancelled_at = NULL, error = NULL
-WHERE job_id = %(id)s AND error = %(reason)s AND picked_at IS NULL
-  AND scheduled_at > now()
-RETURNING id;
+-- Replace a job's mutable fields (the merged, validated result of a PATCH) if the row is
+-- still the version the PATCH read (else nothing: the caller reads again). In the same
+-- statement: pausing cancels the ticks made ahead that no coordinator took yet; resuming
+-- brings back those a pause cancelled that are still ahead. Any lease on
+-- the job ends: a materialization planned from the old row writes nothing.
+WITH changed AS (
+    UPDATE jobs
+    SET name = %(name)s, command = %(command)s, cron = %(cron)s, timezone = %(timezone)s,
+        delivery = %(delivery)s, max_attempts = %(max_attempts)s, timeout_s = %(timeout_s)s,
+        env = %(env)s, concurrency_policy = %(concurrency_policy)s,
+        misfire_policy = %(misfire_policy)s, starting_deadline_s = %(starting_deadline_s)s,
+        max_catchup = %(max_catchup)s, target = %(target)s,
+        paused_at = CASE WHEN NOT %(paused)s THEN NULL ELSE coalesce(paused_at, now()) END,
+        next_run_at = %(next_run_at)s, updated_at = now(),
+        lease_token = NULL, leased_until = NULL
+    WHERE id = %(id)s AND xmin::text = %(row_version)s
+    RETURNING *
+), restored AS (
+    UPDATE tasks t
+    SET cancelled_at = NULL, error = NULL
+    FROM changed c
+    WHERE %(restore)s AND t.job_id = c.id AND t.error = %(reason)s AND t.picked_at IS NULL
+      AND t.scheduled_at > now()
+), cancelled AS (
+    UPDATE tasks t
+    SET cancelled_at = now(), error = %(reason)s
+    FROM changed c
+    WHERE %(cancel)s AND t.job_id = c.id AND t.picked_at IS NULL
+      AND t.cancelled_at IS NULL AND t.completed_at IS NULL AND t.failed_at IS NULL
+)
+SELECT * FROM changed;
 
 -- name: recent_outcomes --
 -- The latest tasks of each of these jobs (for the dashboard's strip of outcomes).
@@ -479,26 +505,101 @@ CROSS JOIN LATERAL (
 ORDER BY j.id, t.scheduled_at;
 
 -- name: delete_job --
--- Delete a job; the tasks it already made stay, with their history.
-DELETE FROM jobs WHERE id = %(id)s RETURNING id;
+-- Delete a job and, in the same statement, cancel its tasks not yet started (ticks made
+-- ahead, claims not yet started, retries waiting): none starts after the answer. Its other
+-- tasks stay, with their history. The job goes only if its row is still the version this
+-- statement's snapshot saw: ticks inserted after that snapshot (invisible to the cancel)
+-- came with an advance of the job, so then nothing happens and the caller tries again.
+WITH seen AS (
+    SELECT id, xmin FROM jobs WHERE id = %(id)s
+), deleted AS (
+    DELETE FROM jobs j
+    USING seen
+    WHERE j.id = seen.id AND j.xmin = seen.xmin
+    RETURNING j.id
+), cancelled AS (
+    UPDATE tasks t
+    SET cancelled_at = now(), error = %(reason)s
+    FROM deleted d
+    WHERE t.job_id = d.id AND t.started_at IS NULL AND t.cancelled_at IS NULL
+      AND t.completed_at IS NULL AND t.failed_at IS NULL
+)
+SELECT (SELECT id FROM seen) AS seen, (SELECT id FROM deleted) AS deleted;
 
 -- name: database_now --
 -- The database clock.
 SELECT now() AS now;
 
--- name: jobs_to_materialize --
--- Jobs whose next occurrence falls within the horizon, locked for this scheduler alone.
-SELECT * FROM jobs
-WHERE paused_at IS NULL AND next_run_at <= now() + %(horizon_s)s * interval '1 second'
-ORDER BY next_run_at
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED;
+-- name: lease_jobs_to_materialize --
+-- Jobs whose next occurrence falls within the horizon and that no scheduler holds, leased
+-- to this one for a short while under a fresh token. Row locks last this statement only.
+WITH due AS (
+    SELECT id FROM jobs
+    WHERE paused_at IS NULL AND next_run_at <= now() + %(horizon_s)s * interval '1 second'
+      AND (leased_until IS NULL OR leased_until <= now())
+    ORDER BY next_run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j
+SET lease_token = gen_random_uuid(),
+    leased_until = now() + %(lease_s)s * interval '1 second'
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.cron, j.timezone, j.next_run_at, j.misfire_policy, j.starting_deadline_s,
+          j.max_catchup, j.lease_token, now() AS now;
+
+-- name: make_occurrences --
+-- One statement per materialization step: the jobs still leased under the step's tokens
+-- advance (next occurrence not yet a task, misfire skips counted, lease ended) and their
+-- planned occurrences become tasks (pairs sorted by job, then time; one already made is
+-- not made again). A job whose token is gone (leased anew, edited, deleted) gets neither.
+-- The tasks' created_at is the instant the plan was made for (the lease's now()), as when
+-- planning and writing shared one transaction: how late a tick was made is measured
+-- against the misfire decision. Returns, per job advanced, the ids of the tasks made.
+WITH advanced AS (
+    UPDATE jobs j
+    SET next_run_at = a.next_run_at, missed_occurrences = j.missed_occurrences + a.skipped,
+        lease_token = NULL, leased_until = NULL
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(next_run_ats)s::timestamptz[],
+                %(skipped)s::bigint[]) AS a(id, token, next_run_at, skipped)
+    WHERE j.id = a.id AND j.lease_token = a.token
+    RETURNING j.id, j.command, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name,
+              j.concurrency_policy, j.target
+), made AS (
+    -- A job whose target says "all": one task per live matching worker (pinned to it,
+    -- grouped by a broadcast id racing schedulers compute alike), or one that waits.
+    INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
+                       job_id, concurrency_policy, created_at, target, pinned_worker,
+                       broadcast_id)
+    SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
+           j.concurrency_policy, %(planned_at)s::timestamptz, j.target, w.id,
+           CASE WHEN j.target ? 'all'
+                THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END
+    FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
+         AS o(job_id, at, n)
+    JOIN advanced j ON j.id = o.job_id
+    LEFT JOIN LATERAL (
+        SELECT n.id FROM nodes n
+        WHERE j.target ? 'all' AND n.kind = 'worker' AND n.stopped_at IS NULL
+          AND n.draining_at IS NULL
+          AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+          AND n.labels @> (j.target->'labels')
+    ) w ON true
+    ORDER BY o.n, w.id
+    ON CONFLICT DO NOTHING
+    RETURNING id, job_id
+)
+SELECT a.id AS job_id,
+       coalesce(array_agg(m.id ORDER BY m.id) FILTER (WHERE m.id IS NOT NULL), '{}')
+           AS tasks
+FROM advanced a
+LEFT JOIN made m ON m.job_id = a.id
+GROUP BY a.id;
 
 -- name: insert_occurrences --
--- Occurrences of a batch of jobs as tasks, in one statement (pairs sorted by job, then
--- time); one already made (by any scheduler) is not made again.
--- A job whose target says "all" makes one task per live matching worker (pinned to it,
--- grouped by a broadcast id racing schedulers compute alike), or one that waits if none.
+-- The insert of make_occurrences alone, without the lease (the tests race it to pin the
+-- unique key down): one occurrence already made (by any scheduler) is not made again.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
                    job_id, concurrency_policy, target, pinned_worker, broadcast_id)
 SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
@@ -519,36 +620,28 @@ ORDER BY o.n, w.id
 ON CONFLICT DO NOTHING
 RETURNING id, job_id;
 
--- name: advance_jobs --
--- Remember, for a batch of jobs, the next occurrence not yet made a task, and count
--- those the misfire policy skipped on the way.
-UPDATE jobs j
-SET next_run_at = a.next_run_at, missed_occurrences = j.missed_occurrences + a.skipped
-FROM unnest(%(ids)s::bigint[], %(next_run_ats)s::timestamptz[], %(skipped)s::bigint[])
-     AS a(id, next_run_at, skipped)
-WHERE j.id = a.id;
-
 -- name: skip_forbidden --
 -- concurrency_policy forbid: a due occurrence whose job still runs an earlier one is
--- skipped (never started), as a Kubernetes CronJob does.
-UPDATE tasks t
-SET cancelled_at = now(), error = 'skipped: concurrency_policy forbid'
-WHERE t.concurrency_policy = 'forbid' AND t.due_at <= now()
-  AND t.picked_at IS NULL AND t.cancelled_at IS NULL
-  AND t.completed_at IS NULL AND t.failed_at IS NULL
-  AND EXISTS (SELECT 1 FROM tasks r
-              WHERE r.job_id = t.job_id AND r.id <> t.id AND r.picked_at IS NOT NULL
-                AND r.completed_at IS NULL AND r.failed_at IS NULL
-                AND r.cancelled_at IS NULL)
-RETURNING t.id, t.job_id;
-
--- name: count_forbidden --
--- Count, on each job, the occurrences the forbid policy skipped (same transaction).
-UPDATE jobs j
-SET forbidden_occurrences = forbidden_occurrences + s.skipped
-FROM (SELECT job_id, count(*) AS skipped FROM unnest(%(job_ids)s::bigint[]) AS s(job_id)
-      GROUP BY job_id) s
-WHERE j.id = s.job_id;
+-- skipped (never started), as a Kubernetes CronJob does; in the same statement each job
+-- counts the occurrences skipped (no transaction holds a job's lock across round trips).
+WITH skipped AS (
+    UPDATE tasks t
+    SET cancelled_at = now(), error = 'skipped: concurrency_policy forbid'
+    WHERE t.concurrency_policy = 'forbid' AND t.due_at <= now()
+      AND t.picked_at IS NULL AND t.cancelled_at IS NULL
+      AND t.completed_at IS NULL AND t.failed_at IS NULL
+      AND EXISTS (SELECT 1 FROM tasks r
+                  WHERE r.job_id = t.job_id AND r.id <> t.id AND r.picked_at IS NOT NULL
+                    AND r.completed_at IS NULL AND r.failed_at IS NULL
+                    AND r.cancelled_at IS NULL)
+    RETURNING t.id, t.job_id
+), counted AS (
+    UPDATE jobs j
+    SET forbidden_occurrences = forbidden_occurrences + s.skipped
+    FROM (SELECT job_id, count(*) AS skipped FROM skipped GROUP BY job_id) s
+    WHERE j.id = s.job_id
+)
+SELECT id, job_id FROM skipped;
 
 -- name: job_health --
 -- Per job, what cron users alert on: its last run's start, its last success, and the
@@ -568,7 +661,7 @@ ORDER BY j.id;
 -- is cancelled; returns where the cancelled ones run, to signal their workers.
 UPDATE tasks r
 SET cancelled_at = now()
-WHERE r.concurrency_policy = 'replace'
+WHERE r.concurrency_policy = 'replace' AND r.job_id IS NOT NULL  -- tasks_job_unfinished
   AND r.completed_at IS NULL AND r.failed_at IS NULL AND r.cancelled_at IS NULL
   AND EXISTS (SELECT 1 FROM tasks t
               WHERE t.job_id = r.job_id AND t.scheduled_at > r.scheduled_at
@@ -623,3 +716,48 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id;
+
+-- name: lock_task --
+-- One task with its derived status, held against changes while a retry is made from it.
+SELECT t.*, task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
+                        t.cancelled_at, t.attempt) AS status
+FROM tasks t
+WHERE t.id = %(id)s
+FOR SHARE;
+
+-- name: insert_retry --
+-- A retry by hand: a new task from a finished one, due at AT and naming it in retry_of.
+-- What runs, how and where is copied; everything else starts afresh. A column added to
+-- tasks that says what runs, how or where (a target) is copied here too, in both lists.
+-- job_id too: a retry of a job's occurrence is one more occurrence of the job (in its
+-- history, under its concurrency policy); AT is off the whole second, so the unique
+-- (job_id, scheduled_at) key never meets a tick's (see repository.hand_instants).
+-- A broadcast's task is retried once, on one worker its target's labels match (not
+-- pinned: the worker it was pinned to may be gone).
+INSERT INTO tasks (command, delivery, max_attempts, timeout_s, env, name, job_id,
+                   concurrency_policy, target,
+                   scheduled_at, retry_of, idempotency_key, request_hash)
+SELECT command, delivery, max_attempts, timeout_s, env, name, job_id,
+       concurrency_policy, target - 'all',
+       %(at)s, id, %(idempotency_key)s, %(request_hash)s
+FROM tasks
+WHERE id = %(id)s
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: unfinished_before --
+-- What a job's new occurrence due at AT meets: its other occurrences not finished, in
+-- flight or due before it (forbid skips the new one for them, replace cancels them).
+SELECT id, scheduled_at,
+       task_status(picked_at, started_at, completed_at, failed_at, cancelled_at, attempt)
+           AS status
+FROM tasks
+WHERE job_id = %(job_id)s AND picked_at IS NOT NULL
+  AND completed_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
+UNION
+SELECT id, scheduled_at,
+       task_status(picked_at, started_at, completed_at, failed_at, cancelled_at, attempt)
+FROM tasks
+WHERE job_id = %(job_id)s AND picked_at IS NULL AND scheduled_at < %(at)s
+  AND completed_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
+ORDER BY scheduled_at, id;

@@ -25,6 +25,11 @@ from chronocore.queries import QUERIES
 
 log = logging.getLogger(__name__)
 
+# A beat later than its interval by more than this means the process was frozen or
+# starved (SIGSTOP, a paused VM, swap): the database, and other nodes' heartbeats, may have
+# been away meanwhile without any of our beats failing, so connectivity counts afresh.
+BEAT_GAP_SLACK_S = 1.0
+
 
 def new_node_id(kind: str) -> str:
     return f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -80,6 +85,11 @@ class NodeRegistry:
     def mark_stopped(self) -> None:
         self._execute("mark_node_stopped", {"id": self.node_id})
 
+    def prune_nodes(self, *, retention_s: float, limit: int) -> int:
+        """Delete up to ``limit`` rows of nodes stopped or dead longer than the retention
+        age; returns how many."""
+        return len(self._execute("prune_nodes", {"retention_s": retention_s, "limit": limit}))
+
     def metrics_sources(self, *, ttl_s: float) -> list[dict[str, Any]]:
         return self._execute("metrics_sources", {"ttl_s": ttl_s})
 
@@ -109,6 +119,7 @@ class Heartbeat:
         self._on_beat = on_beat
         self._stop = threading.Event()
         self._connected_since: float | None = None
+        self._rested_at: float | None = None  # when the last successful step ended
         self._thread = threading.Thread(
             target=self._loop, name=f"heartbeat-{registry.kind}", daemon=True
         )
@@ -122,24 +133,43 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
     def connected_for(self) -> float:
-        """Seconds since beats began to succeed without a break (0 while failing)."""
-        since = self._connected_since
-        return 0.0 if since is None else time.monotonic() - since
+        """Seconds since beats began to succeed without a break (0 while failing, and 0
+        once this thread has been silent for longer than a beat should take)."""
+        since, rested = self._connected_since, self._rested_at
+        if since is None:
+            return 0.0
+        now = time.monotonic()
+        if rested is not None and now - rested > self._interval_s + BEAT_GAP_SLACK_S:
+            return 0.0  # frozen since the last beat: what we saw then may be stale
+        return now - since
 
     def run_once(self) -> None:
         began = time.monotonic()
+        rested = self._rested_at
         try:
             self._registry.heartbeat(running=self._running())
         except (psycopg.Error, OSError):
             self._connected_since = None
+            self._rested_at = None
             raise
         ended = time.monotonic()
-        # A beat that had to wait (for a connection, a failover) is a break too: others'
-        # beats may have waited as long, so judging them needs a fresh full TTL.
-        if self._connected_since is None or ended - began > self._interval_s:
+        # Two kinds of break, each resetting the wait before others may be judged dead:
+        # a beat that had to wait (for a connection, a failover), since others' beats may
+        # have waited as long; and a beat that came late after the last one (the process
+        # was frozen: a database outage may have come and gone without failing any beat
+        # of ours, while every other node's heartbeat went stale).
+        late = rested is not None and began - rested > self._interval_s + BEAT_GAP_SLACK_S
+        if self._connected_since is None or ended - began > self._interval_s or late:
+            if late:
+                log.warning("heartbeat %.1fs late (process frozen or starved); "
+                            "connectivity counts afresh", began - rested - self._interval_s)
             self._connected_since = ended
-        if self._on_beat is not None:
-            self._on_beat()
+        self._rested_at = ended
+        try:
+            if self._on_beat is not None:
+                self._on_beat()
+        finally:
+            self._rested_at = time.monotonic()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):

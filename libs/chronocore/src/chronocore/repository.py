@@ -23,12 +23,15 @@ How a task moves, and who may move it (the rules the whole cluster relies on):
   worker was paused or starved) first asks again (``confirm_start``, a heartbeat too), so
   an attempt recovered meanwhile never runs beside its retry.
 * Time is the database's: every ``now()`` is PostgreSQL's, never a node's clock.
+* By hand: a retry is a new task made from a finished one (``retry_of`` names it), never
+  the finished one moved back; a job's run now is one more occurrence. Both meet the
+  job's concurrency policy as a tick does (``make_way``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,9 +40,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from chronocore import failpoints
 from chronocore.cron import Schedule
 from chronocore.jobs import JobSpec, Plan, patched, plan
-from chronocore.model import Submission
+from chronocore.model import TERMINAL_STATUSES, Submission, fingerprint
 from chronocore.queries import QUERIES
 
 
@@ -196,6 +200,54 @@ class TaskRepository:
         """Mark a task cancelled; returns ``{started_at, worker_id}`` if it changed, else None."""
         return self._one("cancel_task", {"id": task_id})
 
+    def retry(self, task_id: int, *, idempotency_key: str | None = None) -> HandRun | None:
+        """A new task from a finished one, due now, naming it in ``retry_of``; None if
+        there is no such task. Raises ``RunRefused`` for a task not finished, or for one
+        of a job whose concurrency policy would skip it (see ``make_way``), and
+        ``IdempotencyConflict`` for a key another request took.
+
+        A job's task stays the job's: the retry keeps its ``job_id`` (it shows in the
+        job's history) and the policy it ran under, and is an occurrence like any other.
+        """
+        request_hash = fingerprint({"retry_of": task_id})
+        if idempotency_key is not None:
+            replay = self._replay(idempotency_key, request_hash)
+            if replay is not None:
+                return replay
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                original = conn.execute(QUERIES["lock_task"], {"id": task_id}).fetchone()
+                if original is None:
+                    return None
+                refuse_unfinished(original)
+                now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
+                replaced: list[dict[str, Any]] = []
+                if original["job_id"] is not None:
+                    # One run by hand of a job at a time (the job may be gone: no lock).
+                    conn.execute(QUERIES["lock_job"], {"id": original["job_id"]})
+                    replaced = make_way(conn, job_id=original["job_id"],
+                                        policy=original["concurrency_policy"], at=now)
+                made = insert_by_hand(
+                    conn, "insert_retry", lambda at: {
+                        "id": task_id, "at": at, "idempotency_key": idempotency_key,
+                        "request_hash": request_hash},
+                    now=now, idempotency_key=idempotency_key)
+                return HandRun(task_id=made, created=True, replaced=replaced)
+        except KeyTaken:  # by a request just committed: this one's changes are undone
+            pass
+        replay = self._replay(idempotency_key, request_hash)
+        assert replay is not None
+        return replay
+
+    def _replay(self, key: str | None, request_hash: str) -> HandRun | None:
+        """The task an idempotency key already names, if it was made by the same request."""
+        existing = self._one("task_by_idempotency_key", {"key": key})
+        if existing is None:
+            return None
+        if existing["request_hash"] != request_hash:
+            raise IdempotencyConflict(existing["id"])
+        return HandRun(task_id=existing["id"], created=False, replaced=[])
+
     # --- the coordinator's side -----------------------------------------------------
 
     def claim_due(self, *, coordinator_id: str, limit: int,
@@ -311,17 +363,32 @@ class TaskRepository:
 
 
 PAUSED_REASON = "skipped: job paused"
+DELETED_REASON = "skipped: job deleted"
 # A listed task carries the end of its output, this many characters: a page of 1,000
 # stays a few MiB (GET /tasks/{id} has the whole 64 KiB).
 LISTED_OUTPUT_CHARS = 4096
 # Jobs one materialize step takes: their occurrences go in one INSERT. Large enough that
 # a minute's 100,000 jobs are a hundred statements, small enough that a step's
-# transaction (and its row locks) stays short.
+# statements (and their row locks) stay short.
 MATERIALIZE_BATCH = 1000
+# How long a materialization step holds the jobs it took before another scheduler may
+# take them over, as a share of the horizon: a step frozen midway delays a job's next
+# ticks by at most this, and they are still made more than half a horizon ahead of their
+# time (5 s horizon: a 2 s lease). A step takes milliseconds; one that outlives its lease
+# only loses its work (its write is fenced off by the token).
+LEASE_SHARE_OF_HORIZON = 0.4
+MIN_LEASE_S = 0.1
+# An edit or a deletion that finds the job changed under it reads it again, this many
+# times at most: a job changes a couple of times per second at most (lease, advance).
+MAX_WRITE_TRIES = 50
 
 
 class JobExists(Exception):
     """Another job already has this name."""
+
+
+class JobBusy(Exception):
+    """The job kept changing under an edit or a deletion, which gave up."""
 
 
 class JobRepository:
@@ -375,33 +442,38 @@ class JobRepository:
         A new schedule takes effect from the first occurrence after both now and the last
         one already made a task; resuming starts from now (what fell in the pause is not
         run); pausing cancels the tasks made ahead of time that no coordinator took yet.
+
+        Optimistic, holding no lock between round trips: read the job (unlocked), merge
+        and plan here, then write in one statement on condition that the row is still the
+        version read; if anything changed it meanwhile (a materialization advancing it,
+        another edit), read again.
         """
-        with self._pool.connection() as conn, conn.transaction():
-            row = conn.execute(QUERIES["lock_job"], {"id": job_id}).fetchone()
-            if row is None:
-                return None
-            spec = patched(row, patch)
-            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
-            next_run_at = row["next_run_at"]
-            rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
-                row["cron"], row["timezone"])
-            resumed = row["paused_at"] is not None and not spec.paused
-            if resumed and not rescheduled:
-                conn.execute(QUERIES["restore_paused_of_job"],
-                             {"id": job_id, "reason": PAUSED_REASON})
-            if rescheduled or resumed:
-                last = conn.execute(QUERIES["last_occurrence"], {"id": job_id}).fetchone()["at"]
-                start = now if last is None else max(now, last)
-                next_run_at = next(spec.schedule.after(start))
-            try:
-                conn.execute(QUERIES["update_job"], {**self._columns(spec), "id": job_id,
-                                                     "next_run_at": next_run_at})
-            except psycopg.errors.UniqueViolation:
-                raise JobExists(f"a job named {spec.name!r} exists already") from None
-            if spec.paused and row["paused_at"] is None:
-                conn.execute(QUERIES["cancel_pending_of_job"],
-                             {"id": job_id, "reason": PAUSED_REASON})
-            return conn.execute(QUERIES["get_job"], {"id": job_id}).fetchone()
+        for _ in range(MAX_WRITE_TRIES):
+            with self._pool.connection() as conn:
+                row = conn.execute(QUERIES["job_to_update"], {"id": job_id}).fetchone()
+                if row is None:
+                    return None
+                spec = patched(row, patch)
+                next_run_at = row["next_run_at"]
+                rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
+                    row["cron"], row["timezone"])
+                resumed = row["paused_at"] is not None and not spec.paused
+                if rescheduled or resumed:
+                    last = row["last_occurrence"]
+                    start = row["now"] if last is None else max(row["now"], last)
+                    next_run_at = next(spec.schedule.after(start))
+                try:
+                    changed = conn.execute(QUERIES["update_job"], {
+                        **self._columns(spec), "id": job_id, "next_run_at": next_run_at,
+                        "row_version": row["row_version"], "reason": PAUSED_REASON,
+                        "restore": resumed and not rescheduled,
+                        "cancel": spec.paused and row["paused_at"] is None,
+                    }).fetchone()
+                except psycopg.errors.UniqueViolation:
+                    raise JobExists(f"a job named {spec.name!r} exists already") from None
+            if changed is not None:
+                return changed
+        raise JobBusy(f"job {job_id} kept changing while being updated; try again")
 
     def recent_outcomes(self, job_ids: list[int], *, count: int = 10
                         ) -> dict[int, list[dict[str, Any]]]:
@@ -416,28 +488,72 @@ class JobRepository:
                          "scheduled_at": row["scheduled_at"]})
         return outcomes
 
+    def run_now(self, job_id: int) -> HandRun | None:
+        """An extra occurrence of a job, due now, made as a tick is made (from the job as
+        it is now, paused or not); the schedule (``next_run_at``) does not move. None if
+        there is no such job; ``RunRefused`` when its concurrency policy would skip it."""
+        with self._pool.connection() as conn, conn.transaction():
+            job = conn.execute(QUERIES["lock_job"], {"id": job_id}).fetchone()
+            if job is None:
+                return None
+            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
+            replaced = make_way(conn, job_id=job_id, policy=job["concurrency_policy"],
+                                at=now)
+            made = insert_by_hand(conn, "insert_occurrences",
+                                  lambda at: {"job_ids": [job_id], "occurrences": [at],
+                                              "ttl_s": self._node_ttl_s},
+                                  now=now)
+            return HandRun(task_id=made, created=True, replaced=replaced)
+
     def delete(self, job_id: int) -> bool:
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES["delete_job"], {"id": job_id}).fetchone() is not None
+        """Delete a job and cancel its tasks not yet started, in one statement; False if
+        there is no such job."""
+        for _ in range(MAX_WRITE_TRIES):
+            with self._pool.connection() as conn:
+                row = conn.execute(QUERIES["delete_job"],
+                                   {"id": job_id, "reason": DELETED_REASON}).fetchone()
+            if row["deleted"] is not None:
+                return True
+            if row["seen"] is None:
+                return False
+        raise JobBusy(f"job {job_id} kept changing while being deleted; try again")
 
     def materialize(self, *, horizon_s: float,
                     limit: int = MATERIALIZE_BATCH) -> list[dict[str, Any]]:
         """One step: turn due occurrences of up to ``limit`` jobs into tasks.
 
-        Set-based: the jobs are locked with SKIP LOCKED (racing schedulers share the
-        work), their occurrences planned here, then inserted in one statement and the
-        jobs advanced in another, in the same transaction; the unique (job_id,
-        scheduled_at) key makes any overlap harmless. Returns per job what was made and
-        skipped.
+        Two statements and no transaction around them, so no row lock outlives a round
+        trip and a scheduler frozen mid-step (SIGSTOP, a host gone without closing its
+        connections) blocks no other scheduler's step and no edit of the job:
+
+        1. lease: the due jobs no one holds are leased to this step under fresh tokens
+           (picked with SKIP LOCKED, so racing schedulers share the work) until
+           ``lease_s`` from now, by the database clock;
+        2. here, with no lock held: each job's occurrences are planned (cronsim, in the
+           job's time zone);
+        3. write: one statement advances the jobs whose token is still the step's and
+           inserts their occurrences. A holder that outlived its lease (another scheduler
+           took the job over) or whose job was edited or deleted meanwhile finds its
+           token gone and writes nothing for that job: its plan may be stale.
+
+        Each occurrence is one task whatever happens: only the token's holder advances a
+        job, the unique (job_id, scheduled_at) key makes any overlap harmless, and the
+        advance and the insert commit together. Returns per job advanced what was made
+        and skipped.
         """
-        with self._pool.connection() as conn, conn.transaction():
-            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
-            jobs = conn.execute(QUERIES["jobs_to_materialize"],
-                                {"horizon_s": horizon_s, "limit": limit}).fetchall()
+        lease_s = max(horizon_s * LEASE_SHARE_OF_HORIZON, MIN_LEASE_S)
+        with self._pool.connection() as conn:
+            jobs = conn.execute(QUERIES["lease_jobs_to_materialize"],
+                                {"horizon_s": horizon_s, "limit": limit,
+                                 "lease_s": lease_s}).fetchall()
+            if not jobs:
+                return []
+            failpoints.pause(failpoints.MID_MATERIALIZE)
             # Jobs alike (same schedule, next run and policies: a fleet's "every minute")
             # have the same plan: computed once per step.
             plans: dict[tuple[Any, ...], Plan] = {}
             steps = {}
+            tokens = {}
             for job in jobs:
                 key = tuple(job[k] for k in ("cron", "timezone", "next_run_at",
                                              "misfire_policy", "starting_deadline_s",
@@ -445,37 +561,31 @@ class JobRepository:
                 if key not in plans:
                     plans[key] = plan(
                         schedule=Schedule(job["cron"], job["timezone"]),
-                        next_run_at=job["next_run_at"], now=now,
+                        next_run_at=job["next_run_at"], now=job["now"],
                         horizon=timedelta(seconds=horizon_s),
                         misfire_policy=job["misfire_policy"],
                         starting_deadline_s=job["starting_deadline_s"],
                         max_catchup=job["max_catchup"])
                 steps[job["id"]] = plans[key]
-            ids = sorted(steps)
+                tokens[job["id"]] = job["lease_token"]
+            ids = sorted(steps)  # one lock order for every step
             pairs = [(job_id, at) for job_id in ids for at in steps[job_id].occurrences]
-            made: dict[int, list[int]] = {job_id: [] for job_id in ids}
-            if pairs:
-                for row in conn.execute(QUERIES["insert_occurrences"],
-                                        {"job_ids": [p[0] for p in pairs],
-                                         "occurrences": [p[1] for p in pairs],
-                                         "ttl_s": self._node_ttl_s}):
-                    made[row["job_id"]].append(row["id"])
-            if ids:
-                conn.execute(QUERIES["advance_jobs"], {
-                    "ids": ids, "next_run_ats": [steps[i].next_run_at for i in ids],
-                    "skipped": [steps[i].skipped for i in ids]})
+            rows = conn.execute(QUERIES["make_occurrences"], {
+                "ids": ids, "tokens": [tokens[i] for i in ids],
+                "next_run_ats": [steps[i].next_run_at for i in ids],
+                "skipped": [steps[i].skipped for i in ids],
+                "job_ids": [p[0] for p in pairs], "occurrences": [p[1] for p in pairs],
+                "planned_at": jobs[0]["now"], "ttl_s": self._node_ttl_s,
+            }).fetchall()
+        made = {r["job_id"]: r["tasks"] for r in rows}
         return [{"job_id": job_id, "tasks": made[job_id], "skipped": steps[job_id].skipped}
-                for job_id in ids]
+                for job_id in ids if job_id in made]
 
     def enforce_concurrency(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """forbid: skip due occurrences while an earlier one runs; replace: cancel the
         earlier one. Returns ``(skipped, replaced)`` rows."""
         with self._pool.connection() as conn:
-            with conn.transaction():
-                skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
-                if skipped:
-                    conn.execute(QUERIES["count_forbidden"],
-                                 {"job_ids": [r["job_id"] for r in skipped]})
+            skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
             replaced = conn.execute(QUERIES["replace_running"]).fetchall()
         return skipped, replaced
 
@@ -496,3 +606,97 @@ class JobRepository:
             "max_catchup": spec.max_catchup, "paused": spec.paused,
             "target": None if spec.target is None else Jsonb(spec.target),
         }
+
+
+# --- runs made by hand: POST /tasks/{id}/retry and POST /jobs/{id}/run ------------------
+
+# The instants a run made by hand may take, tried in turn. Each occurrence of a job is
+# one task by the unique key (job_id, scheduled_at): a run by hand is due at the
+# database's now, off the whole second (where every cron tick falls, made or still to
+# come, so it never takes a tick's place) and a microsecond later for each run by hand
+# that already took an instant (two in the same microsecond).
+HAND_INSTANT_TRIES = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandRun:
+    """A task made by hand: a retry, or a job's run now."""
+
+    task_id: int
+    created: bool  # False: an idempotent replay of an earlier request
+    replaced: list[dict[str, Any]]  # cancelled by replace: id, started_at, worker_id
+
+
+class RunRefused(Exception):
+    """A run by hand refused: the task has not finished, or the job's concurrency policy
+    forbids it now."""
+
+
+class KeyTaken(Exception):
+    """The idempotency key was taken meanwhile (inside a transaction, to roll it back)."""
+
+
+def hand_instants(now: datetime) -> Iterator[datetime]:
+    at = now if now.microsecond else now + timedelta(microseconds=1)
+    for _ in range(HAND_INSTANT_TRIES):
+        yield at
+        at += timedelta(microseconds=1)
+        if at.microsecond == 0:
+            at += timedelta(microseconds=1)
+    raise RuntimeError(f"no free instant for a run by hand after {now}")
+
+
+def insert_by_hand(conn: psycopg.Connection[Any], name: str,
+                   params: Callable[[datetime], dict[str, Any]], *, now: datetime,
+                   idempotency_key: str | None = None) -> int:
+    """Run the insert ``name`` (``ON CONFLICT DO NOTHING ... RETURNING id``) at the first
+    instant of ``hand_instants(now)`` no other task of the job holds; the new task's id.
+    Raises ``KeyTaken`` when it is the idempotency key that another request holds."""
+    for at in hand_instants(now):
+        row = conn.execute(QUERIES[name], params(at)).fetchone()
+        if row is not None:
+            return row["id"]
+        if idempotency_key is not None and conn.execute(
+                QUERIES["task_by_idempotency_key"], {"key": idempotency_key}
+        ).fetchone() is not None:
+            raise KeyTaken
+    raise AssertionError("unreachable: hand_instants ends by raising")
+
+
+def refuse_unfinished(task: dict[str, Any]) -> None:
+    """Only a finished task is retried: one still waiting or running would then run
+    twice, and a cancelled one still stopping would run beside its retry."""
+    status = task["status"]
+    if status not in TERMINAL_STATUSES:
+        raise RunRefused(f"task {task['id']} is {status}: only a finished task (succeeded, "
+                         "failed or cancelled) can be retried")
+    if task["started_at"] is not None and task["completed_at"] is None \
+            and task["failed_at"] is None:
+        raise RunRefused(f"task {task['id']} is cancelled but its command is still "
+                         "stopping; retry it once it has ended")
+
+
+def make_way(conn: psycopg.Connection[Any], *, job_id: int, policy: str | None,
+             at: datetime) -> list[dict[str, Any]]:
+    """What a job's occurrence made by hand, due at ``at``, meets, as a tick would: with
+    ``forbid``, any other occurrence in flight or due before it means it would be skipped
+    (raises ``RunRefused`` rather than make a task bound to be skipped); with
+    ``replace``, those are cancelled (returned, so that their workers are told). A claim
+    racing this decision is still ruled by the claim and the materializer's policy step.
+    """
+    if policy not in ("forbid", "replace"):
+        return []
+    ahead = conn.execute(QUERIES["unfinished_before"], {"job_id": job_id, "at": at}).fetchall()
+    if policy == "forbid":
+        if ahead:
+            raise RunRefused(
+                f"job {job_id} has concurrency_policy forbid and its task {ahead[0]['id']} "
+                f"is {ahead[0]['status']}: a run made now would be skipped; try again once "
+                "it has ended")
+        return []
+    replaced = []
+    for task in ahead:
+        cancelled = conn.execute(QUERIES["cancel_task"], {"id": task["id"]}).fetchone()
+        if cancelled is not None:
+            replaced.append(cancelled)
+    return replaced

@@ -35,7 +35,7 @@ def main() -> int:
     if not migrate_when_reachable(config, stop):
         return 0
     pool = db.open_pool(config.dsn, size=config.pool_size, name="coordinator",
-                        pooled=config.pooled)
+                        pooled=config.pooled, timeouts=config.session_timeouts)
     repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
                                                 max_s=config.retry_backoff_max_s))
     registry = NodeRegistry(pool, node_id=node_id, kind="coordinator")
@@ -43,8 +43,8 @@ def main() -> int:
                             refresh_s=config.heartbeat_s, tls=tls,
                             on_slots_freed=lambda: loop.wake())
     def on_beat() -> None:
-        sweep(repo, ttl_s=config.node_ttl_s, connected_for_s=heartbeat.connected_for())
-        prune(repo, retention_s=config.retention_s)
+        sweep(repo, ttl_s=config.node_ttl_s, connected_for=heartbeat.connected_for)
+        prune(repo, registry, retention_s=config.retention_s)
 
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s, on_beat=on_beat)
     loop = ClaimLoop(repo=repo, dispatcher=dispatcher, coordinator_id=node_id,

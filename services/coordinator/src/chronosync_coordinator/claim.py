@@ -3,9 +3,11 @@
 Each step (``run_once``) claims at most as many due tasks as live workers have free
 slots, in one ``FOR UPDATE SKIP LOCKED`` statement (so coordinators side by side never
 claim one task twice), and dispatches them. With nothing due it sleeps exactly until the
-earliest waiting ``scheduled_at`` (measured by the database clock), or until a NOTIFY on
-``chronosync_due`` says a task was added, requeued or retried, and at most
-``max_idle_s``, the bound on what a lost notification can cost.
+earliest waiting task the claim would take is due (measured by the database clock, and
+judged by the claim's own predicate: an occurrence a ``forbid`` job holds back never
+makes the loop spin), or until a NOTIFY on ``chronosync_due`` says a task was added,
+requeued or retried, or a forbid job's task ended, and at most ``max_idle_s``, the bound
+on what a lost notification can cost.
 """
 
 from __future__ import annotations

@@ -16,16 +16,20 @@ re-checked under the row lock, so a task is recovered by exactly one of them.
 
 A sweeper judges other nodes dead only after it has itself been connected for a whole
 TTL plus the pool's wait: after a database outage every heartbeat is stale, and a live
-worker may need that long to be seen again. Requeueing unstarted claims needs no such
-care, being fenced.
+worker may need that long to be seen again. A sweeper that was itself frozen (SIGSTOP, a
+paused VM) may have slept through such an outage without failing a beat: a beat later
+than its interval plus slack (by its monotonic clock) restarts that wait too.
+Requeueing unstarted claims needs no such care, being fenced.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from chronocore import metrics
 from chronocore.db import POOL_WAIT_S
+from chronocore.registry import NodeRegistry
 from chronocore.repository import TaskRepository
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,9 @@ PRUNED = metrics.Counter("chronosync_tasks_pruned_total",
                          "Finished tasks deleted by the retention policy.")
 
 
-def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None:
+def sweep(repo: TaskRepository, *, ttl_s: float, connected_for: Callable[[], float]) -> None:
+    """``connected_for`` is read just before judging, not when the sweep began: a
+    process frozen in between must not judge with what it knew before the freeze."""
     for task_id in repo.requeue_stale_claims(lease_s=ttl_s):
         log.warning("recovery: task %s claimed but never started; back to the queue",
                     task_id, extra={"task_id": task_id})
@@ -51,7 +57,7 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None
     for task_id in repo.set_aside_unmatched(ttl_s=ttl_s):
         log.info("task %s: no live worker matches its target; set aside until one does",
                  task_id, extra={"task_id": task_id})
-    if connected_for_s < ttl_s + POOL_WAIT_S:
+    if connected_for() < ttl_s + POOL_WAIT_S:
         return
     for task_id in repo.fail_orphaned_pins(ttl_s=ttl_s):
         log.warning("recovery: task %s: its broadcast's worker died before starting it; "
@@ -69,9 +75,11 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for_s: float) -> None
 PRUNE_BATCH = 500
 
 
-def prune(repo: TaskRepository, *, retention_s: float) -> int:
-    """Delete old finished tasks, one small batch per sweep (any coordinator may)."""
+def prune(repo: TaskRepository, registry: NodeRegistry, *, retention_s: float) -> int:
+    """Delete old finished tasks, one small batch per sweep (any coordinator may), and
+    the rows of nodes stopped or dead for as long (each start of a node adds one)."""
     pruned = repo.prune_finished(retention_s=retention_s, limit=PRUNE_BATCH)
     if pruned:
         PRUNED.inc(pruned)
+    registry.prune_nodes(retention_s=retention_s, limit=PRUNE_BATCH)
     return pruned

@@ -50,7 +50,7 @@ def main() -> int:
     if not migrate_when_reachable(config, stop):
         return 0
     pool = db.open_pool(config.dsn, size=config.pool_size, name="scheduler",
-                        pooled=config.pooled)
+                        pooled=config.pooled, timeouts=config.session_timeouts)
     try:
         tls = TlsFiles.from_config(config)
     except ConfigError as exc:

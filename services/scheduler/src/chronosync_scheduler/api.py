@@ -17,12 +17,22 @@ from chronocore.labels import describe, matches
 from chronocore.model import (
     STATUSES,
     ValidationError,
+    check_fields,
     format_timestamp,
+    parse_retry,
     parse_submission,
     task_resource,
 )
 from chronocore.registry import NodeRegistry
-from chronocore.repository import IdempotencyConflict, JobExists, JobRepository, TaskRepository
+from chronocore.repository import (
+    HandRun,
+    IdempotencyConflict,
+    JobBusy,
+    JobExists,
+    JobRepository,
+    RunRefused,
+    TaskRepository,
+)
 from chronocore.tls import TlsFiles
 from chronocore.workerclient import cancel_on_worker
 
@@ -125,14 +135,32 @@ class Api:
             row = self.jobs.update(job_id, body)
         except JobExists as exc:
             raise ApiError(409, str(exc), "name") from None
+        except JobBusy as exc:
+            raise ApiError(409, str(exc)) from None
         if row is None:
             raise ApiError(404, f"no job {job_id}")
         return 200, job_resource(row, now=self.jobs.database_now())
 
     def delete_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
-        if not self.jobs.delete(job_id):
+        try:
+            deleted = self.jobs.delete(job_id)
+        except JobBusy as exc:
+            raise ApiError(409, str(exc)) from None
+        if not deleted:
             raise ApiError(404, f"no job {job_id}")
         return 204, {}
+
+    def run_job(self, job_id: int, body: Any) -> tuple[int, dict[str, Any]]:
+        """An extra occurrence due now (the body, if any, is ``{}``)."""
+        if body is not None:
+            check_fields(body, frozenset())
+        try:
+            made = self.jobs.run_now(job_id)
+        except RunRefused as exc:
+            raise ApiError(409, str(exc)) from None
+        if made is None:
+            raise ApiError(404, f"no job {job_id}")
+        return self._made_by_hand(made)
 
     def _job(self, job_id: int) -> dict[str, Any]:
         row = self.jobs.get(job_id)
@@ -167,6 +195,28 @@ class Api:
         if changed["started_at"] is not None and changed["worker_id"]:
             cancel_on_worker(self.registry, changed["worker_id"], task_id, tls=self.tls)
         return 200, self._task(task_id)
+
+    def retry_task(self, task_id: int, body: Any) -> tuple[int, dict[str, Any]]:
+        """A new task from a finished one; 200 for an idempotent replay."""
+        key = parse_retry(body)
+        try:
+            made = self.repo.retry(task_id, idempotency_key=key)
+        except RunRefused as exc:
+            raise ApiError(409, str(exc)) from None
+        except IdempotencyConflict as exc:
+            raise ApiError(409, str(exc), "idempotency_key") from None
+        if made is None:
+            raise ApiError(404, f"no task {task_id}")
+        return self._made_by_hand(made)
+
+    def _made_by_hand(self, made: HandRun) -> tuple[int, dict[str, Any]]:
+        for replaced in made.replaced:  # concurrency_policy replace, as a tick does
+            log.info("task %s cancelled (replace: a run by hand is due)", replaced["id"],
+                     extra={"task_id": replaced["id"]})
+            if replaced["started_at"] is not None and replaced["worker_id"]:
+                cancel_on_worker(self.registry, replaced["worker_id"], replaced["id"],
+                                 tls=self.tls)
+        return (201 if made.created else 200), self._task(made.task_id)
 
     def list_nodes(self) -> tuple[int, dict[str, Any]]:
         nodes = []

@@ -111,7 +111,12 @@ SCHEMAS: dict[str, Any] = {
         "waiting": {"type": "string", "nullable": True, "description":
                     "why a due task does not run yet, e.g. 'no live worker matches "
                     "zone=eu-1'"},
+        "retry_of": {"type": "integer", "nullable": True, "description":
+                     "the task this one retries (POST /tasks/{id}/retry); else null"},
         "attempts": {"type": "array", "items": _ref("Attempt")}}},
+    "Retry": {"type": "object", "additionalProperties": False, "properties": {
+        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200,
+                            "description": "a resent request gets the first retry (200)"}}},
     "Job": {"type": "object", "properties": {
         "id": {"type": "integer"}, "kind": {"type": "string", "enum": ["job"]},
         "name": {"type": "string", "nullable": True}, "command": {"type": "string"},
@@ -161,6 +166,19 @@ PATHS: dict[str, Any] = {
         "summary": "Cancel: never starts, or its process group is terminated",
         "parameters": [_ID],
         "responses": {"200": _json(_ref("Task"), "the task"), **_ERRORS}}},
+    "/tasks/{id}/retry": {"post": {
+        "summary": "A new task from a finished one (same command, env and delivery; a "
+                   "job's task stays the job's), due now, with retry_of naming the original",
+        "parameters": [_ID],
+        "requestBody": {"required": False, "content": {
+            "application/json": {"schema": _ref("Retry")}}},
+        "responses": {"201": _json(_ref("Task"), "the new task"),
+                      "200": _json(_ref("Task"), "idempotent replay"),
+                      **_ERRORS,
+                      "409": _json(_ref("Error"), "the task has not finished (or is "
+                                   "cancelled and still stopping), its job's "
+                                   "concurrency_policy forbid would skip the retry, or the "
+                                   "idempotency key is taken by another request")}}},
     "/jobs": {"get": {
         "summary": "Recurring jobs", "parameters": _PAGING,
         "responses": {"200": _json(_page("Job", "jobs"), "a page"), **_ERRORS}}},
@@ -173,6 +191,17 @@ PATHS: dict[str, Any] = {
                   "responses": {"200": _json(_ref("Job"), "the job"), **_ERRORS}},
         "delete": {"summary": "Delete a job; its tasks stay", "parameters": [_ID],
                    "responses": {"204": {"description": "deleted"}, **_ERRORS}}},
+    "/jobs/{id}/run": {"post": {
+        "summary": "Run now: an extra occurrence due now, made as a tick is (paused or "
+                   "not); the schedule does not move. concurrency_policy replace cancels "
+                   "the job's runs not finished",
+        "parameters": [_ID],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False, "properties": {}}}}},
+        "responses": {"201": _json(_ref("Task"), "the new task"), **_ERRORS,
+                      "409": _json(_ref("Error"), "concurrency_policy forbid and another "
+                                   "run of the job is in flight or due: it would be "
+                                   "skipped")}}},
     "/nodes": {"get": {
         "summary": "Every live or recently dead node",
         "responses": {"200": _json({"type": "object", "properties": {

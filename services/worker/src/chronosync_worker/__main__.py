@@ -104,7 +104,7 @@ def main() -> int:
     # Slots record starts and outcomes through two group-commit writers, one connection
     # each; the rest is heartbeats, revocation checks and hand-backs.
     pool = db.open_pool(config.dsn, size=config.pool_size + 2, name="worker",
-                        pooled=config.pooled)
+                        pooled=config.pooled, timeouts=config.session_timeouts)
     repo = TaskRepository(pool, backoff=Backoff(base_s=config.retry_backoff_s,
                                                 max_s=config.retry_backoff_max_s))
     workdir = config.workdir or tempfile.mkdtemp(prefix="chronosync-worker-")

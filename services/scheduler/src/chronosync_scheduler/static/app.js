@@ -245,19 +245,27 @@
     setText(details.querySelector("pre"), shown);
   }
 
-  function taskRow(withCancel, withOutput) {
+  function taskRow(withCancel, withOutput, withRetry = false) {
     const row = el("li", { class: "row task" });
     const head = el("div", { class: "head" }, statusBadge(), commandLine());
     row.append(head, el("div", { class: "meta" }));
     if (withCancel) row.append(cancelButton());
+    if (withRetry) row.append(retryButton());
     if (withOutput) row.append(outputBlock());
     return row;
+  }
+
+  // Finished for good: a cancelled run whose command is still stopping is not (yet).
+  function finished(task) {
+    return TERMINAL.has(task.status) && !(task.started_at && !task.completed_at && !task.failed_at);
   }
 
   function updateTaskCore(row, task, label) {
     updateStatus(row.querySelector(".status"), task.status, label);
     updateCommand(row.querySelector(".cmd"), task.command);
     setAttr(row, "data-status", task.status);
+    const retry = row.querySelector("button.retry");
+    if (retry) retry.hidden = !finished(task);
   }
 
   function attemptFact(task) {
@@ -270,6 +278,10 @@
 
   function nameFact(task) {
     return task.name ? [task.name, "name", "tag"] : null;
+  }
+
+  function retryFact(task) {
+    return task.retry_of ? [`retry of #${task.retry_of}`, null, "tag"] : null;
   }
 
   // ---- buttons ----------------------------------------------------------------------
@@ -313,6 +325,52 @@
       }
       changes += 1;
       refreshSoon();
+    });
+    return button;
+  }
+
+  // Retry (a finished task): a new task, due now, with the same command; one click, as
+  // the original is left as it was. The button stays disabled until the answer.
+  function retryButton() {
+    const button = el("button", { type: "button", class: "small retry", text: "Retry", hidden: true });
+    button.addEventListener("click", async () => {
+      const row = button.closest("li");
+      if (!row || button.disabled) return;
+      button.disabled = true;
+      changes += 1;
+      button.textContent = "Retrying…";
+      try {
+        const task = await api(`/tasks/${encodeURIComponent(row.dataset.key)}/retry`,
+          { method: "POST", body: {} });
+        showNotice(`Task #${task.retry_of} retried as task #${task.id}.`, "info");
+      } catch (error) {
+        if (!(error instanceof SignedOut)) showNotice(`Could not retry: ${error.message}`);
+      }
+      button.disabled = false;
+      button.textContent = "Retry";
+      changes += 1;
+      refreshSoon();
+    });
+    return button;
+  }
+
+  // A button that asks for a second click within 4 s before it acts (delete, cancel).
+  function confirming(button, label, armedLabel, act) {
+    let disarm = null;
+    button.addEventListener("click", async () => {
+      if (button.disabled) return;
+      if (!button.classList.contains("armed")) {
+        button.classList.add("armed");
+        button.textContent = armedLabel;
+        disarm = setTimeout(() => {
+          button.classList.remove("armed");
+          button.textContent = label;
+        }, 4000);
+        return;
+      }
+      clearTimeout(disarm);
+      button.classList.remove("armed");
+      await act();
     });
     return button;
   }
@@ -364,7 +422,7 @@
           [due <= 0 ? `${retry}due now` : `${retry}${fmtRelative(at)}`, at, "strong"],
           [fmtLocal(at), at],
           t.status === "retrying" && t.error ? [t.error, "error", "error"] : null,
-          attemptFact(t), nameFact(t), jobFact(t),
+          attemptFact(t), nameFact(t), jobFact(t), retryFact(t),
         ]);
       },
     });
@@ -386,7 +444,7 @@
             t.started_at || t.picked_at, "strong"],
           t.worker_id ? [`on ${shortNode(t.worker_id)}`, "worker", "node"] : null,
           t.timeout_s ? [`timeout ${fmtDuration(t.timeout_s * 1000)}`] : null,
-          attemptFact(t), nameFact(t), jobFact(t),
+          attemptFact(t), nameFact(t), jobFact(t), retryFact(t),
         ]);
       },
     });
@@ -396,7 +454,7 @@
     reconcile("failures", tasks, {
       key: (t) => t.id,
       capped: tasks.length >= FAILURE_LIMIT,
-      create: () => taskRow(false, true),
+      create: () => taskRow(false, true, true),
       update: (row, t) => {
         updateTaskCore(row, t);
         updateMeta(row.querySelector(".meta"), [
@@ -404,7 +462,7 @@
           [t.error || "failed", "error", "error"],
           [`failed ${fmtRelative(t.failed_at)}`, t.failed_at, "strong"],
           t.worker_id ? [`on ${shortNode(t.worker_id)}`, "worker", "node"] : null,
-          attemptFact(t), nameFact(t), jobFact(t),
+          attemptFact(t), nameFact(t), jobFact(t), retryFact(t),
         ]);
         updateOutput(row.querySelector(".output"), outputs.get(t.id));
       },
@@ -418,7 +476,7 @@
   function renderRecent(tasks) {
     reconcile("recent", tasks, {
       key: (t) => t.id,
-      create: () => taskRow(false, true),
+      create: () => taskRow(false, true, true),
       update: (row, t) => {
         updateTaskCore(row, t);
         const end = finishedAt(t);
@@ -436,7 +494,7 @@
           when,
           Number.isFinite(took) ? [`took ${fmtDuration(took)}`] : null,
           t.status === "failed" && t.error ? [t.error, "error", "error"] : null,
-          attemptFact(t), nameFact(t), jobFact(t),
+          attemptFact(t), nameFact(t), jobFact(t), retryFact(t),
         ]);
         updateOutput(row.querySelector(".output"), outputs.get(t.id));
       },
@@ -444,11 +502,20 @@
   }
 
   function renderJobs(jobs, outcomes) {
+    const ids = new Set(jobs.map((j) => String(j.id)));
+    for (const id of jobsShown.keys()) if (!ids.has(id)) jobsShown.delete(id);
     reconcile("jobs", jobs, {
       key: (j) => j.id,
       create: () => {
         const toggle = el("button", { type: "button", class: "small toggle" });
         toggle.addEventListener("click", () => togglePause(toggle));
+        const run = el("button", { type: "button", class: "small run", text: "Run now" });
+        run.addEventListener("click", () => runNow(run));
+        const edit = el("button", { type: "button", class: "small edit", text: "Edit" });
+        edit.addEventListener("click", () => openEdit(edit.closest("li")));
+        const remove = confirming(
+          el("button", { type: "button", class: "small danger delete", text: "Delete" }),
+          "Delete", "Confirm delete", () => deleteJob(remove));
         const row = el("li", { class: "row job" },
           el("div", { class: "about" },
             el("div", { class: "head" },
@@ -459,10 +526,12 @@
           el("div", { class: "history" },
             el("div", { class: "strip", role: "img" }),
             el("div", { class: "strip-label" })),
-          toggle);
+          el("div", { class: "job-actions" }, run, toggle, edit, remove),
+          editForm());
         return row;
       },
       update: (row, j) => {
+        jobsShown.set(String(j.id), j);
         row.classList.toggle("paused", Boolean(j.paused));
         row.querySelector(".paused-badge").hidden = !j.paused;
         setText(row.querySelector(".name"), j.name || `job #${j.id}`);
@@ -514,6 +583,125 @@
     const summary = done.length === 0 ? "no runs yet" : `last ${done.length}: ${parts.join(", ")}`;
     setText(label, summary);
     setAttr(strip, "aria-label", `Recent outcomes, ${summary}`);
+  }
+
+  const jobsShown = new Map(); // id -> the job as last read, for its edit form
+
+  async function runNow(button) {
+    const row = button.closest("li");
+    if (!row || button.disabled) return;
+    button.disabled = true;
+    changes += 1;
+    setText(button, "Starting…");
+    try {
+      const task = await api(`/jobs/${encodeURIComponent(row.dataset.key)}/run`,
+        { method: "POST", body: {} });
+      showNotice(`Job #${task.job_id} runs now: task #${task.id}.`, "info");
+    } catch (error) {
+      if (!(error instanceof SignedOut)) showNotice(`Could not run now: ${error.message}`);
+    }
+    button.disabled = false;
+    setText(button, "Run now");
+    changes += 1;
+    refreshSoon();
+  }
+
+  async function deleteJob(button) {
+    const row = button.closest("li");
+    if (!row) return;
+    button.disabled = true;
+    changes += 1;
+    setText(button, "Deleting…");
+    try {
+      await api(`/jobs/${encodeURIComponent(row.dataset.key)}`, { method: "DELETE" });
+      showNotice(`Job #${row.dataset.key} deleted; the tasks it made stay.`, "info");
+      row.remove();
+    } catch (error) {
+      if (!(error instanceof SignedOut)) showNotice(`Could not delete: ${error.message}`);
+      button.disabled = false;
+      setText(button, "Delete");
+    }
+    changes += 1;
+    refreshSoon();
+  }
+
+  // The edit form of a job row: the fields a PATCH may change that a person edits here.
+  // Refreshes never touch it, so what is typed stays while the row updates around it.
+  const EDITED = ["name", "command", "cron", "timezone", "concurrency_policy"];
+
+  function editForm() {
+    const input = (name, label) => el("label", { class: "field" }, el("span", { text: label }),
+      el("input", { type: "text", name, autocomplete: "off", spellcheck: "false" }));
+    const policy = el("select", { name: "concurrency_policy" },
+      ...["allow", "forbid", "replace"].map((p) => el("option", { value: p, text: p })));
+    const form = el("form", { class: "job-edit", hidden: true, novalidate: true },
+      input("name", "Name"), input("command", "Command"), input("cron", "Cron expression"),
+      input("timezone", "Time zone"),
+      el("label", { class: "field" }, el("span", { text: "Concurrency" }), policy),
+      el("div", { class: "actions" },
+        el("button", { type: "submit", class: "small primary save", text: "Save" }),
+        el("button", { type: "button", class: "small discard", text: "Cancel" }),
+        el("p", { class: "message", role: "status" })));
+    form.querySelector(".discard").addEventListener("click", () => { form.hidden = true; });
+    form.addEventListener("input", (event) => event.target.removeAttribute("aria-invalid"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      saveEdit(form);
+    });
+    return form;
+  }
+
+  function openEdit(row) {
+    const job = row && jobsShown.get(row.dataset.key);
+    if (!job) return;
+    const form = row.querySelector(".job-edit");
+    for (const name of EDITED) {
+      const field = form.elements.namedItem(name);
+      field.value = job[name] === null || job[name] === undefined ? "" : String(job[name]);
+      field.removeAttribute("aria-invalid");
+    }
+    form.querySelector(".message").textContent = "";
+    form.hidden = false;
+    form.elements.namedItem("command").focus();
+  }
+
+  async function saveEdit(form) {
+    const row = form.closest("li");
+    const job = jobsShown.get(row.dataset.key);
+    const message = form.querySelector(".message");
+    const save = form.querySelector(".save");
+    const patch = {};
+    for (const name of EDITED) {
+      const value = form.elements.namedItem(name).value.trim();
+      const was = job[name] === null || job[name] === undefined ? "" : String(job[name]);
+      if (value !== was) patch[name] = name === "name" && value === "" ? null : value;
+    }
+    if (Object.keys(patch).length === 0) {
+      form.hidden = true;
+      return;
+    }
+    save.disabled = true;
+    changes += 1;
+    try {
+      const saved = await api(`/jobs/${encodeURIComponent(row.dataset.key)}`,
+        { method: "PATCH", body: patch });
+      jobsShown.set(String(saved.id), saved);
+      form.hidden = true;
+      showNotice(`Job #${saved.id} saved.`, "info");
+    } catch (error) {
+      if (!(error instanceof SignedOut)) {
+        message.dataset.kind = "error";
+        setText(message, error.message);
+        const field = error.field && form.elements.namedItem(error.field);
+        if (field) {
+          field.setAttribute("aria-invalid", "true");
+          field.focus();
+        }
+      }
+    }
+    save.disabled = false;
+    changes += 1;
+    refreshSoon();
   }
 
   async function togglePause(button) {

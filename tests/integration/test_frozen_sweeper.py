@@ -1,0 +1,100 @@
+"""A coordinator frozen (SIGSTOP) through a database restart judges no live worker dead.
+
+While the coordinator is frozen its heartbeat fails none of its beats, so it cannot learn
+from them that the database went away. Meanwhile every worker's heartbeat goes stale.
+When it resumes, right after the database is back and before the workers have beaten
+again, it must not sweep at once: the silence it sees is its own. The long-running task
+on the live worker must stay running through every cycle; and once the worker really
+dies, the same coordinator must still recover its task (the sweep was not simply off).
+
+The test run's shared database server cannot be stopped, so this test runs its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Cluster, own_postgres, running_cluster, wait_for
+
+from chronocore import db
+from chronocore.pgcluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+# Slower beats than the harness's 0.2 s: a beat that itself has to reconnect after the
+# restart must still fit within one interval, or that slow beat alone (not the freeze)
+# would make the coordinator wait, and the test would no longer tell the two apart.
+HEARTBEAT_S = 1.0
+TTL_S = 3.0
+# The database stays down longer than a TTL, so every heartbeat is stale when it returns.
+OUTAGE_S = TTL_S + 2.0
+# Freeze, restart, resume: a single cycle sometimes loses the race against the worker's
+# first beat, a few in a row do not.
+CYCLES = 3
+# After resuming, the coordinator is watched this long: past the gate (a TTL plus the
+# pool's wait of connectivity) with a margin, so a wrongful sweep would have happened.
+WATCH_S = TTL_S + db.POOL_WAIT_S + 2.0
+
+
+@pytest.fixture
+def own_pg() -> Iterator[LocalCluster]:
+    with own_postgres("chronosync-frozen-") as server:
+        yield server
+
+
+def lost_runs(cluster: Cluster) -> list[dict[str, object]]:
+    return cluster.query(
+        "SELECT t.id, t.error, a.error AS attempt_error FROM tasks t"
+        " LEFT JOIN task_attempts a ON a.task_id = t.id"
+        " WHERE t.error = 'worker_lost' OR a.error = 'worker_lost'")
+
+
+def beat_since(cluster: Cluster, kind: str, seconds: float) -> bool:
+    rows = cluster.query(
+        "SELECT count(*) AS n FROM nodes WHERE kind = %s AND stopped_at IS NULL"
+        " AND last_heartbeat_at > now() - %s * interval '1 second'", (kind, seconds))
+    return rows[0]["n"] > 0
+
+
+def test_a_coordinator_frozen_across_a_database_restart_judges_no_live_worker_dead(
+    own_pg: LocalCluster, tmp_path: Path
+) -> None:
+    timings = {"CHRONOSYNC_HEARTBEAT_S": str(HEARTBEAT_S), "CHRONOSYNC_NODE_TTL_S": str(TTL_S)}
+    with running_cluster(own_pg.dsn(), tmp_path) as cluster:
+        cluster.start("scheduler", **timings)
+        coordinator = cluster.start("coordinator", **timings)
+        worker = cluster.start("worker", **timings)
+        cluster.wait_ready(coordinators=1, workers=1)
+
+        status, answer = cluster.http("POST", "/schedule", {"command": "sleep 600"})
+        assert status == 201, answer
+        task_id = answer["id"]
+        cluster.wait_task(task_id, ("running",), timeout=30)
+
+        for cycle in range(CYCLES):
+            os.kill(coordinator.pid, signal.SIGSTOP)
+            try:
+                own_pg.stop()
+                time.sleep(OUTAGE_S)  # the outage itself: longer than a TTL
+                own_pg.start()
+            finally:
+                os.kill(coordinator.pid, signal.SIGCONT)
+            watch_until = time.monotonic() + WATCH_S
+            while time.monotonic() < watch_until:
+                lost = lost_runs(cluster)
+                assert not lost, f"cycle {cycle}: a live worker was judged dead: {lost}"
+                time.sleep(0.1)
+            assert beat_since(cluster, "coordinator", TTL_S), "the coordinator is not back"
+            assert beat_since(cluster, "worker", TTL_S), "the worker is not back"
+            assert cluster.task(task_id)["status"] == "running"
+
+        # The sweep still works: a worker that really dies loses its task.
+        os.kill(worker.pid, signal.SIGKILL)
+        wait_for(lambda: cluster.task(task_id)["status"] == "failed",
+                 timeout=TTL_S + db.POOL_WAIT_S + 15, what="the dead worker's task to fail")
+        assert cluster.task(task_id)["error"] == "worker_lost"
