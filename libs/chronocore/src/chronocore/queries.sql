@@ -440,6 +440,10 @@ SELECT id, request_hash FROM jobs WHERE idempotency_key = %(key)s;
 -- One job.
 SELECT * FROM jobs WHERE id = %(id)s;
 
+-- name: lock_job --
+-- One job, locked while a run by hand is made from it (run now, or a retry of its task).
+SELECT * FROM jobs WHERE id = %(id)s FOR UPDATE;
+
 -- name: job_to_update --
 -- One job as a PATCH reads it, unlocked: with its row version (xmin, renewed by any change
 -- of the row), the database clock, and its latest occurrence already made a task.
