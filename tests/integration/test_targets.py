@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -122,7 +123,7 @@ def test_targeted_tasks_no_worker_matches_cost_the_claim_nothing(
                      "VALUES ('worker-eu', 'worker', 'test', 1, 'nowhere:1', 4, "
                      "'{\"zone\": \"eu-1\"}')")
         conn.execute("ANALYZE tasks")
-    assert len(repo.set_aside_unmatched(ttl_s=60)) == 5000
+    assert len(repo.sort_targeted(ttl_s=60, judge_dead=True)["set_aside"]) == 5000
 
     with psycopg.connect(dsn, autocommit=True) as conn, \
             conn.transaction(force_rollback=True):  # explaining claims nothing
@@ -145,7 +146,7 @@ def test_targeted_tasks_no_worker_matches_cost_the_claim_nothing(
     # A matching worker appears: they come back.
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE nodes SET labels = '{\"zone\": \"nowhere\"}'")
-    assert len(repo.restore_matched(ttl_s=60)) == 5000
+    assert len(repo.sort_targeted(ttl_s=60, judge_dead=True)["restored"]) == 5000
 
 
 def test_a_broadcast_runs_once_on_every_matching_worker_and_a_killed_one_is_lost_once(
@@ -293,3 +294,36 @@ def test_bad_targets_are_refused_with_a_400_naming_the_field(cluster: Cluster) -
     assert status == 200 and body["target"] == {"labels": {"zone": "eu-1"}}
     assert cluster.query("SELECT target FROM jobs")[0]["target"] == {
         "labels": {"zone": "eu-1"}}
+
+
+def test_a_claim_loop_sleeps_while_the_only_matching_worker_is_busy(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Another worker has room, the claim refuses the due targeted task: the loop must
+    sleep until the busy worker frees a slot, not ask again at once forever."""
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    cluster.start("worker", CHRONOSYNC_WORKER_LABELS="zone=eu-1",
+                  CHRONOSYNC_WORKER_CAPACITY="1")
+    cluster.start("worker", CHRONOSYNC_WORKER_LABELS="zone=us-1")
+    cluster.wait_ready(coordinators=1, workers=2)
+    release = tmp_path / "release"
+    busy = submit(cluster, {"command": f"while [ ! -e {release} ]; do sleep 0.05; done",
+                            "target": {"labels": {"zone": "eu-1"}}})
+    cluster.wait_task(busy["id"], ("running",))
+    behind = submit(cluster, {"command": "true", "target": {"labels": {"zone": "eu-1"}}})
+
+    def commits() -> int:
+        return cluster.query("SELECT xact_commit FROM pg_stat_database"
+                             " WHERE datname = current_database()")[0]["xact_commit"]
+
+    before, began = commits(), time.monotonic()
+    time.sleep(3.0)  # the measured window itself
+    rate = (commits() - before) / (time.monotonic() - began)
+    # Heartbeats and sweeps of four nodes make tens a second; a loop that never sleeps
+    # makes well over a thousand.
+    assert rate < 200, f"{rate:.0f} commits/s while the only matching worker is busy"
+    assert cluster.task(behind["id"])["status"] == "scheduled"
+
+    release.touch()  # the slot frees: the task behind runs
+    assert cluster.wait_task(behind["id"], ("succeeded",))["worker_id"] == cluster.task(
+        busy["id"])["worker_id"]

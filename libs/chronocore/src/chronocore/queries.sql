@@ -127,67 +127,69 @@ RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.sched
 SELECT EXTRACT(EPOCH FROM due_at - now())::float8 AS seconds
 FROM tasks
 WHERE picked_at IS NULL AND cancelled_at IS NULL
-  AND completed_at IS NULL AND failed_at IS NULL AND unmatched_at IS NULL
+  AND completed_at IS NULL AND failed_at IS NULL
   AND (concurrency_policy IS DISTINCT FROM 'forbid'
        OR NOT forbid_holds_back(job_id, id, scheduled_at))
+  -- targeted: as in claim_due (a task only a busy worker matches waits for a freed slot,
+  -- which wakes the loop)
+  AND unmatched_at IS NULL AND (target IS NULL OR EXISTS (
+      SELECT 1 FROM jsonb_array_elements(%(free_workers)s::jsonb) AS w(worker)
+      WHERE w.worker->'labels' @> (tasks.target->'labels')
+        AND (tasks.pinned_worker IS NULL OR tasks.pinned_worker = w.worker->>'id')))
 ORDER BY due_at, id
 LIMIT 1;
 
--- name: set_aside_unmatched --
--- Due targeted tasks that no live worker matches leave the claim's way (unmatched_at)
--- until one does; never one locked by a claim in flight.
-WITH unmatched AS (
+-- name: sort_targeted --
+-- The sweep's one statement about targeted tasks: those set aside that a live worker now
+-- matches come back; due ones no live worker matches are set aside (out of the claim's
+-- index); and, once the sweeper may judge the dead (JUDGE_DEAD), a broadcast's task not
+-- started whose worker died fails as worker_lost (it runs on no other worker). A row a
+-- claim in flight holds is left for the next sweep.
+WITH live AS (
+    SELECT id, labels FROM nodes
+    WHERE kind = 'worker' AND stopped_at IS NULL AND draining_at IS NULL
+      AND last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+), orphaned AS (
     SELECT id FROM tasks t
-    WHERE target IS NOT NULL AND unmatched_at IS NULL AND due_at <= now()
-      AND picked_at IS NULL AND cancelled_at IS NULL
-      AND completed_at IS NULL AND failed_at IS NULL
-      AND NOT EXISTS (
-          SELECT 1 FROM nodes n
-          WHERE n.kind = 'worker' AND n.stopped_at IS NULL AND n.draining_at IS NULL
-            AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
-            AND n.labels @> (t.target->'labels'))
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks t SET unmatched_at = now()
-FROM unmatched u
-WHERE t.id = u.id
-RETURNING t.id;
-
--- name: fail_orphaned_pins --
--- A broadcast's task whose worker died before starting it never runs anywhere else:
--- failed as worker_lost.
-WITH orphaned AS (
-    SELECT id FROM tasks t
-    WHERE pinned_worker IS NOT NULL AND picked_at IS NULL AND cancelled_at IS NULL
-      AND completed_at IS NULL AND failed_at IS NULL
+    WHERE %(judge_dead)s AND pinned_worker IS NOT NULL AND picked_at IS NULL
+      AND cancelled_at IS NULL AND completed_at IS NULL AND failed_at IS NULL
       AND NOT EXISTS (
           SELECT 1 FROM nodes n
           WHERE n.id = t.pinned_worker AND n.stopped_at IS NULL
             AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second')
     FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks t SET failed_at = now(), error = 'worker_lost'
-FROM orphaned o
-WHERE t.id = o.id
-RETURNING t.id;
-
--- name: restore_matched --
--- Tasks set aside that a live worker now matches go back to the claim's way.
-WITH matched AS (
+), back AS (
     SELECT id FROM tasks t
     WHERE unmatched_at IS NOT NULL AND picked_at IS NULL AND cancelled_at IS NULL
       AND completed_at IS NULL AND failed_at IS NULL
-      AND EXISTS (
-          SELECT 1 FROM nodes n
-          WHERE n.kind = 'worker' AND n.stopped_at IS NULL AND n.draining_at IS NULL
-            AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
-            AND n.labels @> (t.target->'labels'))
+      AND EXISTS (SELECT 1 FROM live n WHERE n.labels @> (t.target->'labels'))
     FOR UPDATE SKIP LOCKED
+), aside AS (
+    SELECT id FROM tasks t
+    WHERE target IS NOT NULL AND unmatched_at IS NULL AND due_at <= now()
+      AND picked_at IS NULL AND cancelled_at IS NULL
+      AND completed_at IS NULL AND failed_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM live n WHERE n.labels @> (t.target->'labels'))
+    FOR UPDATE SKIP LOCKED
+), failed AS (
+    UPDATE tasks t SET failed_at = now(), error = 'worker_lost'
+    FROM orphaned o
+    WHERE t.id = o.id
+    RETURNING t.id
+), restored AS (
+    UPDATE tasks t SET unmatched_at = NULL
+    FROM back b
+    WHERE t.id = b.id AND t.id NOT IN (SELECT id FROM orphaned)
+    RETURNING t.id
+), set_aside AS (
+    UPDATE tasks t SET unmatched_at = now()
+    FROM aside a
+    WHERE t.id = a.id AND t.id NOT IN (SELECT id FROM orphaned)
+    RETURNING t.id
 )
-UPDATE tasks t SET unmatched_at = NULL
-FROM matched m
-WHERE t.id = m.id
-RETURNING t.id;
+SELECT 'failed' AS what, id FROM failed
+UNION ALL SELECT 'restored', id FROM restored
+UNION ALL SELECT 'set_aside', id FROM set_aside;
 
 -- name: release_claims --
 -- Hand claimed, unstarted tasks back to the queue (no worker took them); fenced by token.

@@ -267,21 +267,20 @@ class TaskRepository:
             for r in rows
         ]
 
-    def set_aside_unmatched(self, *, ttl_s: float) -> list[int]:
-        """Due targeted tasks no live worker matches leave the claim's way."""
-        return [r["id"] for r in self._all("set_aside_unmatched", {"ttl_s": ttl_s})]
+    def sort_targeted(self, *, ttl_s: float, judge_dead: bool) -> dict[str, list[int]]:
+        """Targeted tasks by what live workers match now: set aside those none matches,
+        bring back those one does, and (``judge_dead``) fail as worker_lost a broadcast's
+        unstarted task whose worker died. Returns the ids by what became of them."""
+        done: dict[str, list[int]] = {"failed": [], "restored": [], "set_aside": []}
+        for row in self._all("sort_targeted", {"ttl_s": ttl_s, "judge_dead": judge_dead}):
+            done[row["what"]].append(row["id"])
+        return done
 
-    def fail_orphaned_pins(self, *, ttl_s: float) -> list[int]:
-        """A broadcast's unstarted tasks whose worker died: failed as worker_lost."""
-        return [r["id"] for r in self._all("fail_orphaned_pins", {"ttl_s": ttl_s})]
-
-    def restore_matched(self, *, ttl_s: float) -> list[int]:
-        """Tasks set aside that a live worker matches now come back."""
-        return [r["id"] for r in self._all("restore_matched", {"ttl_s": ttl_s})]
-
-    def next_due_in(self) -> float | None:
-        """Seconds until the next waiting task is due (negative: overdue); None if none."""
-        row = self._one("next_due_in", {})
+    def next_due_in(self, *, free_workers: Sequence[Mapping[str, Any]] = ()
+                    ) -> float | None:
+        """Seconds until the next waiting task the claim would take (with these
+        ``free_workers``, as ``claim_due``) is due (negative: overdue); None if none."""
+        row = self._one("next_due_in", {"free_workers": Jsonb(list(free_workers))})
         return None if row is None else row["seconds"]
 
     def release(self, tasks: list[ClaimedTask]) -> None:

@@ -96,7 +96,7 @@ class ClaimLoop:
                 self._repo.release(unplaced)
                 return FULL_RECHECK_S
             return 0.0
-        next_due = self._repo.next_due_in()
+        next_due = self._repo.next_due_in(free_workers=self._dispatcher.free_workers())
         if next_due is None:
             return self._max_idle_s
         return min(max(0.0, next_due + DUE_SLACK_S), self._max_idle_s)

@@ -50,19 +50,21 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for: Callable[[], flo
                     task_id, extra={"task_id": task_id})
         RECOVERIES.inc(reason="redispatched")
     # Setting aside is undone by the next sweep that sees a matching worker, so it needs
-    # no wait after an outage (failing a pinned task, below, cannot be undone).
-    for task_id in repo.restore_matched(ttl_s=ttl_s):
+    # no wait after an outage; failing a pinned task cannot be undone, so it waits.
+    sorted_out = repo.sort_targeted(
+        ttl_s=ttl_s, judge_dead=connected_for() >= ttl_s + POOL_WAIT_S)
+    for task_id in sorted_out["restored"]:
         log.info("task %s: a live worker matches its target now", task_id,
                  extra={"task_id": task_id})
-    for task_id in repo.set_aside_unmatched(ttl_s=ttl_s):
+    for task_id in sorted_out["set_aside"]:
         log.info("task %s: no live worker matches its target; set aside until one does",
                  task_id, extra={"task_id": task_id})
-    if connected_for() < ttl_s + POOL_WAIT_S:
-        return
-    for task_id in repo.fail_orphaned_pins(ttl_s=ttl_s):
+    for task_id in sorted_out["failed"]:
         log.warning("recovery: task %s: its broadcast's worker died before starting it; "
                     "failed as worker_lost", task_id, extra={"task_id": task_id})
         RECOVERIES.inc(reason="worker_lost")
+    if connected_for() < ttl_s + POOL_WAIT_S:
+        return
     for row in repo.recover_lost_runs(ttl_s=ttl_s):
         log.warning("recovery: task %s lost its worker; %s", row["task_id"],
                     "retrying" if row["retry"] else "failed as worker_lost",
