@@ -344,6 +344,11 @@ SELECT id, request_hash FROM jobs WHERE idempotency_key = %(key)s;
 -- One job.
 SELECT * FROM jobs WHERE id = %(id)s;
 
+-- name: hand_runs_one_at_a_time --
+-- Runs made by hand of one job (run now, retry) are decided one at a time, until the
+-- transaction ends, without locking the job's row: no materializer step or edit waits.
+SELECT pg_advisory_xact_lock(hashtextextended('chronosync hand run ' || %(id)s::text, 0));
+
 -- name: job_to_update --
 -- One job as a PATCH reads it, unlocked: with its row version (xmin, renewed by any change
 -- of the row), the database clock, and its latest occurrence already made a task.
