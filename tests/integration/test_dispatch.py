@@ -3,12 +3,14 @@
 A Dispatch call that times out although the worker accepted must not hand the same
 (id, token) to another worker: the first worker, failing to record its start, would
 record ``spawn: database unreachable`` under that token over the second worker's live
-run.
+run. And a cluster at rest must not keep its claim loops busy: the workers' slot
+streams speak every second, but only a freed slot wakes a coordinator.
 """
 
 from __future__ import annotations
 
 import signal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +109,52 @@ def test_a_timed_out_dispatch_never_lets_the_loser_s_failed_start_overwrite_the_
         started = [line.split() for line in ran.read_text().splitlines()]
         assert sorted(int(t) for t, _ in started) == sorted(ids), started
         assert all(w != slow_id for _, w in started), started
+
+
+def claim_statements(cluster: Cluster, coordinator_id: str) -> tuple[float, Any]:
+    """The coordinator's count of claim statements, as of its latest heartbeat."""
+    row = cluster.query("SELECT metrics, last_heartbeat_at FROM nodes WHERE id = %s",
+                        (coordinator_id,))[0]
+    family = (row["metrics"] or {}).get("chronosync_claim_statements_total")
+    count = family["samples"][0][1] if family and family["samples"] else 0.0
+    return count, row["last_heartbeat_at"]
+
+
+# With nothing due, the claim loop looks again only this often (or when woken).
+IDLE_S = 30.0
+WORKERS = 4
+WINDOW = timedelta(seconds=6)
+
+
+def test_an_idle_coordinator_is_not_woken_by_its_workers_slot_keepalives(
+    cluster: Cluster
+) -> None:
+    cluster.start("scheduler")
+    coordinator = cluster.start("coordinator", CHRONOSYNC_MAX_IDLE_S=str(IDLE_S))
+    for _ in range(WORKERS):
+        cluster.start("worker")
+    cluster.wait_ready(coordinators=1, workers=WORKERS)
+    coordinator_id = node_id(cluster, coordinator)
+    # Every worker known (and its slot stream followed) before counting.
+    status, body = cluster.http("POST", "/schedule", {"command": "true"})
+    assert status == 201, body
+    assert cluster.wait_task(body["id"], ("succeeded", "failed"))["status"] == "succeeded"
+
+    first, first_at = wait_for(lambda: claim_statements(cluster, coordinator_id)[0] > 0
+                               and claim_statements(cluster, coordinator_id),
+                               timeout=30, what="the coordinator to report its claims")
+
+    def a_window_later() -> tuple[float, Any] | None:
+        count, at = claim_statements(cluster, coordinator_id)
+        return (count, at) if at - first_at >= WINDOW else None
+
+    last, last_at = wait_for(a_window_later, timeout=60,
+                             what="the coordinator's heartbeat a window later")
+    seconds = (last_at - first_at).total_seconds()
+    # At rest, a claim every IDLE_S (and a few for the task's own end); a wake per
+    # keepalive would be WORKERS a second.
+    bound = 3 + seconds / IDLE_S
+    assert last - first <= bound, (
+        f"{last - first:.0f} claim statements in {seconds:.1f}s at rest "
+        f"(at most {bound:.1f} expected; {WORKERS} workers' keepalives would make "
+        f"{WORKERS * seconds:.0f})")

@@ -1,7 +1,8 @@
 """The dispatch path: offer claimed tasks to live workers, least loaded first.
 
 Each coordinator follows every live worker's slot stream (``WatchSlots``): a freed slot
-wakes the claim loop at once, so a busy cluster dispatches as fast as commands end.
+wakes the claim loop at once, so a busy cluster dispatches as fast as commands end. The
+stream's keepalives, saying nothing new, wake nothing.
 
 A worker answers each offer with what it accepted (each accepted task owns one of its
 slots) and what it rejected (full or draining); rejected tasks go to the next worker.
@@ -126,9 +127,10 @@ class Dispatcher:
         def follow() -> None:
             try:
                 for update in call:
+                    free_before = worker.free
                     worker.capacity = update.capacity
                     worker.running = update.capacity if update.draining else update.running
-                    if worker.free > 0:
+                    if worker.free > free_before:  # a keepalive saying nothing new: no wake
                         self._on_slots_freed()
             except grpc.RpcError:
                 pass  # cancelled, or the worker went away: the next refresh decides
