@@ -408,10 +408,9 @@ class SlotPool:
             if revoked is not None:
                 return revoked  # recovered or cancelled while we were away
             slot.lease_from = sent
-            self.renewed(sent)  # the confirmation moved our heartbeat too
-            with self._lock:
+            with self._lock:  # confirmed under its row lock: a fresh lease, whatever lapsed
                 self._leases.started(task.id, sent)
-                self._lease_changed.notify_all()
+            self.renewed(sent)  # the confirmation moved our heartbeat too
         return None
 
     def _write_starts(self, tasks: list[ClaimedTask]) -> list[tuple[Started, float] | None]:
