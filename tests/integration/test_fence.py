@@ -164,3 +164,24 @@ def test_a_worker_cut_off_from_postgres_kills_its_runs_before_the_cluster_takes_
         assert all(node.alive() for node in cluster.processes.nodes)
         for node in cluster.processes.nodes:
             assert "unexpected error" not in log_of(node), node.name
+
+
+def test_a_run_whose_claim_was_taken_while_its_worker_still_heartbeats_is_stopped(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """What the lease cannot see (a sweeper judging by a shorter TTL than the worker's,
+    say): the worker's heartbeat finds the claim taken and stops the run."""
+    cluster.start_default(coordinators=1, workers=1)
+    worker = cluster.processes.nodes[-1]
+    worker_id = node_id(cluster, worker)
+    ran = tmp_path / "ticks"
+    task = submit(cluster, f"while :; do date +%s.%N >> {ran}; sleep 0.05; done")
+    wait_for(lambda: stamps(ran), timeout=30, what="the command to run")
+    # Another holder's token, with the worker alive and well.
+    cluster.query("UPDATE tasks SET claim_token = gen_random_uuid() WHERE id = %s", (task,))
+    wait_for(lambda: f"task {task}: outcome fenced off" in log_of(worker), timeout=30,
+             what="the worker to stop the run and find its outcome fenced off")
+    assert not alive(task, 1, worker_id), "the run outlived its worker's giving it up"
+    assert "no answer from the database" not in log_of(worker)
+    row_now = row(cluster, task)
+    assert row_now["completed_at"] is None and row_now["failed_at"] is None, row_now
