@@ -119,7 +119,7 @@ WHERE t.id = held.id;
 -- returns the ones that may run. Starting is a sign of life: the worker's heartbeat moves
 -- to now(), so no sweep can judge it dead for a TTL after it sent this statement.
 WITH alive AS (
-    UPDATE nodes SET last_heartbeat_at = now()
+    UPDATE nodes SET last_heartbeat_at = greatest(last_heartbeat_at, now())
     WHERE id = %(worker_id)s AND stopped_at IS NULL
 ), startable AS (
     SELECT t.id
@@ -150,7 +150,7 @@ FROM started;
 -- dead meanwhile). Moves the heartbeat like a start, and locks the task so that a
 -- recovery in flight is waited for and seen.
 WITH alive AS (
-    UPDATE nodes SET last_heartbeat_at = now()
+    UPDATE nodes SET last_heartbeat_at = greatest(last_heartbeat_at, now())
     WHERE id = %(worker_id)s AND stopped_at IS NULL
 )
 SELECT cancelled_at IS NOT NULL AS cancelled FROM tasks
@@ -263,13 +263,17 @@ RETURNING a.task_id, l.retry;
 INSERT INTO nodes (id, kind, host, pid, address, capacity)
 VALUES (%(id)s, %(kind)s, %(host)s, %(pid)s, %(address)s, %(capacity)s)
 ON CONFLICT (id) DO UPDATE
-SET last_heartbeat_at = now(), address = EXCLUDED.address, capacity = EXCLUDED.capacity,
+SET last_heartbeat_at = greatest(nodes.last_heartbeat_at, now()), address = EXCLUDED.address,
+    capacity = EXCLUDED.capacity,
     stopped_at = NULL;
 
 -- name: heartbeat --
 -- A node is still alive; workers also say how many commands they run; its metrics.
+-- Never moved back: a beat whose transaction began before a start that committed first
+-- would otherwise undo the start's later stamp, which the worker's lease counts on.
 UPDATE nodes
-SET last_heartbeat_at = now(), running = %(running)s, metrics = %(metrics)s
+SET last_heartbeat_at = greatest(last_heartbeat_at, now()), running = %(running)s,
+    metrics = %(metrics)s
 WHERE id = %(id)s AND stopped_at IS NULL
 RETURNING id;
 
