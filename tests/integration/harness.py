@@ -180,7 +180,7 @@ def process_gone(pid: int) -> bool:
     """The process no longer runs (it may linger as a zombie until init reaps it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 

@@ -6,6 +6,11 @@ error (never a false 201) while /healthz stays 200. Afterwards nothing accepted 
 outage is lost, tasks that fell due during it run after it (once each), and no live worker
 is judged dead because every heartbeat went stale while the database was away.
 
+A worker cannot tell an outage from being cut off alone, so a command still running a
+TTL into the outage is killed by its worker (it fences itself) and recorded worker_lost by
+that worker once the database is back; the long task here is at_least_once, so it is run
+again after the outage, and succeeds.
+
 The session's shared database server cannot be stopped (other tests use it), so this test
 runs its own PostgreSQL cluster and stops that one.
 """
@@ -41,8 +46,9 @@ OUTAGE_S = 15.0
 REQUEST_TIMEOUT_S = db.POOL_WAIT_S + 8.0
 # A 503 may take the pool's wait plus this much (a loaded, shared 2-core machine).
 ANSWER_SLACK_S = 3.0
-# The long task runs this long: started before the outage, it ends during it, so its
-# outcome can only be recorded after the database is back.
+# The long task runs this long: started before the outage, it is still running a TTL
+# into it, so its worker fences it; its outcome can only be recorded after the database
+# is back.
 LONG_TASK_S = 4
 # Connection attempts refused (as logged) per second of outage, per node, at most; the
 # nodes make a few (heartbeat, claim loop, LISTEN); a reconnect loop without backoff makes
@@ -73,8 +79,9 @@ def db_now(cluster: Cluster) -> datetime:
     return cluster.query("SELECT now() AS now")[0]["now"]
 
 
-def submit(cluster: Cluster, command: str, scheduled_at: datetime | None = None) -> int:
-    body: dict[str, Any] = {"command": command}
+def submit(cluster: Cluster, command: str, scheduled_at: datetime | None = None,
+           **fields: Any) -> int:
+    body: dict[str, Any] = {"command": command, **fields}
     if scheduled_at is not None:
         body["scheduled_at"] = scheduled_at.astimezone(UTC).isoformat()
     status, answer = cluster.http("POST", "/schedule", body)
@@ -109,9 +116,10 @@ def test_a_15_second_database_outage_keeps_nodes_up_answers_503_and_loses_nothin
     for task_id in immediate:
         assert cluster.wait_task(task_id, ("succeeded", "failed"))["status"] == "succeeded"
 
-    # One that is still running when the database goes away, and ends during the outage.
+    # One that is still running when the database goes away, and fenced during the outage.
     began = tmp_path / "long-task-began"
-    long_task = submit(cluster, f"touch {began}; sleep {LONG_TASK_S}; {run_once}")
+    long_task = submit(cluster, f"touch {began}; sleep {LONG_TASK_S}; {run_once}",
+                       delivery="at_least_once")
     cluster.wait_task(long_task, ("running",), timeout=15)
     wait_for(began.exists, timeout=15, what="the long task's command to begin")
 
@@ -191,17 +199,22 @@ def test_a_15_second_database_outage_keeps_nodes_up_answers_503_and_loses_nothin
     assert sorted(rows) == sorted(accepted), "an accepted task vanished"
     # Every heartbeat went stale during the outage; live workers must not be judged dead
     # for it once the database is back (a coordinator waits a whole TTL of its own
-    # connectivity before judging).
+    # connectivity before judging): no sweep recovered anything.
+    for node in nodes:
+        assert "lost its worker" not in log_of(node), (
+            f"{node.name} judged a live worker dead after the outage")
+    # The one worker_lost is the long task's first attempt, fenced by its own worker.
     lost = cluster.query(
-        "SELECT t.id, t.error, a.error AS attempt_error FROM tasks t"
-        " LEFT JOIN task_attempts a ON a.task_id = t.id"
-        " WHERE t.error = 'worker_lost' OR a.error = 'worker_lost'")
-    assert not lost, f"live workers were judged dead after the outage: {lost}"
+        "SELECT a.task_id, a.attempt FROM task_attempts a WHERE a.error = 'worker_lost'")
+    assert [(r["task_id"], r["attempt"]) for r in lost] == [(long_task, 1)], lost
+    assert any(f"task {long_task}: no answer from the database" in log_of(node)
+               for node in nodes), "the long task's worker did not fence it"
     failed = {i: (r["error"], r["failed_at"]) for i, r in rows.items() if r["completed_at"] is None}
     assert not failed, f"tasks accepted before the outage failed: {failed}"
-    assert all(r["attempt"] == 1 for r in rows.values())
-    # The long task ended during the outage: its outcome was recorded once the database
-    # was back, not lost.
+    assert all(r["attempt"] == 1 for i, r in rows.items() if i != long_task)
+    assert rows[long_task]["attempt"] == 2, rows[long_task]
+    # The long task was fenced during the outage: its first attempt was recorded once the
+    # database was back, and its retry ran after it.
     assert rows[long_task]["completed_at"] >= went_down_at + timedelta(seconds=OUTAGE_S)
     for due in due_during:
         row = rows[due]

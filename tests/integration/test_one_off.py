@@ -7,6 +7,8 @@ from pathlib import Path
 
 from harness import Cluster, wait_for
 
+from chronocore.model import format_timestamp
+
 
 def db_now(cluster: Cluster) -> datetime:
     return cluster.query("SELECT now() AS now")[0]["now"]
@@ -26,7 +28,11 @@ def test_200_tasks_due_at_one_instant_each_run_exactly_once_and_never_early(
             {"command": f'echo "$CHRONOSYNC_TASK_ID" >> {marker}', "scheduled_at": due_text},
         )
         assert status == 201, body
-        assert body["kind"] == "task" and body["status"] == "scheduled"
+        assert body["kind"] == "task" and body["scheduled_at"] == format_timestamp(due)
+        # On a loaded machine the last submissions may come after the instant, and be
+        # claimed at once: only those made before it must still be waiting.
+        if body["status"] != "scheduled":
+            assert db_now(cluster) >= due, body
         ids.append(body["id"])
 
     def all_finished() -> bool:

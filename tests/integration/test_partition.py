@@ -2,8 +2,9 @@
 one by a veth pair) is cut off from PostgreSQL and the coordinators while it runs tasks.
 
 Its tasks are recovered after the TTL (at_most_once: failed as worker_lost; at_least_once:
-retried on the other worker, and succeeded); when the link comes back, the cut-off
-worker's late writes are fenced off, the records still show the recovery's outcome, and
+retried on the other worker, and succeeded), its commands killed by the worker itself
+before that (it fences itself); when the link comes back, the cut-off worker's late
+writes are fenced off, the records still show the recovery's outcome, and
 no at_most_once command has started twice (the marker files are on the shared
 filesystem: namespaces only split the network).
 
@@ -367,12 +368,15 @@ def test_a_cut_off_worker_s_tasks_are_recovered_and_its_late_writes_fenced_off(
         assert lost_at - heartbeat >= TTL, (row, heartbeat)
         assert cut_at < lost_at < cut_at + RECOVERY_BOUND, (row, cut_at)
 
-    # The cut-off commands ran on (only the network is split): let each end while the link
-    # is still down, so the worker has an outcome to write for every one of them.
+    # The cut-off worker killed its commands itself (fenced) before the recovery: none
+    # ran to its end, and the worker has an outcome (worker_lost) to write for each.
     cut_ids = set(amo_cut + alo_cut)
-    wait_or_explain(lambda: cut_ids <= {t for t, a in read_pairs(ends) if a == 1},
-                    timeout=20, what="the cut-off commands to end",
-                    explain=lambda: f"ended: {read_pairs(ends)}")
+    wait_or_explain(
+        lambda: all(f"task {i}: no answer from the database" in log_of(cut_off)
+                    for i in cut_ids),
+        timeout=20, what="the cut-off worker to fence its runs",
+        explain=lambda: f"its log: {log_of(cut_off)[-3000:]}")
+    assert not cut_ids & {t for t, a in read_pairs(ends) if a == 1}, read_pairs(ends)
     assert last_heartbeat() == heartbeat, "the namespaced worker heartbeat through the cut"
     link.heal()
     healed_at = db_now(cluster)

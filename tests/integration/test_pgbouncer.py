@@ -31,8 +31,12 @@ WORKERS = 8
 def pooler(dsn: str) -> Iterator[str]:
     """PgBouncer in transaction mode in front of the test's database; its conninfo."""
     if not os.access(PGBOUNCER, os.X_OK):
-        pytest.fail("pgbouncer is not installed (Debian's pgbouncer package; .ci/run "
-                    "installs it)")
+        # CI installs it, so there its absence is a failure; a laptop with only Python
+        # (make test with the embedded PostgreSQL) skips the test, naming the package.
+        reason = "pgbouncer is not installed (Debian's pgbouncer package; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     server = conninfo_to_dict(dsn)
     port = free_port()
     # Its own directory, reachable by the unprivileged user it runs as under root.

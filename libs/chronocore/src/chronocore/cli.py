@@ -309,6 +309,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
             else dsn
         print(f"dev: ephemeral PostgreSQL at {shown} (data in {postgres.datadir})",
               flush=True)
+        print(f"dev: {postgres.postgres.describe()}; CHRONOSYNC_DSN=... uses a server of "
+              "your own instead", flush=True)
+    else:
+        print("dev: PostgreSQL at $CHRONOSYNC_DSN (your own server)", flush=True)
     env = {**_dev_node_env(base, postgres.datadir if postgres else None),
            "CHRONOSYNC_SHUTDOWN_GRACE_S": f"{DEV_SHUTDOWN_GRACE_S:g}"}
     cluster = ProcessCluster(dsn=dsn, env=env)

@@ -12,6 +12,8 @@ Off unless the environment names them; production never sets these variables.
   reporting its process group to the reaper.
 - CHRONOSYNC_FAILPOINT_MID_MATERIALIZE_S: a scheduler pauses inside a materialization
   step, between taking jobs and making their occurrences (only in a step that took one).
+- CHRONOSYNC_FAILPOINT_DISPATCH_REPLY_S: a worker pauses between accepting a dispatch and
+  answering it (a coordinator's call may time out although the worker accepted).
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ BEFORE_START = "CHRONOSYNC_FAILPOINT_BEFORE_START_S"
 AFTER_START = "CHRONOSYNC_FAILPOINT_AFTER_START_S"
 AFTER_SPAWN = "CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S"
 MID_MATERIALIZE = "CHRONOSYNC_FAILPOINT_MID_MATERIALIZE_S"
+DISPATCH_REPLY = "CHRONOSYNC_FAILPOINT_DISPATCH_REPLY_S"
 
 
 # Read once: a process's failpoints are fixed when it starts, and pause() is on every
 # task's path.
 _SECONDS = {name: float(os.environ.get(name) or 0)
             for name in (AFTER_CLAIM, BEFORE_START, AFTER_START, AFTER_SPAWN,
-                          MID_MATERIALIZE)}
+                         MID_MATERIALIZE, DISPATCH_REPLY)}
 
 
 def pause(name: str, stop: threading.Event | None = None) -> None:

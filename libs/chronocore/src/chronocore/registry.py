@@ -59,12 +59,15 @@ class NodeRegistry:
              "labels": Jsonb(self.labels)},
         )
 
-    def announce(self) -> None:
-        """Register at start-up; with the database away, the first heartbeat will."""
+    def announce(self) -> bool:
+        """Register at start-up; with the database away, the first heartbeat will.
+        True if registered."""
         try:
             self.register()
         except psycopg.OperationalError as exc:
             log.warning("could not register yet (%s); the heartbeat will", exc)
+            return False
+        return True
 
     def leave(self) -> None:
         """Say we stopped cleanly (best effort: the TTL says it anyway)."""
@@ -108,15 +111,19 @@ class Heartbeat:
     """Beats every ``interval_s`` on its own thread; ``on_beat`` runs after each beat.
 
     ``running`` reports the node's current load for the beat (workers: commands running).
+    ``on_alive`` hears, after each beat the database answered, the monotonic instant the
+    beat was begun: the database stamped it no earlier (workers fence by it).
     """
 
     def __init__(self, registry: NodeRegistry, *, interval_s: float,
                  running: Callable[[], int] = lambda: 0,
-                 on_beat: Callable[[], None] | None = None) -> None:
+                 on_beat: Callable[[], None] | None = None,
+                 on_alive: Callable[[float], None] | None = None) -> None:
         self._registry = registry
         self._interval_s = interval_s
         self._running = running
         self._on_beat = on_beat
+        self._on_alive = on_alive
         self._stop = threading.Event()
         self._connected_since: float | None = None
         self._rested_at: float | None = None  # when the last successful step ended
@@ -166,6 +173,8 @@ class Heartbeat:
             self._connected_since = ended
         self._rested_at = ended
         try:
+            if self._on_alive is not None:
+                self._on_alive(began)
             if self._on_beat is not None:
                 self._on_beat()
         finally:

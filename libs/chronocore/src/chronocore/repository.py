@@ -223,8 +223,8 @@ class TaskRepository:
                 now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
                 replaced: list[dict[str, Any]] = []
                 if original["job_id"] is not None:
-                    # One run by hand of a job at a time (the job may be gone: no lock).
-                    conn.execute(QUERIES["lock_job"], {"id": original["job_id"]})
+                    conn.execute(QUERIES["hand_runs_one_at_a_time"],
+                                 {"id": original["job_id"]})
                     replaced = make_way(conn, job_id=original["job_id"],
                                         policy=original["concurrency_policy"], at=now)
                 made = insert_by_hand(
@@ -492,7 +492,8 @@ class JobRepository:
         it is now, paused or not); the schedule (``next_run_at``) does not move. None if
         there is no such job; ``RunRefused`` when its concurrency policy would skip it."""
         with self._pool.connection() as conn, conn.transaction():
-            job = conn.execute(QUERIES["lock_job"], {"id": job_id}).fetchone()
+            conn.execute(QUERIES["hand_runs_one_at_a_time"], {"id": job_id})
+            job = conn.execute(QUERIES["get_job"], {"id": job_id}).fetchone()
             if job is None:
                 return None
             now = conn.execute(QUERIES["database_now"]).fetchone()["now"]

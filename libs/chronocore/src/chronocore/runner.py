@@ -221,6 +221,7 @@ class CommandRun:
         self._kill_at: float | None = None  # monotonic instant for SIGKILL after SIGTERM
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._closed = False
+        self._reaped = False  # the shell was waited for: its pid may name another group
         self._proc: subprocess.Popen[bytes] | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -231,6 +232,20 @@ class CommandRun:
         with self._lock:
             if self._stop_reason is None:
                 self._stop_reason = reason
+            if not self._closed:
+                os.eventfd_write(self._wake, 1)
+
+    def kill_now(self, reason: str = "worker_lost") -> None:
+        """SIGKILL the run's process group at once, from any thread, with no grace: its
+        lease ran out (``chronocore.fence``). A run not yet spawned never spawns. When
+        this returns, the signal has been sent."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            self._kill_at = time.monotonic()  # the run's own loop sends no SIGTERM first
+            if self._proc is not None and not self._reaped:
+                # The shell is not reaped yet, so its pid still names this group.
+                _killpg(self._proc.pid, signal.SIGKILL)
             if not self._closed:
                 os.eventfd_write(self._wake, 1)
 
@@ -311,7 +326,9 @@ class CommandRun:
                         exited = True
                     else:
                         os.eventfd_read(self._wake)
-            returncode = proc.wait()
+            with self._lock:
+                returncode = proc.wait()
+                self._reaped = True
             # Anything the shell left running in its group dies with the run.
             _killpg(pgid, signal.SIGKILL)
             if not at_eof:
@@ -328,7 +345,9 @@ class CommandRun:
             proc.stdout.close()
             if proc.returncode is None:  # only on an unexpected error above
                 _killpg(pgid, signal.SIGKILL)
-                proc.wait()
+                with self._lock:
+                    proc.wait()
+                    self._reaped = True
             if self._reaper is not None and not reported:
                 self._reaper.reaped(proc.pid, leftovers=True)
         output = output_text(bytes(tail))

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 RELEASED = metrics.Counter("chronosync_claims_released_total",
                            "Claimed tasks no worker had room for, handed back.")
+CLAIM_STATEMENTS = metrics.Counter("chronosync_claim_statements_total",
+                                   "Claim statements run (one per step of the claim loop "
+                                   "that found free slots).")
 
 DUE_CHANNEL = "chronosync_due"
 # After an error, wait this long before the next step: quick enough to resume soon after
@@ -79,6 +82,7 @@ class ClaimLoop:
         free = self._dispatcher.free_slots()
         if free <= 0:
             return FULL_RECHECK_S
+        CLAIM_STATEMENTS.inc()
         tasks = self._repo.claim_due(coordinator_id=self._coordinator_id,
                                      limit=min(free, self._batch),
                                      free_workers=self._dispatcher.free_workers())

@@ -1,13 +1,20 @@
 """The dispatch path: offer claimed tasks to live workers, least loaded first.
 
 Each coordinator follows every live worker's slot stream (``WatchSlots``): a freed slot
-wakes the claim loop at once, so a busy cluster dispatches as fast as commands end.
+wakes the claim loop at once, so a busy cluster dispatches as fast as commands end. The
+stream's keepalives, saying nothing new, wake nothing.
 
 A worker answers each offer with what it accepted (each accepted task owns one of its
 slots) and what it rejected (full or draining); rejected tasks go to the next worker.
 What no worker takes goes back to the queue at once (``release``), fenced by its token.
-An unreachable worker is skipped until the next refresh; a task it may have accepted
-anyway is safe: a released claim gets a new token, so a late start by that worker fails.
+
+An offer that fails (the worker unreachable, or its answer later than RPC_TIMEOUT_S) may
+have been accepted all the same, so its tasks are never offered to another worker under
+the same token: they go back to the queue with the rest, and the next claim gives each a
+new token. A late start by the first worker is then fenced off, and so is its late record
+of a start it could not write (``spawn: database unreachable``), which under the same
+token would have overwritten the second worker's live run. The worker is skipped until
+its slot stream or the next refresh says otherwise.
 """
 
 from __future__ import annotations
@@ -123,9 +130,10 @@ class Dispatcher:
         def follow() -> None:
             try:
                 for update in call:
+                    free_before = worker.free
                     worker.capacity = update.capacity
                     worker.running = update.capacity if update.draining else update.running
-                    if worker.free > 0:
+                    if worker.free > free_before:  # a keepalive saying nothing new: no wake
                         self._on_slots_freed()
             except grpc.RpcError:
                 pass  # cancelled, or the worker went away: the next refresh decides
@@ -144,8 +152,10 @@ class Dispatcher:
 
     def dispatch(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
         """Offer tasks to workers (a targeted task only to a worker with its labels);
-        returns those nobody accepted."""
+        returns those nobody accepted, and those whose offer failed (maybe accepted: to be
+        released, never offered again under this token)."""
         pending = {t.id: t for t in tasks}
+        uncertain: list[ClaimedTask] = []
         for worker in sorted(self._workers.values(), key=lambda w: -w.free):
             if not pending:
                 break
@@ -156,13 +166,15 @@ class Dispatcher:
                 continue
             reply = self._offer(worker, offer)
             if reply is None:
+                for task in offer:
+                    uncertain.append(pending.pop(task.id))
                 continue
             for task_id in reply.accepted:
                 pending.pop(task_id, None)
                 log.debug("task %s: dispatched to %s", task_id, worker.id,
                           extra={"task_id": task_id})
             DISPATCHED.inc(len(reply.accepted))
-        return list(pending.values())
+        return [*pending.values(), *uncertain]
 
     @staticmethod
     def _fits(task: ClaimedTask, worker: WorkerView) -> bool:

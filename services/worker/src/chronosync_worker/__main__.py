@@ -12,6 +12,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from concurrent import futures
 
 import grpc
@@ -113,7 +114,7 @@ def main() -> int:
     reaper = Reaper()
     slots = SlotPool(repo=repo, worker_id=node_id, capacity=config.worker_capacity,
                      workdir=workdir, kill_grace_s=config.kill_grace_s, reaper=reaper,
-                     lease_s=config.node_ttl_s / 2,
+                     lease_s=config.node_ttl_s / 2, ttl_s=config.node_ttl_s,
                      run_as=run_as, sandbox=sandbox, allowlist=config.command_allowlist,
                      env_allowlist=config.env_allowlist, pass_env=config.pass_env)
 
@@ -130,11 +131,15 @@ def main() -> int:
     registry = NodeRegistry(pool, node_id=node_id, kind="worker", address=address,
                             capacity=config.worker_capacity, labels=config.worker_labels)
 
-    # Each beat also stops runs cancelled (should a Cancel RPC have been lost) or taken
-    # from us while we were paused or cut off.
+    # Each beat renews our runs' leases (a worker cut off from the database kills its
+    # runs before the cluster may give them to another), and stops runs cancelled (should
+    # a Cancel RPC have been lost) or taken from us while we were paused or cut off.
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s,
-                          running=lambda: slots.running, on_beat=slots.stop_revoked)
-    registry.announce()
+                          running=lambda: slots.running, on_beat=slots.stop_revoked,
+                          on_alive=slots.renewed)
+    sent = time.monotonic()
+    if registry.announce():
+        slots.renewed(sent)
     heartbeat.start()
     log.info("worker listening on %s (capacity %d, workdir %s)", address,
              config.worker_capacity, workdir)

@@ -13,6 +13,12 @@ A command is spawned only within the start's lease (see ``chronocore.repository`
 the worker was paused or starved between sending the start and spawning, it asks the
 database again first, so an attempt recovered meanwhile never runs beside its retry.
 
+A worker cut off from the database fences itself (``chronocore.fence``): each run holds a
+lease, renewed by every answered write that moves the worker's heartbeat; a watchdog
+thread SIGKILLs the process group of a run whose lease lapsed, before any sweep can give
+the task to another worker, and the run is recorded ``worker_lost`` (fenced by its token)
+once the database answers. While its own lease has lapsed the worker takes no new work.
+
 Every spawned process group is reported to the reaper (``chronocore.reaper``), which
 kills it if this worker dies. A stopping worker (``drain``) hands back tasks it accepted
 but has not started, lets running commands finish within the grace period, and gives up
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 import psycopg
 
 from chronocore import failpoints, metrics
+from chronocore.fence import Leases
 from chronocore.groupcommit import GroupCommit
 from chronocore.model import format_timestamp
 from chronocore.reaper import Reaper
@@ -53,6 +60,9 @@ RUNS = metrics.Counter(
     *({"outcome": o} for o in ("succeeded", "exit", "timeout", "cancelled", "spawn")))
 FENCED_WRITES = metrics.Counter("chronosync_fenced_writes_total",
                                 "Late writes refused because the claim moved on.")
+FENCED_RUNS = metrics.Counter("chronosync_fenced_runs_total",
+                              "Runs killed because their lease lapsed (the worker could not "
+                              "reach the database for about a TTL).")
 
 RECORD_RETRY_FIRST_S = 0.2
 RECORD_RETRY_MAX_S = 3.0
@@ -93,13 +103,14 @@ class _Slot:
 class SlotPool:
     def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
                  workdir: str, kill_grace_s: float, reaper: Reaper | None,
-                 lease_s: float, run_as: RunAs | None = None,
+                 lease_s: float, ttl_s: float, run_as: RunAs | None = None,
                  sandbox: Sandbox | None = None,
                  allowlist: tuple[str, ...] | None = None,
                  env_allowlist: tuple[str, ...] = (),
                  pass_env: tuple[str, ...] = ()) -> None:
         """``lease_s``: how long after sending a start the worker may still spawn without
-        asking again; well under the TTL after which sweepers judge it dead."""
+        asking again; well under the TTL after which sweepers judge it dead. ``ttl_s``:
+        that TTL, from which each run's lease is made (``chronocore.fence``)."""
         self._repo = repo
         self._run_as = run_as
         self._sandbox = sandbox
@@ -117,6 +128,14 @@ class SlotPool:
         self._draining = False
         self._idle = threading.Condition(self._lock)
         self._version = 0  # bumped whenever a slot is freed, and when draining starts
+        self._leases: Leases[int] = Leases(ttl_s=ttl_s)
+        # Our own lease lapsed (or no write was answered yet): no new work until one is.
+        self._fenced = True
+        self._lease_changed = threading.Condition(self._lock)
+        self._stopping = False
+        self._watchdog = threading.Thread(target=self._watch_leases, name="fence",
+                                          daemon=True)
+        self._watchdog.start()
         self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="run")
         self._starts: GroupCommit[ClaimedTask, tuple[Started, float] | None] = GroupCommit(
             self._write_starts, name="record-starts")
@@ -130,7 +149,18 @@ class SlotPool:
 
     @property
     def draining(self) -> bool:
-        return self._draining
+        """Taking no new work: stopping, or fenced off (cut off from the database)."""
+        return self._draining or self._fenced
+
+    def renewed(self, sent: float) -> None:
+        """A write that moves our heartbeat, sent at ``sent`` (``time.monotonic()``), was
+        answered: every run's lease still holding is extended; one that lapsed before
+        this answer came is fenced now."""
+        with self._lock:
+            now = time.monotonic()
+            self._fence(self._leases.renewed(sent, now=now))
+            self._set_fenced(not self._leases.holds(now))
+            self._lease_changed.notify_all()
 
     def offer(self, tasks: list[ClaimedTask]) -> tuple[list[int], list[int]]:
         """Take what fits in the free slots; returns ``(accepted, rejected)`` ids."""
@@ -138,7 +168,8 @@ class SlotPool:
         rejected: list[int] = []
         with self._lock:
             for task in tasks:
-                if self._draining or len(self._slots) >= self.capacity or task.id in self._slots:
+                if (self.draining or len(self._slots) >= self.capacity
+                        or task.id in self._slots):
                     rejected.append(task.id)
                     continue
                 slot = self._slots[task.id] = _Slot(task)
@@ -189,8 +220,48 @@ class SlotPool:
         for task_id in left:
             self.stop_task(task_id, "worker_lost")
         self._executor.shutdown(wait=True)
+        with self._lock:
+            self._stopping = True
+            self._lease_changed.notify_all()
+        self._watchdog.join(timeout=5)
         self._starts.stop()
         self._outcomes.stop()
+
+    def _watch_leases(self) -> None:
+        """The fence: kill each run whose lease lapsed, the moment it does."""
+        with self._lock:
+            while not self._stopping:
+                now = time.monotonic()
+                self._fence(self._leases.lapsed(now))
+                self._set_fenced(not self._leases.holds(now))
+                deadline = self._leases.next_deadline(now)
+                self._lease_changed.wait(None if deadline is None else deadline - now)
+
+    def _fence(self, task_ids: list[int]) -> None:
+        """Kill these runs now (holding the lock, so no run is spawned meanwhile): their
+        lease lapsed. A slot not yet spawning needs nothing: its spawn asks the database
+        first, its start being older than the spawn's lease (``_still_ours``)."""
+        for task_id in task_ids:
+            slot = self._slots.get(task_id)
+            if slot is None or slot.run is None:
+                continue
+            log.warning("task %s: no answer from the database for %.1fs, the lease of its "
+                        "run: killing it (fenced; recorded worker_lost when the database "
+                        "answers)", task_id, self._leases.hold_s, extra={"task_id": task_id})
+            slot.stop_reason = slot.stop_reason or "worker_lost"
+            slot.run.kill_now("worker_lost")
+            FENCED_RUNS.inc()
+
+    def _set_fenced(self, fenced: bool) -> None:
+        if fenced != self._fenced:
+            self._fenced = fenced
+            if fenced:
+                log.warning("no write to the database answered for %.1fs: taking no new "
+                            "work until one is", self._leases.hold_s)
+            else:
+                log.info("writes to the database are answered: taking work")
+            self._version += 1  # slot watchers learn we are (or are no longer) full
+            self._idle.notify_all()
 
     def _run_task(self, slot: _Slot) -> None:
         task = slot.task
@@ -207,6 +278,7 @@ class SlotPool:
         finally:
             with self._lock:
                 self._slots.pop(task.id, None)
+                self._leases.ended(task.id)
                 self._version += 1
                 self._idle.notify_all()
 
@@ -245,6 +317,9 @@ class SlotPool:
                      extra={"task_id": task.id})
             return None
         started, slot.lease_from = recorded
+        with self._lock:
+            self._leases.started(task.id, slot.lease_from)
+            self._lease_changed.notify_all()
         if started.attempt == 1:
             metrics.REGISTRY.observe(
                 "chronosync_task_lateness_seconds",
@@ -333,11 +408,15 @@ class SlotPool:
             if revoked is not None:
                 return revoked  # recovered or cancelled while we were away
             slot.lease_from = sent
+            with self._lock:  # confirmed under its row lock: a fresh lease, whatever lapsed
+                self._leases.started(task.id, sent)
+            self.renewed(sent)  # the confirmation moved our heartbeat too
         return None
 
     def _write_starts(self, tasks: list[ClaimedTask]) -> list[tuple[Started, float] | None]:
         sent = time.monotonic()
         started = self._repo.mark_started(tasks, worker_id=self._worker_id)
+        self.renewed(sent)  # a start moves our heartbeat (see mark_started)
         return [(started[t.id], sent) if t.id in started else None for t in tasks]
 
     def _write_outcomes(self, finished: list[tuple[ClaimedTask, Outcome]]) -> list[bool]:

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import grpc
 
+from chronocore import failpoints
 from chronocore.repository import ClaimedTask
 from chronocore.rpc import worker_pb2, worker_pb2_grpc
 from chronosync_worker.pool import SlotPool
@@ -40,6 +41,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed task: {exc}")
         accepted, rejected = self._pool.offer(tasks)
+        failpoints.pause(failpoints.DISPATCH_REPLY)
         return worker_pb2.DispatchReply(
             accepted=accepted, rejected=rejected, capacity=self._pool.capacity,
             running=self._pool.running, draining=self._pool.draining,
