@@ -7,14 +7,18 @@ schedulers (mixed ``at_most_once`` / ``at_least_once``, some due now, some a sec
 ahead); each command appends ``TASK_ID:ATTEMPT`` to one marker file as it starts. Every
 ~2 s the chaos thread picks a random running node of any kind and either SIGKILLs it
 (a new node of that kind starts 1-4 s later) or SIGSTOPs it (SIGCONT 1-8 s later, so
-sometimes past the TTL), always leaving at least one running node of each kind. Now and
-then (when the scenario runs its own PostgreSQL) the fault is a pair: a coordinator is
-SIGSTOPped, PostgreSQL is stopped for longer than the TTL and started again, and only
-then is the coordinator resumed, so it wakes among heartbeats that all went stale while
-it slept (it must wait, not judge the workers still reconnecting dead). A per-second
-recurring job ticks throughout (catching up every missed tick), and one of the
-schedulers pauses inside each materialization step that took it (a failpoint), so
-stopping that scheduler often freezes it mid-step, holding the job's lease.
+sometimes past the TTL), always leaving at least one running node of each kind.
+Faults also come in pairs with the network and the database: each worker reaches
+PostgreSQL through its own TCP relay, which the chaos cuts now and then for 1-8 s
+(either resetting every connection or holding the bytes, as a partition does), and
+(with the scenario's own PostgreSQL) it freezes a coordinator, restarts PostgreSQL after
+an outage of 1-8 s (at most one in 30 s) and resumes the coordinator a little after, so
+it wakes among heartbeats that went stale while it slept. Two per-second recurring jobs
+(``at_least_once``, catching up every missed tick) run throughout, and one scheduler
+pauses inside each materialization step that took a job (a failpoint), so stopping it
+often freezes it mid-step, holding the job's lease. Some commands run for seconds, so a
+worker cut off from the database or judged dead is seen if its command outlives its
+lease.
 
 When the duration is over, every node is resumed or restarted, the load stops, and once
 every task is terminal (or a deadline passes) the scenario checks what PostgreSQL and the
@@ -24,11 +28,16 @@ marker file recorded:
   terminal state, and nothing at all is left scheduled, picked or running, no worker slot
   stays busy and no command process is left over;
 * an ``at_most_once`` command started at most once (marker lines and attempt rows);
-* the recurring job (deleted once the chaos is over) made every tick from its first to its
-  last, each once;
 * every ``at_least_once`` task succeeded, each attempt after the first was preceded by a
   recorded failure or ``worker_lost`` of the previous one, no attempt started twice, and
-  no older attempt started after a newer one (a retry racing its own orphan).
+  no older attempt started after a newer one (a retry racing its own orphan);
+* no two attempts of a task ran at the same time (each command holds a lock file named
+  after its task while it runs), unless the earlier one's worker was frozen (SIGSTOP),
+  which nothing on a frozen worker can prevent;
+* no attempt was recorded ``worker_lost`` while its worker was healthy: neither killed,
+  frozen nor cut off, and the database not down, around that attempt;
+* every occurrence of each recurring job, from its first to the end, became exactly one
+  task.
 
 It prints the totals, every violation with its task ids, and how long recovery took: for
 each SIGKILLed worker, from the kill (database clock) to the ``worker_lost`` record of
@@ -72,7 +81,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from chronocore.devcluster import NodeProcess, ProcessCluster
@@ -99,21 +108,32 @@ NODE_ENV = {
 }
 
 FAULT_EVERY_S = (1.5, 2.5)  # "every ~2 s"
-# The paired fault (a coordinator frozen across a database restart): this share of the
-# faults that fall on a coordinator, at most once per DB_RESTART_EVERY_S; the database
-# stays down this long (past the TTL, so every heartbeat is stale when it returns).
-DB_RESTART_SHARE = 0.25
-DB_RESTART_EVERY_S = 60.0
-DB_DOWN_S = (NODE_TTL_S + 0.5, NODE_TTL_S + 3.0)
 RESTART_AFTER_S = (1.0, 4.0)
 RESUME_AFTER_S = (1.0, 8.0)  # above the 5 s TTL about 40% of the time
-AT_LEAST_ONCE_MAX_ATTEMPTS = 10  # retries cannot run out within the scenario
-DELAYED_SHARE = 0.3  # submissions due a second or two ahead rather than now
-DEFAULT_RATE = 15.0  # tasks per second: modest, the machine is shared
+CUT_SHARE = 0.15  # faults that cut a worker's database connection instead of a signal
+CUT_FOR_S = (1.0, 8.0)
+OUTAGE_SHARE = 0.06  # faults that freeze a coordinator across a PostgreSQL restart
+OUTAGE_S = (1.0, 8.0)  # PostgreSQL down for this long: a blip, or past the TTL
+OUTAGE_EVERY_S = 30.0  # at most one outage in this long
+RESUME_AFTER_OUTAGE_S = (0.0, 3.0)  # the frozen coordinator resumes this long after
+# A node's recovery from a fault (reconnecting, heartbeating, re-judging): worker_lost
+# records and missing job ticks within this long after a fault's end are explained by it.
+FAULT_AFTERMATH_S = NODE_TTL_S + 5.0
+JOBS = 2
+JOB_CRON = "* * * * * *"  # every second; run_all, so a late tick is still made
+JOB_PERIOD_S = 1.0
 # The second scheduler pauses this long inside every materialization step that took a
 # job, so a SIGSTOP of it often lands mid-step (the job's lease held, 2 s by default).
 MID_STEP_PAUSE_S = 1.0
-TICK = timedelta(seconds=1)
+LONG_SHARE = 0.1  # commands that run for seconds rather than a fraction of one
+LONG_COMMAND_S = (3, 12)  # past the TTL: a cut-off worker's command outlives its lease
+# A command's end is the command's clock, worker_lost the database's (the same machine's
+# clock here); the end marker is written a moment after the command's last instant.
+OUTLIVED_SLACK_S = 0.5
+LOCK_HELD_EXIT = 75  # flock's exit status when another attempt holds the task's lock
+AT_LEAST_ONCE_MAX_ATTEMPTS = 10  # retries cannot run out within the scenario
+DELAYED_SHARE = 0.3  # submissions due a second or two ahead rather than now
+DEFAULT_RATE = 15.0  # tasks per second: modest, the machine is shared
 
 HTTP_TIMEOUT_S = 3.0  # a stopped scheduler still accepts connections (kernel backlog)
 POSTERS = 8  # threads posting submissions, so one stopped scheduler cannot stall the load
@@ -142,7 +162,7 @@ def seconds(delta: timedelta) -> float:
 @contextmanager
 def database(base: Path) -> Iterator[tuple[str, str, LocalCluster | None]]:
     """A fresh database: on CHRONOSYNC_TEST_DSN if set, else an ephemeral local cluster.
-    Yields ``(conninfo, description, the cluster if it is ours to restart)``."""
+    Yields ``(conninfo, description, the local cluster or None)``."""
     admin = os.environ.get("CHRONOSYNC_TEST_DSN")
     if admin:
         name = f"chaos_{uuid.uuid4().hex[:12]}"
@@ -168,6 +188,100 @@ def connect(dsn: str) -> psycopg.Connection[dict[str, Any]]:
     return psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
 
 
+class Relay:
+    """A TCP relay between one worker and PostgreSQL, which the chaos can cut.
+
+    ``cut(hold=False)`` resets every connection through it and refuses new ones, as a
+    closed port or a restarted proxy does; ``cut(hold=True)`` keeps the connections but
+    forwards nothing, as a partition does (the bytes flow again once restored, as TCP
+    retransmits them). ``restore()`` ends the cut."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._refusing = False
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = False
+        threading.Thread(target=self._accept, name=f"relay-{self.port}", daemon=True).start()
+
+    def dsn(self, dsn: str) -> str:
+        return make_conninfo(dsn, host="127.0.0.1", port=str(self.port))
+
+    def cut(self, *, hold: bool) -> None:
+        with self._lock:
+            if hold:
+                self._flowing.clear()
+                return
+            self._refusing = True
+            doomed = list(self._sockets)
+        for sock in doomed:
+            self._close(sock)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._refusing = False
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._flowing.set()
+        self._listener.close()
+        with self._lock:
+            doomed = list(self._sockets)
+        for sock in doomed:
+            self._close(sock)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                refusing = self._refusing
+            if refusing:
+                self._close(client)
+                continue
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._flowing.wait()  # held: a connection attempt waits, as SYNs are retried
+        try:
+            upstream = socket.create_connection(self._target, timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            self._close(client)
+            return
+        with self._lock:
+            self._sockets.update((client, upstream))
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self._flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(src)
+            self._close(dst)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+
 # --- the nodes and the faults ----------------------------------------------------------
 
 
@@ -179,21 +293,27 @@ class Slot:
     env: dict[str, str]
     node: NodeProcess
     port: int | None = None  # schedulers: the HTTP port, kept across restarts
+    relay: Relay | None = None  # workers: their way to PostgreSQL, kept across restarts
     state: str = "running"  # running, stopped, dead
 
 
 @dataclass
 class Fault:
-    signal: str  # SIGKILL or SIGSTOP
+    signal: str  # SIGKILL, SIGSTOP or CUT (a worker's database connection)
     kind: str
     name: str  # the process name, as in its log file name
     pid: int
     node_id: str | None  # from the nodes table; None if it had not registered yet
-    at: datetime  # database clock, read right after the signal
+    at: datetime | None  # database clock, read right after the signal (None: it was down)
     at_s: float  # seconds into the scenario
     planned_s: float  # until the restart or SIGCONT
     ended_at: datetime | None = None  # database clock of the restart or SIGCONT
-    db_restart: bool = False  # frozen while PostgreSQL was stopped and started again
+
+
+@dataclass
+class Outage:
+    down_at: datetime | None  # database clock, just before PostgreSQL was stopped
+    up_at: datetime | None = None  # just after it started again
 
 
 @dataclass
@@ -223,13 +343,16 @@ class ClaimWatch:
             return len(self._watched)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
+        conn = None
+        while not stop.wait(POLL_S):
             try:
-                with connect(self._dsn) as conn:
-                    while not stop.wait(POLL_S):
-                        self.run_once(conn)
-            except psycopg.OperationalError:  # the database is being restarted
-                stop.wait(POLL_S)
+                if conn is None or conn.closed:
+                    conn = connect(self._dsn)
+                self.run_once(conn)
+            except psycopg.OperationalError:  # PostgreSQL restarting: try again
+                conn = None
+        if conn is not None:
+            conn.close()
 
     def run_once(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         with self._lock:
@@ -253,44 +376,55 @@ class ClaimWatch:
                 continue  # started under the dead holder's token: a worker had it
             # Handed back; if claimed again since, the new picked_at is just after that.
             back_at = row["picked_at"] if row["claim_token"] is not None else row["now"]
-            self.results.append(
-                ClaimRecovery(fault, task_id, max(0.0, seconds(back_at - fault.at))))
+            delay = None if fault.at is None else max(0.0, seconds(back_at - fault.at))
+            self.results.append(ClaimRecovery(fault, task_id, delay))
         with self._lock:
             fresh = self._watched[len(watched):]
             self._watched = keep + fresh
 
 
 class Chaos:
-    """Starts the topology and then, on its own thread, kills and stops nodes."""
+    """Starts the topology and then, on its own thread, kills, freezes and cuts nodes."""
 
     def __init__(self, *, cluster: ProcessCluster, dsn: str, rng: random.Random,
-                 claims: ClaimWatch, started: float, server: LocalCluster | None) -> None:
+                 claims: ClaimWatch, started: float, postgres: LocalCluster | None) -> None:
         self._cluster = cluster
         self._dsn = dsn
-        self._server = server
-        self._last_db_restart = float("-inf")
         self._rng = rng
         self._claims = claims
         self._started = started
+        self._postgres = postgres  # None: an external server, never restarted
         self._lock = threading.Lock()  # slot states: the load thread reads them
-        self._pending: list[tuple[float, int, Slot, Fault]] = []
+        self._pending: list[tuple[float, int, Callable[[], str]]] = []
         self._seq = 0
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._database_down = False
+        self._last_outage = -OUTAGE_EVERY_S
         self.slots: list[Slot] = []
         self.faults: list[Fault] = []
+        self.outages: list[Outage] = []
+        self.relays: list[Relay] = []
 
     def start_topology(self, ports: list[int]) -> None:
+        info = conninfo_to_dict(self._dsn)
+        target = (str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432))
         for kind, count in TOPOLOGY.items():
             for i in range(count):
                 env = {}
                 port = None
+                relay = None
                 if kind == "scheduler":
                     port = ports[i]
                     env["CHRONOSYNC_HTTP_ADDR"] = f"127.0.0.1:{port}"
                     if i == 1:
                         env[MID_MATERIALIZE] = str(MID_STEP_PAUSE_S)
+                if kind == "worker":
+                    relay = Relay(target)
+                    self.relays.append(relay)
+                    env["CHRONOSYNC_DSN"] = relay.dsn(self._dsn)
                 node = self._cluster.start(kind, env=env)
-                self.slots.append(Slot(kind=kind, env=env, node=node, port=port))
+                self.slots.append(Slot(kind=kind, env=env, node=node, port=port,
+                                       relay=relay))
 
     def live_scheduler_ports(self) -> list[int]:
         with self._lock:
@@ -303,7 +437,6 @@ class Chaos:
 
     def run(self, *, until: float, stop: threading.Event) -> None:
         """Faults every ~2 s until ``until`` (monotonic) or ``stop``."""
-        self._conn = connect(self._dsn)
         next_fault = time.monotonic() + self._rng.uniform(*FAULT_EVERY_S)
         # Each step either acts or waits for the next due instant; this bounds the loop.
         max_steps = int((until - time.monotonic()) * 20) + 1000
@@ -313,7 +446,8 @@ class Chaos:
                 break
             self._run_due(now)
             if now >= next_fault:
-                self._fault()
+                if not self._database_down:
+                    self._fault()
                 next_fault = now + self._rng.uniform(*FAULT_EVERY_S)
             with self._lock:
                 first_pending = self._pending[0][0] if self._pending else until
@@ -321,61 +455,42 @@ class Chaos:
             stop.wait(max(0.0, wake - time.monotonic()))
 
     def finish(self) -> None:
-        """Resume every stopped node and restart every killed one, now."""
+        """End every fault now: PostgreSQL up, every node resumed or restarted, every
+        relay restored."""
         self._run_due(float("inf"))
         if self._conn is not None:
             self._conn.close()
 
-    def _query(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
-        """On the chaos thread's connection, opened again after a database restart."""
-        for attempt in range(2):
-            if self._conn is None or self._conn.closed:
-                self._conn = connect(self._dsn)
-            try:
-                return self._conn.execute(statement, params).fetchall()
-            except psycopg.OperationalError:
-                self._conn.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+    def close(self) -> None:
+        for relay in self.relays:
+            relay.close()
 
-    def _db_now(self) -> datetime:
-        return self._query("SELECT now() AS now")[0]["now"]
+    def _query(self, statement: str, params: Any = None) -> dict[str, Any] | None:
+        """One row from the database, reconnecting if it restarted; None if it is down."""
+        for _ in range(2):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = connect(self._dsn)
+                return self._conn.execute(statement, params).fetchone()
+            except psycopg.OperationalError:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+        return None
+
+    def _db_now(self) -> datetime | None:
+        row = self._query("SELECT now() AS now")
+        return None if row is None else row["now"]
 
     def _node_id(self, kind: str, pid: int) -> str | None:
-        rows = self._query("SELECT id FROM nodes WHERE kind = %s AND pid = %s"
-                           " ORDER BY started_at DESC LIMIT 1", (kind, pid))
-        return rows[0]["id"] if rows else None
+        row = self._query("SELECT id FROM nodes WHERE kind = %s AND pid = %s"
+                          " ORDER BY started_at DESC LIMIT 1", (kind, pid))
+        return None if row is None else row["id"]
 
-    def _freeze_across_db_restart(self, slot: Slot) -> None:
-        """SIGSTOP a coordinator, stop PostgreSQL past the TTL, start it, SIGCONT."""
-        assert self._server is not None
-        node = slot.node
-        node_id = self._node_id(slot.kind, node.pid)
-        at = self._db_now()
-        down_s = self._rng.uniform(*DB_DOWN_S)
-        node.signal(signal.SIGSTOP)
+    def _later(self, delay: float, action: Callable[[], str]) -> None:
         with self._lock:
-            slot.state = "stopped"
-        log(f"{time.monotonic() - self._started:6.1f}s SIGSTOP {node.name} ({node_id}); "
-            f"PostgreSQL down for {down_s:.1f}s, then SIGCONT")
-        began = time.monotonic()
-        try:
-            self._server.stop()
-            time.sleep(down_s)  # the outage itself
-            self._server.start()
-        finally:
-            node.signal(signal.SIGCONT)
-            with self._lock:
-                slot.state = "running"
-        fault = Fault(signal="SIGSTOP", kind=slot.kind, name=node.name, pid=node.pid,
-                      node_id=node_id, at=at, at_s=began - self._started,
-                      planned_s=time.monotonic() - began, ended_at=self._db_now(),
-                      db_restart=True)
-        with self._lock:
-            self.faults.append(fault)
-        self._last_db_restart = time.monotonic()
-        log(f"{time.monotonic() - self._started:6.1f}s PostgreSQL back; {node.name} SIGCONT")
+            self._seq += 1
+            heapq.heappush(self._pending, (time.monotonic() + delay, self._seq, action))
 
     def _fault(self) -> None:
         with self._lock:
@@ -385,12 +500,32 @@ class Chaos:
                           if s.state == "running" and running[s.kind] >= 2]
         if not candidates:
             return
-        slot = self._rng.choice(candidates)
-        if (self._server is not None and slot.kind == "coordinator"
-                and self._rng.random() < DB_RESTART_SHARE
-                and time.monotonic() - self._last_db_restart > DB_RESTART_EVERY_S):
-            self._freeze_across_db_restart(slot)
-            return
+        roll = self._rng.random()
+        coordinators = [s for s in candidates if s.kind == "coordinator"]
+        workers = [s for s in candidates if s.kind == "worker" and s.relay is not None]
+        last_outage = self._last_outage
+        outage_allowed = (self._postgres is not None and coordinators
+                          and time.monotonic() - last_outage >= OUTAGE_EVERY_S)
+        if roll < OUTAGE_SHARE and outage_allowed:
+            self._outage(self._rng.choice(coordinators))
+        elif roll < OUTAGE_SHARE + CUT_SHARE and workers:
+            self._cut(self._rng.choice(workers))
+        else:
+            self._signal(self._rng.choice(candidates))
+
+    def _record(self, slot: Slot, what: str, delay: float) -> Fault:
+        node = slot.node
+        fault = Fault(signal=what, kind=slot.kind, name=node.name, pid=node.pid,
+                      node_id=self._node_id(slot.kind, node.pid), at=self._db_now(),
+                      at_s=time.monotonic() - self._started, planned_s=delay)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def _ended(self, fault: Fault) -> None:
+        fault.ended_at = self._db_now()
+
+    def _signal(self, slot: Slot) -> None:
         kill = self._rng.random() < 0.5
         delay = self._rng.uniform(*(RESTART_AFTER_S if kill else RESUME_AFTER_S))
         node = slot.node
@@ -399,47 +534,108 @@ class Chaos:
             node.proc.wait(timeout=10)
         else:
             node.signal(signal.SIGSTOP)
-        at = self._db_now()
         with self._lock:
             slot.state = "dead" if kill else "stopped"
-            fault = Fault(signal="SIGKILL" if kill else "SIGSTOP", kind=slot.kind,
-                          name=node.name, pid=node.pid, node_id=self._node_id(slot.kind,
-                                                                              node.pid),
-                          at=at, at_s=time.monotonic() - self._started, planned_s=delay)
-            self.faults.append(fault)
-            self._seq += 1
-            heapq.heappush(self._pending, (time.monotonic() + delay, self._seq, slot, fault))
-        held = ""
-        if slot.kind == "coordinator" and fault.node_id is not None:
-            claims = self._query(
-                "SELECT id, claim_token FROM tasks WHERE claimed_by = %s"
-                " AND picked_at IS NOT NULL AND started_at IS NULL AND cancelled_at IS NULL"
-                " AND completed_at IS NULL AND failed_at IS NULL",
-                (fault.node_id,))
-            self._claims.add(fault, claims)
-            held = f", holding {len(claims)} unstarted claims"
-        then = "restart" if kill else "SIGCONT"
-        log(f"{fault.at_s:6.1f}s {fault.signal} {fault.name} ({fault.node_id or 'unregistered'})"
-            f"{held}; {then} in {delay:.1f}s")
+        fault = self._record(slot, "SIGKILL" if kill else "SIGSTOP", delay)
+        held = self._watch_claims(fault)
 
-    def _run_due(self, now: float) -> None:
-        for _ in range(len(self.slots) + 1):  # at most one pending action per slot
-            with self._lock:
-                if not self._pending or self._pending[0][0] > now:
-                    return
-                _, _, slot, fault = heapq.heappop(self._pending)
-            if fault.signal == "SIGKILL":
+        def end() -> str:
+            if kill:
                 node = self._cluster.start(slot.kind, env=slot.env)
                 what = f"restarted as {node.name}"
             else:
                 slot.node.signal(signal.SIGCONT)
-                node = slot.node
-                what = "SIGCONT"
-            fault.ended_at = self._db_now()
+                node, what = slot.node, "SIGCONT"
+            self._ended(fault)
             with self._lock:
                 slot.node = node
                 slot.state = "running"
-            log(f"{time.monotonic() - self._started:6.1f}s {fault.name} {what}")
+            return f"{fault.name} {what}"
+
+        self._later(delay, end)
+        then = "restart" if kill else "SIGCONT"
+        log(f"{fault.at_s:6.1f}s {fault.signal} {fault.name} ({fault.node_id or 'unregistered'})"
+            f"{held}; {then} in {delay:.1f}s")
+
+    def _watch_claims(self, fault: Fault) -> str:
+        if fault.kind != "coordinator" or fault.node_id is None or self._conn is None:
+            return ""
+        try:
+            claims = self._conn.execute(
+                "SELECT id, claim_token FROM tasks WHERE claimed_by = %s"
+                " AND picked_at IS NOT NULL AND started_at IS NULL AND cancelled_at IS NULL"
+                " AND completed_at IS NULL AND failed_at IS NULL",
+                (fault.node_id,)).fetchall()
+        except psycopg.OperationalError:
+            return ""
+        self._claims.add(fault, claims)
+        return f", holding {len(claims)} unstarted claims"
+
+    def _cut(self, slot: Slot) -> None:
+        """Cut one worker off from PostgreSQL; it keeps running, and so do its commands."""
+        assert slot.relay is not None
+        relay = slot.relay
+        hold = self._rng.random() < 0.5
+        delay = self._rng.uniform(*CUT_FOR_S)
+        fault = self._record(slot, "CUT", delay)
+        relay.cut(hold=hold)
+
+        def end() -> str:
+            relay.restore()
+            self._ended(fault)
+            return f"{fault.name}'s database connection restored"
+
+        self._later(delay, end)
+        how = "holding its bytes" if hold else "resetting its connections"
+        log(f"{fault.at_s:6.1f}s CUT {fault.name} ({fault.node_id or 'unregistered'}) from"
+            f" PostgreSQL, {how}; restored in {delay:.1f}s")
+
+    def _outage(self, slot: Slot) -> None:
+        """Freeze a coordinator, restart PostgreSQL after an outage, resume it after."""
+        assert self._postgres is not None
+        postgres = self._postgres
+        down_for = self._rng.uniform(*OUTAGE_S)
+        resume_after = self._rng.uniform(*RESUME_AFTER_OUTAGE_S)
+        slot.node.signal(signal.SIGSTOP)
+        with self._lock:
+            slot.state = "stopped"
+        fault = self._record(slot, "SIGSTOP", down_for + resume_after)
+        held = self._watch_claims(fault)
+        outage = Outage(down_at=fault.at)
+        self._last_outage = time.monotonic()
+        if self._conn is not None:
+            self._conn.close()
+        postgres.stop()
+        self._database_down = True
+        self.outages.append(outage)
+
+        def database_up() -> str:
+            postgres.start()
+            self._database_down = False
+            outage.up_at = self._db_now()
+            self._later(resume_after, resume)
+            return f"PostgreSQL back; {fault.name} SIGCONT in {resume_after:.1f}s"
+
+        def resume() -> str:
+            slot.node.signal(signal.SIGCONT)
+            self._ended(fault)
+            with self._lock:
+                slot.state = "running"
+            return f"{fault.name} SIGCONT"
+
+        self._later(down_for, database_up)
+        log(f"{fault.at_s:6.1f}s SIGSTOP {fault.name} ({fault.node_id or 'unregistered'})"
+            f"{held}, then PostgreSQL stopped; back in {down_for:.1f}s")
+
+    def _run_due(self, now: float) -> None:
+        # At most one pending action per slot, and the outage's resume.
+        for _ in range(2 * len(self.slots) + 4):
+            with self._lock:
+                if not self._pending or self._pending[0][0] > now:
+                    return
+                _, _, action = heapq.heappop(self._pending)
+            what = action()
+            log(f"{time.monotonic() - self._started:6.1f}s {what}")
 
 
 # --- the load ----------------------------------------------------------------------------
@@ -459,12 +655,12 @@ class LoadStats:
 class Load:
     """Posts submissions at a steady rate to the live schedulers, round robin."""
 
-    def __init__(self, *, chaos: Chaos, rate: float, rng: random.Random, starts: Path,
+    def __init__(self, *, chaos: Chaos, rate: float, rng: random.Random, markers: Path,
                  token: str, seed: int) -> None:
         self._chaos = chaos
         self._rate = rate
         self._rng = rng
-        self._starts = starts
+        self._markers = markers
         self._token = token
         self._seed = seed
         self._lock = threading.Lock()
@@ -472,6 +668,8 @@ class Load:
         self._turn = 0
         self.stats = LoadStats()
         self.accepted: dict[int, str] = {}  # task id -> delivery
+        self.jobs: list[int] = []
+        self.jobs_paused_at: datetime | None = None  # database clock
 
     def run(self, *, stop: threading.Event, max_s: float) -> None:
         interval = 1.0 / self._rate
@@ -490,11 +688,65 @@ class Load:
                     self.stats.submitted += 1
                 pool.submit(self._post, body)
 
+    def command(self, sleep: str) -> str:
+        """Appends ``TASK_ID:ATTEMPT`` to the starts file, sleeps, then appends
+        ``TASK_ID:ATTEMPT:EPOCH`` to the ends file, all the while holding a lock file
+        named after the task; an attempt that finds the lock held (another attempt of
+        its task still running) appends to the overlaps file instead and fails."""
+        m = self._markers
+        me = "$CHRONOSYNC_TASK_ID:$CHRONOSYNC_ATTEMPT"
+        return (f"flock -n -E {LOCK_HELD_EXIT} {m / 'locks'}/$CHRONOSYNC_TASK_ID"
+                f" sh -c 'echo {me} >> {m / 'starts'}; sleep {sleep};"
+                f" echo {me}:$(date +%s.%N) >> {m / 'ends'}'; rc=$?;"
+                f" if [ $rc -eq {LOCK_HELD_EXIT} ]; then echo {me} >> {m / 'overlaps'}; fi;"
+                " exit $rc")
+
+    def create_jobs(self) -> None:
+        for i in range(JOBS):
+            body = {"command": self.command("0.3"), "cron": JOB_CRON,
+                    "name": f"chaos-{self._seed}-job-{i}", "delivery": "at_least_once",
+                    "max_attempts": AT_LEAST_ONCE_MAX_ATTEMPTS,
+                    "misfire_policy": "run_all", "max_catchup": 10_000}
+            status, answer = self._request("POST", "/schedule", body)
+            if status not in (200, 201):
+                raise RuntimeError(f"creating a recurring job: {status} {answer}")
+            self.jobs.append(answer["id"])
+
+    def pause_jobs(self, dsn: str) -> None:
+        with connect(dsn) as conn:
+            row = conn.execute("SELECT now() AS now").fetchone()
+        assert row is not None
+        self.jobs_paused_at = row["now"]
+        for job_id in self.jobs:
+            for _ in range(10):  # a scheduler may be restarting
+                status, answer = self._request("PATCH", f"/jobs/{job_id}", {"paused": True})
+                if status == 200:
+                    break
+            else:
+                log(f"could not pause job {job_id}: {status} {answer}")
+
+    def _request(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        """One request to the first live scheduler that answers; (0, None) if none did."""
+        for port in self._chaos.live_scheduler_ports():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT_S)
+            try:
+                conn.request(method, path, body=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json",
+                                      "Authorization": f"Bearer {self._token}"})
+                resp = conn.getresponse()
+                return resp.status, json.loads(resp.read() or b"null")
+            except (OSError, http.client.HTTPException, ValueError):
+                continue
+            finally:
+                conn.close()
+        return 0, None
+
     def _body(self, n: int) -> dict[str, Any]:
         rng = self._rng
+        long = rng.random() < LONG_SHARE
+        sleep = str(rng.randint(*LONG_COMMAND_S)) if long else f"0.{rng.randint(0, 9)}"
         body: dict[str, Any] = {
-            "command": (f"echo $CHRONOSYNC_TASK_ID:$CHRONOSYNC_ATTEMPT >> {self._starts};"
-                        f" sleep 0.{rng.randint(0, 9)}"),
+            "command": self.command(sleep),
             "idempotency_key": f"chaos-{self._seed}-{n}",
         }
         if rng.random() < 0.5:
@@ -567,37 +819,88 @@ class Recorded:
     tasks: dict[int, dict[str, Any]]
     attempts: dict[int, list[dict[str, Any]]]
     starts: dict[int, list[int]]  # task id -> attempt numbers, in the order they started
+    overlaps: dict[int, list[int]]  # task id -> attempts that found another one running
+    ends: dict[tuple[int, int], datetime]  # (task id, attempt) -> its command's end
     malformed: list[str]
 
 
-def read_recorded(dsn: str, starts_path: Path) -> Recorded:
+def read_markers(path: Path, malformed: list[str]) -> list[tuple[int, int, str]]:
+    """``TASK_ID:ATTEMPT[:REST]`` lines, in the file's order."""
+    found = []
+    text = path.read_text() if path.exists() else ""
+    for line in text.splitlines():
+        task_id, _, attempt = line.partition(":")
+        attempt, _, rest = attempt.partition(":")
+        if not (task_id.isdigit() and attempt.isdigit()):
+            malformed.append(line)
+            continue
+        found.append((int(task_id), int(attempt), rest))
+    return found
+
+
+def by_task(lines: list[tuple[int, int, str]]) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = defaultdict(list)
+    for task_id, attempt, _ in lines:
+        found[task_id].append(attempt)
+    return dict(found)
+
+
+def read_recorded(dsn: str, markers: Path) -> Recorded:
     with connect(dsn) as conn:
         tasks = {r["id"]: r for r in conn.execute(
             "SELECT id, delivery, attempt, max_attempts, error, worker_id, idempotency_key,"
-            " picked_at, started_at, claimed_by,"
+            " picked_at, started_at, claimed_by, job_id, scheduled_at, cancelled_at,"
             " task_status(picked_at, started_at, completed_at, failed_at, cancelled_at,"
             " attempt)"
             " AS status FROM tasks").fetchall()}
         attempts: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in conn.execute("SELECT * FROM task_attempts ORDER BY task_id, attempt"):
             attempts[row["task_id"]].append(row)
-    starts: dict[int, list[int]] = defaultdict(list)
-    malformed = []
-    text = starts_path.read_text() if starts_path.exists() else ""
-    for line in text.splitlines():
-        task_id, sep, attempt = line.partition(":")
-        if not (sep and task_id.isdigit() and attempt.isdigit()):
-            malformed.append(line)
-            continue
-        starts[int(task_id)].append(int(attempt))
-    return Recorded(tasks=tasks, attempts=dict(attempts), starts=dict(starts),
-                    malformed=malformed)
+    malformed: list[str] = []
+    ends = {}
+    for task_id, attempt, epoch in read_markers(markers / "ends", malformed):
+        try:
+            ends[(task_id, attempt)] = datetime.fromtimestamp(float(epoch), UTC)
+        except ValueError:
+            malformed.append(f"{task_id}:{attempt}:{epoch}")
+    return Recorded(tasks=tasks, attempts=dict(attempts),
+                    starts=by_task(read_markers(markers / "starts", malformed)),
+                    overlaps=by_task(read_markers(markers / "overlaps", malformed)),
+                    ends=ends, malformed=malformed)
 
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def check(recorded: Recorded, accepted: dict[int, str]) -> list[Violation]:
+@dataclass
+class Troubles:
+    """When each node, and the database, was not healthy: what explains a worker_lost
+    record, two attempts running at once, or a job tick not made."""
+
+    faults: list[Fault]
+    outages: list[Outage]
+    jobs_paused_at: datetime | None  # right before the jobs were paused
+
+    def _windows(self, node_id: str | None, signals: tuple[str, ...]
+                 ) -> Iterator[tuple[datetime, datetime]]:
+        never = datetime.max.replace(tzinfo=UTC)
+        aftermath = timedelta(seconds=FAULT_AFTERMATH_S)
+        for f in self.faults:
+            if f.at is not None and f.signal in signals and (
+                    node_id is None or f.node_id == node_id):
+                yield f.at, (f.ended_at + aftermath) if f.ended_at else never
+        for o in self.outages:
+            if o.down_at is not None:
+                yield o.down_at, (o.up_at + aftermath) if o.up_at else never
+
+    def node_troubled(self, node_id: str | None, since: datetime, until: datetime | None,
+                      signals: tuple[str, ...] = ("SIGKILL", "SIGSTOP", "CUT")) -> bool:
+        until = until or datetime.max.replace(tzinfo=UTC)
+        return any(a <= until and since <= b for a, b in self._windows(node_id, signals))
+
+
+def check(recorded: Recorded, accepted: dict[int, str], troubles: Troubles
+          ) -> list[Violation]:
     found: dict[str, Violation] = {}
 
     def flag(what: str, task_id: int | None, detail: str) -> None:
@@ -643,6 +946,10 @@ def check(recorded: Recorded, accepted: dict[int, str]) -> list[Violation]:
                 flag("at_most_once started more than once", task_id,
                      f"marker starts {starts}; {history}")
             continue
+        paused = troubles.jobs_paused_at
+        if (task["status"] == "cancelled" and task["job_id"] is not None and paused
+                and task["cancelled_at"] >= paused):
+            continue  # a tick not started yet, cancelled by the pause at the end
         if task["status"] != "succeeded":
             flag("at_least_once task did not succeed", task_id,
                  f"{task['status']} ({task['error']}), attempt {task['attempt']}/"
@@ -661,7 +968,68 @@ def check(recorded: Recorded, accepted: dict[int, str]) -> list[Violation]:
                      f"attempt {cur['attempt']} after #{prev['attempt']}; {history}")
         if attempts and attempts[0]["attempt"] != 1:
             flag("at_least_once attempts do not start at 1", task_id, history)
+
+    for task_id, blocked in sorted(recorded.overlaps.items()):
+        attempts = recorded.attempts.get(task_id, [])
+        for number in blocked:
+            mine = next((a for a in attempts if a["attempt"] == number), None)
+            earlier = [a for a in attempts if a["attempt"] < number]
+            # A frozen worker cannot stop its commands: only that explains an overlap.
+            if mine is not None and any(
+                    troubles.node_troubled(a["worker_id"], a["started_at"],
+                                           mine["started_at"], signals=("SIGSTOP",))
+                    for a in earlier):
+                continue
+            flag("two attempts of one task ran at once", task_id,
+                 f"attempt {number} found an earlier one still running; "
+                 + "; ".join(f"#{a['attempt']} on {a['worker_id']} {a['started_at']}"
+                             f"->{a['finished_at']} {a['error']}" for a in attempts))
+
+    slack = timedelta(seconds=OUTLIVED_SLACK_S)
+    for task_id, attempts in sorted(recorded.attempts.items()):
+        for a in attempts:
+            if a["error"] != "worker_lost":
+                continue
+            said = (f"attempt {a['attempt']} on {a['worker_id']}"
+                    f" {a['started_at']}->{a['finished_at']}")
+            if not troubles.node_troubled(a["worker_id"], a["started_at"], a["finished_at"]):
+                flag("a healthy worker's attempt was recorded worker_lost", task_id, said)
+            ended = recorded.ends.get((task_id, a["attempt"]))
+            if (ended is not None and ended > a["finished_at"] + slack
+                    and not troubles.node_troubled(a["worker_id"], a["started_at"], ended,
+                                                   signals=("SIGSTOP",))):
+                flag("a command ran on after its attempt was recorded worker_lost", task_id,
+                     f"{said}, its command ended {ended}")
+
+    check_job_ticks(recorded, troubles, flag)
     return list(found.values())
+
+
+def check_job_ticks(recorded: Recorded, troubles: Troubles,
+                    flag: Callable[[str, int | None, str], None]) -> None:
+    """Every occurrence of each recurring job, from its first to the pause, is one task
+    (the jobs catch up every missed tick: run_all), none twice."""
+    ticks: dict[int, Counter[datetime]] = defaultdict(Counter)
+    for task in recorded.tasks.values():
+        if task["job_id"] is not None:
+            ticks[task["job_id"]][task["scheduled_at"]] += 1
+    period = timedelta(seconds=JOB_PERIOD_S)
+    for job_id, made in sorted(ticks.items()):
+        for at, n in made.items():
+            if n > 1:
+                flag("a job occurrence became more than one task", None,
+                     f"job {job_id} at {at}: {n} tasks")
+        end = min(max(made), troubles.jobs_paused_at or max(made))
+        at = min(made)
+        missing = []
+        while at <= end:
+            if at not in made:
+                missing.append(at)
+            at += period
+        if missing:
+            flag("a job occurrence was never made", None,
+                 f"job {job_id}: {len(missing)} of its ticks, e.g."
+                 f" {', '.join(format(m, '%H:%M:%S') for m in missing[:5])}")
 
 
 def command_processes(marker_dir: Path) -> list[str]:
@@ -715,7 +1083,8 @@ def worker_recoveries(faults: list[Fault], recorded: Recorded,
                 by_worker[a["worker_id"]].append((task_id, a))
     samples = []
     for fault in faults:
-        if fault.kind != "worker" or fault.signal != action or fault.node_id is None:
+        if (fault.kind != "worker" or fault.signal != action or fault.node_id is None
+                or fault.at is None):
             continue
         lost = [(task_id, a) for task_id, a in by_worker.get(fault.node_id, [])
                 if a["started_at"] <= fault.at and a["finished_at"] is not None
@@ -774,38 +1143,6 @@ def wait_ready(chaos: Chaos, dsn: str) -> bool:
     return bool(wait_until(ready, timeout=READY_TIMEOUT_S, interval=0.5))
 
 
-def call_live_scheduler(chaos: Chaos, token: str, method: str, path: str,
-                        body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """One request to the first live scheduler that answers; (0, None) if none did."""
-    for port in chaos.live_scheduler_ports():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT_S)
-        try:
-            conn.request(method, path, body=None if body is None else json.dumps(body),
-                         headers={"Content-Type": "application/json",
-                                  "Authorization": f"Bearer {token}"})
-            resp = conn.getresponse()
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-        except (OSError, http.client.HTTPException, ValueError):
-            continue
-        finally:
-            conn.close()
-    return 0, None
-
-
-def check_ticks(dsn: str, job_id: int) -> list[Violation]:
-    """The recurring job made every tick from its first to its last, each once."""
-    with connect(dsn) as conn:
-        ticks = [r["scheduled_at"] for r in conn.execute(
-            "SELECT scheduled_at FROM tasks WHERE job_id = %s ORDER BY scheduled_at",
-            (job_id,)).fetchall()]
-    if not ticks:
-        return [Violation("the recurring job made no tick", [], [])]
-    log(f"recurring job: {len(ticks)} ticks, {ticks[0]:%H:%M:%S} to {ticks[-1]:%H:%M:%S}")
-    gaps = [f"{a:%H:%M:%S} -> {b:%H:%M:%S}" for a, b in pairwise(ticks) if b - a != TICK]
-    return [Violation("recurring job ticks missing or doubled", [], gaps)] if gaps else []
-
-
 def nonterminal_count(dsn: str) -> int:
     with connect(dsn) as conn:
         row = conn.execute(
@@ -833,10 +1170,10 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
     workdir = base / "work"
     for d in (logs, markers, workdir):
         d.mkdir()
-    starts = markers / "starts"
+    (markers / "locks").mkdir()
     token = secrets.token_hex(16)
     with ExitStack() as stack:
-        dsn, where, server = stack.enter_context(database(base))
+        dsn, where, postgres = stack.enter_context(database(base))
         apply_migrations(dsn)
         log(f"{where}; node logs in {logs}")
         cluster = ProcessCluster(dsn=dsn, log_dir=logs, env={
@@ -847,7 +1184,8 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
         claims = ClaimWatch(dsn)
         started = time.monotonic()
         chaos = Chaos(cluster=cluster, dsn=dsn, rng=chaos_rng, claims=claims, started=started,
-                      server=server)
+                      postgres=postgres)
+        stack.callback(chaos.close)
         chaos.start_topology(free_ports(TOPOLOGY["scheduler"]))
         if not wait_ready(chaos, dsn):
             log(f"the cluster did not become ready within {READY_TIMEOUT_S:.0f}s")
@@ -857,14 +1195,9 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
             + ", ".join(f"{n} {k}s" for k, n in TOPOLOGY.items())
             + f"; {args.rate:g} tasks/s for {args.duration:g}s")
 
-        status, job = call_live_scheduler(chaos, token, "POST", "/schedule", {
-            "command": f"echo $CHRONOSYNC_TASK_ID:$CHRONOSYNC_ATTEMPT >> {starts}",
-            "cron": "* * * * * *", "misfire_policy": "run_all", "max_catchup": 10_000})
-        if status != 201:
-            log(f"the recurring job was not created: {status} {job}")
-            return 2
-        load = Load(chaos=chaos, rate=args.rate, rng=load_rng, starts=starts, token=token,
+        load = Load(chaos=chaos, rate=args.rate, rng=load_rng, markers=markers, token=token,
                     seed=seed)
+        load.create_jobs()
         stop_load = threading.Event()
         stop_watch = threading.Event()
         stop_chaos = threading.Event()
@@ -881,14 +1214,11 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
         began = time.monotonic()
         chaos.run(until=began + args.duration, stop=stop_chaos)
         chaos.finish()
-        # Its ticks made ahead are cancelled with it, so every task can settle.
-        deleted = wait_until(
-            lambda: call_live_scheduler(chaos, token, "DELETE", f"/jobs/{job['id']}")[0]
-            == 204, timeout=30)
         stop_load.set()
         threads[0].join(timeout=HTTP_TIMEOUT_S * TOPOLOGY["scheduler"] * 3 + 10)
-        log(f"{time.monotonic() - started:6.1f}s chaos over, every node running; load stopped;"
-            " waiting for every task to be terminal")
+        load.pause_jobs(dsn)
+        log(f"{time.monotonic() - started:6.1f}s chaos over, every node running; load stopped,"
+            " jobs paused; waiting for every task to be terminal")
 
         settle_began = time.monotonic()
         left = wait_until(lambda: nonterminal_count(dsn) == 0, timeout=SETTLE_TIMEOUT_S,
@@ -903,10 +1233,9 @@ def run(args: argparse.Namespace, seed: int, base: Path) -> int:
                                timeout=QUIESCE_TIMEOUT_S)
         busy = wait_until(lambda: not busy_workers(dsn), timeout=QUIESCE_TIMEOUT_S)
 
-        recorded = read_recorded(dsn, starts)
-        violations = check(recorded, load.accepted) + check_ticks(dsn, job["id"])
-        if not deleted:
-            violations.append(Violation("the recurring job could not be deleted", [], []))
+        recorded = read_recorded(dsn, markers)
+        violations = check(recorded, load.accepted,
+                           Troubles(chaos.faults, chaos.outages, load.jobs_paused_at))
         if not leftovers:
             procs = command_processes(markers)
             violations.append(Violation("command processes left over", [], procs))
@@ -926,7 +1255,8 @@ def report(*, args: argparse.Namespace, seed: int, load: Load, chaos: Chaos,
     s = load.stats
     accepted = load.accepted
     print(f"\n===== chaos summary: seed {seed}, {args.duration:g} s, {args.rate:g} tasks/s =====")
-    unacked = sorted(set(recorded.tasks) - set(accepted))
+    unacked = sorted(i for i, t in recorded.tasks.items()
+                     if i not in accepted and t["job_id"] is None)
     print(f"submissions: {s.submitted} sent, {len(accepted)} accepted ({s.created} created,"
           f" {s.replayed} idempotent replays), {s.unavailable} answered 503,"
           f" {s.unanswered} unanswered by any live scheduler, {s.skipped} skipped"
@@ -937,11 +1267,13 @@ def report(*, args: argparse.Namespace, seed: int, load: Load, chaos: Chaos,
     for sig in ("SIGKILL", "SIGSTOP"):
         kinds = ", ".join(f"{by[(sig, k)]} {k}s" for k in TOPOLOGY)
         print(f"{sig}: {sum(v for (g, _), v in by.items() if g == sig)} ({kinds})")
-    long_stops = [f for f in chaos.faults if f.signal == "SIGSTOP" and f.ended_at
+    print(f"workers cut off from PostgreSQL: {by[('CUT', 'worker')]}; PostgreSQL restarts"
+          f" with a coordinator frozen across them: {len(chaos.outages)}")
+    job_tasks = [t for t in recorded.tasks.values() if t["job_id"] is not None]
+    print(f"recurring jobs: {len(load.jobs)}, {len(job_tasks)} occurrences made")
+    long_stops = [f for f in chaos.faults if f.signal == "SIGSTOP" and f.ended_at and f.at
                   and seconds(f.ended_at - f.at) > NODE_TTL_S]
     print(f"  stops longer than the {NODE_TTL_S:g}s TTL: {len(long_stops)}")
-    print(f"  coordinators frozen across a PostgreSQL restart: "
-          f"{sum(f.db_restart for f in chaos.faults)}")
 
     statuses = Counter((t["delivery"], t["status"], t["error"]) for t in recorded.tasks.values())
     for (delivery, status, error), n in sorted(statuses.items(), key=str):
