@@ -53,7 +53,7 @@ def task_by_command(cluster: Cluster, command: str) -> dict[str, Any] | None:
 def test_the_dashboard_drives_a_real_cluster(browser: Browser, cluster: Cluster) -> None:
     cluster.start("scheduler", CHRONOSYNC_API_TOKEN=TOKEN)
     cluster.start("coordinator")
-    cluster.start("worker")
+    cluster.start("worker", CHRONOSYNC_WORKER_LABELS="zone=eu-1,role=web")
     cluster.wait_ready(coordinators=1, workers=1)
 
     context = browser.new_context(viewport={"width": 1440, "height": 1000},
@@ -102,6 +102,11 @@ def _scenario(cluster: Cluster, page: Page, phase: list[str]) -> None:
     expect(workers).to_have_text("1")
     expect(page.locator('#node-counts [data-kind="coordinator"] .n')).to_have_text("1")
     expect(page.locator("#nodes [data-list] > li")).to_have_count(3)
+    # The worker shows its labels, as CHRONOSYNC_WORKER_LABELS writes them.
+    labels = page.locator('#nodes [data-state="alive"] .labels .label')
+    expect(labels.filter(has_text="zone=eu-1")).to_have_count(1)
+    expect(labels.filter(has_text="role=web")).to_have_count(1)
+    expect(labels.filter(has_text=re.compile(r"^host="))).to_have_count(1)
     expect(page.locator("#recent [data-empty]")).to_be_visible()  # the empty states
 
     # Run a command now from the form; it reaches succeeded on the page.

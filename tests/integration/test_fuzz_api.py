@@ -23,7 +23,7 @@ WIRE_EXAMPLES = 400
 WIRE_TOKEN = "fuzz-token"
 FIELDS = ["command", "scheduled_at", "cron", "timezone", "name", "delivery", "max_attempts",
           "timeout_s", "idempotency_key", "env", "paused", "concurrency_policy",
-          "misfire_policy", "starting_deadline_s", "max_catchup"]
+          "misfire_policy", "starting_deadline_s", "max_catchup", "target"]
 PATHS = ["/schedule", "/tasks", "/tasks/1", "/tasks/1/cancel", "/tasks/1/retry", "/jobs",
          "/jobs/1", "/jobs/1/run", "/nodes", "/healthz", "/readyz", "/", "/tasks/", "//tasks",
          "/tasks/1/cancel/x", "/tasks/1/retry/x"]
@@ -33,9 +33,13 @@ json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=F
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                            max_leaves=20)
+# Values shaped like a target ({"labels": {...}, "all": ...}) with anything inside.
+target_like = st.fixed_dictionaries(
+    {"labels": json_values | st.dictionaries(st.text(max_size=8), json_scalars, max_size=4)},
+    optional={"all": json_scalars, "extra": json_values})
 # Bodies that look like submissions: known fields with values of any type.
-submissions = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=10), json_values,
-                              max_size=8)
+submissions = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=10),
+                              json_values | target_like, max_size=8)
 
 
 @st.composite

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from harness import Cluster, query, wait_for
+from psycopg.types.json import Jsonb
 
 from chronocore.queries import QUERIES
 
@@ -95,11 +96,14 @@ JOBS = 10
 MAX_BUFFERS = 1000
 # Every statement that runs on a timer, whatever the load: the coordinator's claim loop
 # and sweep, the scheduler's concurrency step, a metrics scrape, and its parameters.
+FREE_WORKERS = Jsonb([{"id": "worker-live", "labels": {"host": "test", "zone": "eu-1"}}])
 PERIODIC = {
-    "claim_due": {"coordinator_id": "coordinator-plan", "limit": 10},
-    "next_due_in": {},
+    "claim_due": {"coordinator_id": "coordinator-plan", "limit": 10,
+                  "free_workers": FREE_WORKERS},
+    "next_due_in": {"free_workers": FREE_WORKERS},
     "requeue_stale_claims": {"lease_s": 5.0},
     "recover_lost_runs": {"ttl_s": 5.0, "backoff_base_s": 1.0, "backoff_max_s": 60.0},
+    "sort_targeted": {"ttl_s": 5.0, "judge_dead": True},
     "prune_finished": {"retention_s": 30 * 86400.0, "limit": 500},
     "skip_forbidden": {},
     "replace_running": {},
@@ -147,6 +151,16 @@ def test_every_periodic_statement_reads_live_work_only_over_a_million_finished_t
         FROM generate_series(1, {JOBS}) AS job, unnest(ARRAY[-1, 3600]) AS offset_s""")
     query(dsn, "INSERT INTO tasks (command, scheduled_at)"
                " SELECT 'true', now() + i * interval '1 minute' FROM generate_series(1, 20) i")
+    # Targeted tasks: due for a live worker's labels, for labels no worker has (set aside
+    # or not yet), and one of a broadcast pinned to the live worker.
+    query(dsn, """
+        INSERT INTO tasks (command, scheduled_at, target, unmatched_at, pinned_worker)
+        SELECT 'true', now() - interval '1 second', jsonb_build_object('labels', labels),
+               CASE WHEN i % 2 = 0 THEN now() END, pinned
+        FROM generate_series(1, 20) AS i,
+             LATERAL (SELECT CASE WHEN i <= 5 THEN '{"zone": "eu-1"}'::jsonb
+                                  ELSE '{"zone": "nowhere"}'::jsonb END AS labels,
+                             CASE WHEN i = 1 THEN 'worker-live' END AS pinned) s""")
     query(dsn, "VACUUM ANALYZE tasks")
 
     problems = []

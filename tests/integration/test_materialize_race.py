@@ -213,7 +213,7 @@ def test_overlapping_inserts_racing_without_a_job_lock_make_each_occurrence_once
                 inserted[i] = [r["id"] for r in conn.execute(
                     QUERIES["insert_occurrences"],
                     {"job_ids": [job_id] * len(slices[i]),
-                     "occurrences": slices[i]}).fetchall()]
+                     "occurrences": slices[i], "ttl_s": 5.0}).fetchall()]
         except BaseException as exc:
             errors.append(exc)
 
@@ -318,7 +318,7 @@ def test_a_window_planned_in_overlapping_pieces_in_any_order_is_each_occurrence_
                 inserted += len(conn.execute(
                     QUERIES["insert_occurrences"],
                     {"job_ids": [job_id] * len(occurrences),
-                     "occurrences": occurrences}).fetchall())
+                     "occurrences": occurrences, "ttl_s": 5.0}).fetchall())
         made = [r["scheduled_at"] for r in conn.execute(
             "SELECT scheduled_at FROM tasks WHERE job_id = %s ORDER BY scheduled_at",
             (job_id,)).fetchall()]

@@ -235,7 +235,7 @@ def test_a_run_by_hand_takes_the_next_instant_free_and_never_a_whole_second(dsn:
                            "'* * * * * *', now()) RETURNING id").fetchone()["id"]
 
         def occurrence(at: datetime) -> dict[str, Any]:
-            return {"job_ids": [job], "occurrences": [at]}
+            return {"job_ids": [job], "occurrences": [at], "ttl_s": 5.0}
 
         def at_of(task_id: int) -> datetime:
             return conn.execute("SELECT scheduled_at FROM tasks WHERE id = %s",

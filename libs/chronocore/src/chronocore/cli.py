@@ -35,6 +35,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from chronocore import labels as worker_labels
+
 DEFAULT_URL = "http://127.0.0.1:8081"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -136,6 +138,11 @@ def cmd_schedule(args: argparse.Namespace) -> None:
         body["timeout_s"] = args.timeout
     if args.idempotency_key:
         body["idempotency_key"] = args.idempotency_key
+    if args.target:
+        labels = dict(part.partition("=")[::2] for part in args.target.split(",") if part)
+        body["target"] = {"labels": labels, **({"all": True} if args.all else {})}
+    elif args.all:
+        raise CliError("--all needs --target", EXIT_USAGE)
     made = request(args.url, "POST", "/schedule", body)
     if wants_json(args):
         print(json.dumps(made, indent=2))
@@ -252,9 +259,13 @@ def _show_made(args: argparse.Namespace, task: dict[str, Any]) -> None:
 
 def cmd_nodes(args: argparse.Namespace) -> None:
     columns = ["id", "kind", "state", "pid", "address", "last_heartbeat_at", "capacity",
-               "running"]
-    show(args, request(args.url, "GET", "/nodes"), "nodes", columns,
-         [*columns, "host", "started_at"])
+               "running", "labels"]
+    data = request(args.url, "GET", "/nodes")
+    if not wants_json(args):
+        for node in data["nodes"]:
+            if node.get("labels"):
+                node["labels"] = worker_labels.describe(node["labels"])
+    show(args, data, "nodes", columns, [*columns, "host", "started_at"])
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -567,6 +578,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="a unique name for the job")
     s.add_argument("--concurrency-policy", choices=["allow", "forbid", "replace"])
     s.add_argument("--misfire-policy", choices=["run_once", "skip", "run_all"])
+    s.add_argument("--target", metavar="K=V,K=V",
+                   help="run only on a live worker with these labels (see nodes)")
+    s.add_argument("--all", action="store_true",
+                   help="with --target: run once on every matching live worker")
     s.add_argument("command", nargs=argparse.REMAINDER)
     t = command("tasks", "list tasks, newest first", cmd_tasks)
     t.add_argument("--status")

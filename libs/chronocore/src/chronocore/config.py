@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chronocore.db import SessionTimeouts
+from chronocore.labels import LabelError, parse_worker_labels
 from chronocore.prctl import make_undumpable
 
 # Variables holding secrets, each with the variable that may name a file holding it.
@@ -97,6 +99,15 @@ def hide_secrets() -> None:
     make_undumpable()
 
 
+def _labels(env: Mapping[str, str]) -> dict[str, str]:
+    try:
+        return parse_worker_labels(env.get("CHRONOSYNC_WORKER_LABELS"),
+                                   host=socket.gethostname())
+    except LabelError as exc:
+        raise ConfigError(f"CHRONOSYNC_WORKER_LABELS: {exc} (expected key=value,key=value)"
+                          ) from None
+
+
 def _names(raw: str | None) -> tuple[str, ...]:
     """Variable names separated by commas or white space; ``PREFIX*`` matches a family."""
     return tuple(part for part in (raw or "").replace(",", " ").split() if part)
@@ -114,6 +125,8 @@ class Config:
     worker_addr: str = "127.0.0.1:0"
     worker_advertise_addr: str | None = None
     worker_capacity: int = 2 * (os.cpu_count() or 1)
+    # Workers: what they advertise, for tasks' targets (host=<host name> unless given).
+    worker_labels: dict[str, str] = field(default_factory=dict)
     workdir: str | None = None
     heartbeat_s: float = 1.0
     node_ttl_s: float = 5.0
@@ -179,6 +192,7 @@ class Config:
             worker_addr=env.get("CHRONOSYNC_WORKER_ADDR") or defaults.worker_addr,
             worker_advertise_addr=env.get("CHRONOSYNC_WORKER_ADVERTISE_ADDR") or None,
             worker_capacity=_int(env, "CHRONOSYNC_WORKER_CAPACITY", defaults.worker_capacity),
+            worker_labels=_labels(env),
             workdir=env.get("CHRONOSYNC_WORKDIR") or None,
             heartbeat_s=_float(env, "CHRONOSYNC_HEARTBEAT_S", defaults.heartbeat_s),
             node_ttl_s=_float(env, "CHRONOSYNC_NODE_TTL_S", defaults.node_ttl_s),

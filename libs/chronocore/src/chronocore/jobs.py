@@ -29,6 +29,7 @@ from chronocore.model import (
     fingerprint,
     format_timestamp,
     parse_common,
+    without_empty_target,
 )
 
 CONCURRENCY_POLICIES = ("allow", "forbid", "replace")
@@ -66,10 +67,11 @@ class JobSpec:
     starting_deadline_s: float | None = None
     max_catchup: int = DEFAULT_MAX_CATCHUP
     paused: bool = False
+    target: dict[str, Any] | None = None
 
     def request_hash(self) -> str:
-        return fingerprint({**asdict(self), "schedule": [self.schedule.expression,
-                                                         self.schedule.timezone]})
+        return fingerprint(without_empty_target(
+            {**asdict(self), "schedule": [self.schedule.expression, self.schedule.timezone]}))
 
 
 def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...]) -> str:
@@ -103,9 +105,14 @@ def parse_job(body: object, *, fields: frozenset[str] = JOB_FIELDS) -> JobSpec:
     paused = body.get("paused", False)
     if not isinstance(paused, bool):
         raise ValidationError("paused must be true or false", "paused")
+    policy = _choice(body, "concurrency_policy", CONCURRENCY_POLICIES)
+    if policy == "forbid" and common["target"] is not None and common["target"].get("all"):
+        # An occurrence is then several tasks at once, which forbid would hold apart.
+        raise ValidationError("a target with all: true takes concurrency_policy allow or "
+                              "replace, not forbid", "target")
     return JobSpec(
         schedule=schedule,
-        concurrency_policy=_choice(body, "concurrency_policy", CONCURRENCY_POLICIES),
+        concurrency_policy=policy,
         misfire_policy=_choice(body, "misfire_policy", MISFIRE_POLICIES),
         starting_deadline_s=None if deadline is None else float(deadline),
         max_catchup=max_catchup,
@@ -125,6 +132,7 @@ def patched(row: dict[str, Any], patch: object) -> JobSpec:
         "misfire_policy": row["misfire_policy"],
         "starting_deadline_s": row["starting_deadline_s"],
         "max_catchup": row["max_catchup"], "paused": row["paused_at"] is not None,
+        "target": row.get("target"),
     }
     if "delivery" in patch and "max_attempts" not in patch:
         current["max_attempts"] = None  # back to the new delivery's default
@@ -179,6 +187,7 @@ def job_resource(row: dict[str, Any], *, now: datetime,
                  "timeout_s", "env", "concurrency_policy", "misfire_policy",
                  "starting_deadline_s", "max_catchup", "idempotency_key"):
         resource[name] = row[name]
+    resource["target"] = row.get("target")
     resource["paused"] = row["paused_at"] is not None
     resource["description"] = schedule.describe()
     # A paused job has no next runs: it makes none until it is resumed.

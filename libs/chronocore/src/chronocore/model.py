@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from chronocore.labels import MAX_TARGET_LABELS, LabelError, check_labels
+
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_ATTEMPTS_LIMIT = 100
 MAX_TIMEOUT_S = 30 * 24 * 3600.0
@@ -30,7 +32,7 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 SUBMISSION_FIELDS = frozenset(
     {
         "command", "scheduled_at", "cron", "timezone", "name", "delivery", "max_attempts",
-        "timeout_s", "idempotency_key", "env",
+        "timeout_s", "idempotency_key", "env", "target",
     }
 )
 
@@ -168,6 +170,35 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
     return dict(value)
 
 
+TARGET_FIELDS = frozenset({"labels", "all"})
+
+
+def parse_target(value: object) -> dict[str, Any] | None:
+    """``{"labels": {...}}`` (run on one live worker with these labels), optionally with
+    ``"all": true`` (on every one); stored in this shape, ``all`` only when true."""
+    if value is None:
+        return None
+    example = 'an object like {"labels": {"zone": "eu-1"}}'
+    if not isinstance(value, dict):
+        raise ValidationError(f"target must be {example}", "target")
+    unknown = sorted(set(value) - TARGET_FIELDS)
+    if unknown:
+        raise ValidationError(f"target: unknown field {unknown[0][:100]!r} (it takes labels "
+                              "and all)", "target")
+    labels = value.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ValidationError(f"target.labels must be a non-empty object of strings, as in "
+                              f"{example}", "target")
+    try:
+        labels = check_labels(labels, limit=MAX_TARGET_LABELS)
+    except LabelError as exc:
+        raise ValidationError(f"target.labels: {exc}", "target") from None
+    every = value.get("all", False)
+    if not isinstance(every, bool):
+        raise ValidationError("target.all must be true or false", "target")
+    return {"labels": labels, "all": True} if every else {"labels": labels}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Submission:
     """A validated one-off submission. ``scheduled_at`` None means "now" (database clock)."""
@@ -180,11 +211,20 @@ class Submission:
     name: str | None
     idempotency_key: str | None
     env: dict[str, str] = field(default_factory=dict)
+    target: dict[str, Any] | None = None
 
     def request_hash(self) -> str:
         """Fingerprint of what was asked, to tell an idempotent replay from a conflict."""
-        return fingerprint({**asdict(self),
-                            "scheduled_at": format_timestamp(self.scheduled_at)})
+        return fingerprint(without_empty_target(
+            {**asdict(self), "scheduled_at": format_timestamp(self.scheduled_at)}))
+
+
+def without_empty_target(data: dict[str, Any]) -> dict[str, Any]:
+    """A request without a target hashes as it did before targets existed, so replays of
+    older idempotency keys still match."""
+    if data.get("target") is None:
+        data.pop("target", None)
+    return data
 
 
 def fingerprint(data: dict[str, Any]) -> str:
@@ -235,6 +275,7 @@ def parse_common(body: dict[str, Any]) -> dict[str, Any]:
         "name": _string(body, "name"),
         "idempotency_key": key,
         "env": _env(body),
+        "target": parse_target(body.get("target")),
     }
 
 
@@ -267,10 +308,11 @@ def parse_retry(body: object) -> str | None:
     return key
 
 
-def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) -> dict:
+def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None, *,
+                  waiting: str | None = None) -> dict:
     """A task row (with its derived ``status``) as the API shows it. A row read for a
     list has only the end of its output (``output_truncated`` says whether that is all of
-    it) and no attempts."""
+    it) and no attempts. ``waiting`` says why a due task is not running yet."""
     times = ("scheduled_at", "picked_at", "started_at", "completed_at", "failed_at",
              "cancelled_at", "created_at")
     resource: dict[str, Any] = {"id": row["id"], "kind": "task", "command": row["command"],
@@ -282,6 +324,12 @@ def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None) ->
     for name in ("delivery", "attempt", "max_attempts", "timeout_s", "exit_code", "error",
                  "output", "worker_id", "job_id", "idempotency_key", "name", "env"):
         resource[name] = row[name]
+    resource["target"] = row.get("target")
+    # A broadcast ("all"): the worker this task of the group runs on, and the group.
+    resource["pinned_worker"] = row.get("pinned_worker")
+    group = row.get("broadcast_id")
+    resource["broadcast_id"] = None if group is None else str(group)
+    resource["waiting"] = waiting
     resource["retry_of"] = row["retry_of"]  # the task this one retries by hand, if any
     if "output_truncated" in row:
         resource["output_truncated"] = bool(row["output_truncated"])

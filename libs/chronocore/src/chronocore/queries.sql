@@ -5,11 +5,43 @@
 -- name: insert_task --
 -- Store one submission; an idempotency key already used inserts nothing.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                   idempotency_key, request_hash, job_id)
+                   idempotency_key, request_hash, job_id, target)
 VALUES (%(command)s, coalesce(%(scheduled_at)s::timestamptz, now()), %(delivery)s, %(max_attempts)s, %(timeout_s)s,
-        %(env)s, %(name)s, %(idempotency_key)s, %(request_hash)s, %(job_id)s)
+        %(env)s, %(name)s, %(idempotency_key)s, %(request_hash)s, %(job_id)s, %(target)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id;
+
+-- name: insert_broadcast --
+-- "all": one task per live worker with the target's labels, each pinned to it, grouped
+-- by a broadcast id; with none live, one unpinned task that waits for the first.
+WITH workers AS (
+    SELECT n.id FROM nodes n
+    WHERE n.kind = 'worker' AND n.stopped_at IS NULL AND n.draining_at IS NULL
+      AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+      AND n.labels @> (%(target)s::jsonb->'labels')
+), pins AS (
+    SELECT id FROM workers
+    UNION ALL
+    SELECT NULL WHERE NOT EXISTS (SELECT 1 FROM workers)
+)
+INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
+                   idempotency_key, request_hash, target, pinned_worker, broadcast_id)
+SELECT %(command)s, coalesce(%(scheduled_at)s::timestamptz, now()), %(delivery)s,
+       %(max_attempts)s, %(timeout_s)s, %(env)s, %(name)s,
+       -- the key names the group's first task (the one a replay returns)
+       CASE WHEN row_number() OVER (ORDER BY p.id) = 1 THEN %(idempotency_key)s END,
+       %(request_hash)s, %(target)s, p.id, %(broadcast_id)s
+FROM pins p
+ORDER BY p.id
+RETURNING id;
+
+-- name: lock_idempotency_key --
+-- Serializes submissions naming one idempotency key (a broadcast inserts several rows).
+SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0));
+
+-- name: broadcast_tasks --
+-- The tasks of one broadcast, by id.
+SELECT id FROM tasks WHERE broadcast_id = %(id)s ORDER BY id;
 
 -- name: task_by_idempotency_key --
 -- The task an idempotency key already names, with the hash of the request that made it.
@@ -36,7 +68,7 @@ ORDER BY attempt;
 SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
-       t.idempotency_key, t.name, t.env,
+       t.idempotency_key, t.name, t.env, t.target, t.pinned_worker, t.broadcast_id,
        t.retry_of,
        right(t.output, %(output_chars)s) AS output,
        length(t.output) > %(output_chars)s AS output_truncated,
@@ -70,6 +102,12 @@ WITH due AS (
       -- or an earlier one still waits (it goes first; this one is then skipped)
       AND (concurrency_policy IS DISTINCT FROM 'forbid'
            OR NOT forbid_holds_back(job_id, id, scheduled_at))
+      -- a target: only while a worker with free slots (as this coordinator sees them)
+      -- has its labels; one no live worker matches is set aside, never read here
+      AND unmatched_at IS NULL AND (target IS NULL OR EXISTS (
+          SELECT 1 FROM jsonb_array_elements(%(free_workers)s::jsonb) AS w(worker)
+          WHERE w.worker->'labels' @> (tasks.target->'labels')
+            AND (tasks.pinned_worker IS NULL OR tasks.pinned_worker = w.worker->>'id')))
     ORDER BY due_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -78,7 +116,8 @@ UPDATE tasks t
 SET picked_at = now(), claim_token = gen_random_uuid(), claimed_by = %(coordinator_id)s
 FROM due
 WHERE t.id = due.id
-RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.scheduled_at;
+RETURNING t.id, t.command, t.claim_token, t.attempt, t.timeout_s, t.env, t.scheduled_at,
+          t.target, t.pinned_worker;
 
 -- name: next_due_in --
 -- Seconds from now (database clock) until the earliest waiting task the claim would take
@@ -91,8 +130,66 @@ WHERE picked_at IS NULL AND cancelled_at IS NULL
   AND completed_at IS NULL AND failed_at IS NULL
   AND (concurrency_policy IS DISTINCT FROM 'forbid'
        OR NOT forbid_holds_back(job_id, id, scheduled_at))
+  -- targeted: as in claim_due (a task only a busy worker matches waits for a freed slot,
+  -- which wakes the loop)
+  AND unmatched_at IS NULL AND (target IS NULL OR EXISTS (
+      SELECT 1 FROM jsonb_array_elements(%(free_workers)s::jsonb) AS w(worker)
+      WHERE w.worker->'labels' @> (tasks.target->'labels')
+        AND (tasks.pinned_worker IS NULL OR tasks.pinned_worker = w.worker->>'id')))
 ORDER BY due_at, id
 LIMIT 1;
+
+-- name: sort_targeted --
+-- The sweep's one statement about targeted tasks: those set aside that a live worker now
+-- matches come back; due ones no live worker matches are set aside (out of the claim's
+-- index); and, once the sweeper may judge the dead (JUDGE_DEAD), a broadcast's task not
+-- started whose worker died fails as worker_lost (it runs on no other worker). A row a
+-- claim in flight holds is left for the next sweep.
+WITH live AS (
+    SELECT id, labels FROM nodes
+    WHERE kind = 'worker' AND stopped_at IS NULL AND draining_at IS NULL
+      AND last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+), orphaned AS (
+    SELECT id FROM tasks t
+    WHERE %(judge_dead)s AND pinned_worker IS NOT NULL AND picked_at IS NULL
+      AND cancelled_at IS NULL AND completed_at IS NULL AND failed_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM nodes n
+          WHERE n.id = t.pinned_worker AND n.stopped_at IS NULL
+            AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second')
+    FOR UPDATE SKIP LOCKED
+), back AS (
+    SELECT id FROM tasks t
+    WHERE unmatched_at IS NOT NULL AND picked_at IS NULL AND cancelled_at IS NULL
+      AND completed_at IS NULL AND failed_at IS NULL
+      AND EXISTS (SELECT 1 FROM live n WHERE n.labels @> (t.target->'labels'))
+    FOR UPDATE SKIP LOCKED
+), aside AS (
+    SELECT id FROM tasks t
+    WHERE target IS NOT NULL AND unmatched_at IS NULL AND due_at <= now()
+      AND picked_at IS NULL AND cancelled_at IS NULL
+      AND completed_at IS NULL AND failed_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM live n WHERE n.labels @> (t.target->'labels'))
+    FOR UPDATE SKIP LOCKED
+), failed AS (
+    UPDATE tasks t SET failed_at = now(), error = 'worker_lost'
+    FROM orphaned o
+    WHERE t.id = o.id
+    RETURNING t.id
+), restored AS (
+    UPDATE tasks t SET unmatched_at = NULL
+    FROM back b
+    WHERE t.id = b.id AND t.id NOT IN (SELECT id FROM orphaned)
+    RETURNING t.id
+), set_aside AS (
+    UPDATE tasks t SET unmatched_at = now()
+    FROM aside a
+    WHERE t.id = a.id AND t.id NOT IN (SELECT id FROM orphaned)
+    RETURNING t.id
+)
+SELECT 'failed' AS what, id FROM failed
+UNION ALL SELECT 'restored', id FROM restored
+UNION ALL SELECT 'set_aside', id FROM set_aside;
 
 -- name: release_claims --
 -- Hand claimed, unstarted tasks back to the queue (no worker took them); fenced by token.
@@ -260,11 +357,11 @@ RETURNING a.task_id, l.retry;
 
 -- name: register_node --
 -- Announce a node (or announce it again after its row was lost).
-INSERT INTO nodes (id, kind, host, pid, address, capacity)
-VALUES (%(id)s, %(kind)s, %(host)s, %(pid)s, %(address)s, %(capacity)s)
+INSERT INTO nodes (id, kind, host, pid, address, capacity, labels)
+VALUES (%(id)s, %(kind)s, %(host)s, %(pid)s, %(address)s, %(capacity)s, %(labels)s)
 ON CONFLICT (id) DO UPDATE
 SET last_heartbeat_at = greatest(nodes.last_heartbeat_at, now()), address = EXCLUDED.address,
-    capacity = EXCLUDED.capacity,
+    capacity = EXCLUDED.capacity, labels = EXCLUDED.labels,
     stopped_at = NULL;
 
 -- name: heartbeat --
@@ -301,7 +398,7 @@ RETURNING id;
 
 -- name: live_workers --
 -- Workers that heartbeat within the TTL and take work, least loaded first.
-SELECT id, address, capacity, running
+SELECT id, address, capacity, running, labels
 FROM nodes
 WHERE kind = 'worker' AND stopped_at IS NULL AND draining_at IS NULL
   AND last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
@@ -313,7 +410,8 @@ SELECT address FROM nodes WHERE id = %(id)s AND kind = 'worker';
 
 -- name: list_nodes --
 -- Every node that was alive within the last hour, with its state by the database clock.
-SELECT id, kind, host, pid, address, capacity, running, started_at, last_heartbeat_at,
+SELECT id, kind, host, pid, address, capacity, running, labels, started_at,
+       last_heartbeat_at,
        CASE WHEN stopped_at IS NOT NULL
                  OR last_heartbeat_at < now() - %(ttl_s)s * interval '1 second' THEN 'dead'
             WHEN draining_at IS NOT NULL THEN 'draining'
@@ -331,12 +429,12 @@ SELECT task_status(%(picked_at)s, %(started_at)s, %(completed_at)s, %(failed_at)
 -- Store a recurring job; an idempotency key already used inserts nothing.
 INSERT INTO jobs (name, command, cron, timezone, delivery, max_attempts, timeout_s, env,
                   concurrency_policy, misfire_policy, starting_deadline_s, max_catchup,
-                  paused_at, next_run_at, idempotency_key, request_hash)
+                  paused_at, next_run_at, idempotency_key, request_hash, target)
 VALUES (%(name)s, %(command)s, %(cron)s, %(timezone)s, %(delivery)s, %(max_attempts)s,
         %(timeout_s)s, %(env)s, %(concurrency_policy)s, %(misfire_policy)s,
         %(starting_deadline_s)s, %(max_catchup)s,
         CASE WHEN %(paused)s THEN now() END, %(next_run_at)s, %(idempotency_key)s,
-        %(request_hash)s)
+        %(request_hash)s, %(target)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id;
 
@@ -380,7 +478,7 @@ WITH changed AS (
         delivery = %(delivery)s, max_attempts = %(max_attempts)s, timeout_s = %(timeout_s)s,
         env = %(env)s, concurrency_policy = %(concurrency_policy)s,
         misfire_policy = %(misfire_policy)s, starting_deadline_s = %(starting_deadline_s)s,
-        max_catchup = %(max_catchup)s,
+        max_catchup = %(max_catchup)s, target = %(target)s,
         paused_at = CASE WHEN NOT %(paused)s THEN NULL ELSE coalesce(paused_at, now()) END,
         next_run_at = %(next_run_at)s, updated_at = now(),
         lease_token = NULL, leased_until = NULL
@@ -478,17 +576,29 @@ WITH advanced AS (
                 %(skipped)s::bigint[]) AS a(id, token, next_run_at, skipped)
     WHERE j.id = a.id AND j.lease_token = a.token
     RETURNING j.id, j.command, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name,
-              j.concurrency_policy
+              j.concurrency_policy, j.target
 ), made AS (
+    -- A job whose target says "all": one task per live matching worker (pinned to it,
+    -- grouped by a broadcast id racing schedulers compute alike), or one that waits.
     INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                       job_id, concurrency_policy, created_at)
+                       job_id, concurrency_policy, created_at, target, pinned_worker,
+                       broadcast_id)
     SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
-           j.concurrency_policy, %(planned_at)s::timestamptz
+           j.concurrency_policy, %(planned_at)s::timestamptz, j.target, w.id,
+           CASE WHEN j.target ? 'all'
+                THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END
     FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
          AS o(job_id, at, n)
     JOIN advanced j ON j.id = o.job_id
-    ORDER BY o.n
-    ON CONFLICT (job_id, scheduled_at) DO NOTHING
+    LEFT JOIN LATERAL (
+        SELECT n.id FROM nodes n
+        WHERE j.target ? 'all' AND n.kind = 'worker' AND n.stopped_at IS NULL
+          AND n.draining_at IS NULL
+          AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+          AND n.labels @> (j.target->'labels')
+    ) w ON true
+    ORDER BY o.n, w.id
+    ON CONFLICT DO NOTHING
     RETURNING id, job_id
 )
 SELECT a.id AS job_id,
@@ -502,14 +612,23 @@ GROUP BY a.id;
 -- The insert of make_occurrences alone, without the lease (the tests race it to pin the
 -- unique key down): one occurrence already made (by any scheduler) is not made again.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                   job_id, concurrency_policy)
+                   job_id, concurrency_policy, target, pinned_worker, broadcast_id)
 SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
-       j.concurrency_policy
+       j.concurrency_policy, j.target, w.id,
+       CASE WHEN j.target ? 'all'
+            THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END
 FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
      AS o(job_id, at, n)
 JOIN jobs j ON j.id = o.job_id
-ORDER BY o.n
-ON CONFLICT (job_id, scheduled_at) DO NOTHING
+LEFT JOIN LATERAL (
+    SELECT n.id FROM nodes n
+    WHERE j.target ? 'all' AND n.kind = 'worker' AND n.stopped_at IS NULL
+      AND n.draining_at IS NULL
+      AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
+      AND n.labels @> (j.target->'labels')
+) w ON true
+ORDER BY o.n, w.id
+ON CONFLICT DO NOTHING
 RETURNING id, job_id;
 
 -- name: skip_forbidden --
@@ -624,11 +743,13 @@ FOR SHARE;
 -- job_id too: a retry of a job's occurrence is one more occurrence of the job (in its
 -- history, under its concurrency policy); AT is off the whole second, so the unique
 -- (job_id, scheduled_at) key never meets a tick's (see repository.hand_instants).
+-- A broadcast's task is retried once, on one worker its target's labels match (not
+-- pinned: the worker it was pinned to may be gone).
 INSERT INTO tasks (command, delivery, max_attempts, timeout_s, env, name, job_id,
-                   concurrency_policy,
+                   concurrency_policy, target,
                    scheduled_at, retry_of, idempotency_key, request_hash)
 SELECT command, delivery, max_attempts, timeout_s, env, name, job_id,
-       concurrency_policy,
+       concurrency_policy, target - 'all',
        %(at)s, id, %(idempotency_key)s, %(request_hash)s
 FROM tasks
 WHERE id = %(id)s

@@ -37,8 +37,10 @@ def new_node_id(kind: str) -> str:
 
 class NodeRegistry:
     def __init__(self, pool: ConnectionPool, *, node_id: str, kind: str,
-                 address: str | None = None, capacity: int | None = None) -> None:
+                 address: str | None = None, capacity: int | None = None,
+                 labels: dict[str, str] | None = None) -> None:
         self._pool = pool
+        self.labels = labels or {}
         self.node_id = node_id
         self.kind = kind
         self.address = address
@@ -53,7 +55,8 @@ class NodeRegistry:
         self._execute(
             "register_node",
             {"id": self.node_id, "kind": self.kind, "host": socket.gethostname(),
-             "pid": os.getpid(), "address": self.address, "capacity": self.capacity},
+             "pid": os.getpid(), "address": self.address, "capacity": self.capacity,
+             "labels": Jsonb(self.labels)},
         )
 
     def announce(self) -> bool:

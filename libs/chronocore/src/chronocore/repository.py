@@ -31,7 +31,7 @@ How a task moves, and who may move it (the rules the whole cluster relies on):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,6 +63,10 @@ class ClaimedTask:
     timeout_s: float | None
     env: dict[str, str]
     scheduled_at: datetime
+    # The labels the worker must have (None: any worker).
+    target: dict[str, str] | None = None
+    # A broadcast's task runs on this worker only.
+    pinned_worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,12 @@ class Backoff:
 
 
 class TaskRepository:
-    def __init__(self, pool: ConnectionPool, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, pool: ConnectionPool, *, backoff: Backoff | None = None,
+                 node_ttl_s: float = 5.0) -> None:
         self._pool = pool
         self._backoff = backoff or Backoff()
+        # Who is live for a broadcast: the cluster's liveness rule (CHRONOSYNC_NODE_TTL_S).
+        self._node_ttl_s = node_ttl_s
 
     def _all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self._pool.connection() as conn:
@@ -109,6 +116,8 @@ class TaskRepository:
         ``created=False``; with another payload it raises ``IdempotencyConflict``.
         """
         request_hash = submission.request_hash()
+        if submission.target is not None and submission.target.get("all"):
+            return self._submit_broadcast(submission, request_hash)
         row = self._one(
             "insert_task",
             {
@@ -122,6 +131,7 @@ class TaskRepository:
                 "idempotency_key": submission.idempotency_key,
                 "request_hash": request_hash,
                 "job_id": None,
+                "target": None if submission.target is None else Jsonb(submission.target),
             },
         )
         if row is not None:
@@ -132,6 +142,33 @@ class TaskRepository:
         if existing["request_hash"] != request_hash:
             raise IdempotencyConflict(existing["id"])
         return existing["id"], False
+
+    def _submit_broadcast(self, submission: Submission,
+                          request_hash: str) -> tuple[int, bool]:
+        """One task per live worker matching the target (see ``insert_broadcast``), in one
+        transaction; the idempotency key, if any, names the first."""
+        key = submission.idempotency_key
+        with self._pool.connection() as conn, conn.transaction():
+            if key is not None:
+                conn.execute(QUERIES["lock_idempotency_key"], {"key": key})
+                existing = conn.execute(QUERIES["task_by_idempotency_key"],
+                                        {"key": key}).fetchone()
+                if existing is not None:
+                    if existing["request_hash"] != request_hash:
+                        raise IdempotencyConflict(existing["id"])
+                    return existing["id"], False
+            rows = conn.execute(QUERIES["insert_broadcast"], {
+                "command": submission.command, "scheduled_at": submission.scheduled_at,
+                "delivery": submission.delivery, "max_attempts": submission.max_attempts,
+                "timeout_s": submission.timeout_s, "env": Jsonb(submission.env),
+                "name": submission.name, "idempotency_key": key,
+                "request_hash": request_hash, "target": Jsonb(submission.target),
+                "broadcast_id": uuid.uuid4(), "ttl_s": self._node_ttl_s,
+            }).fetchall()
+        return min(r["id"] for r in rows), True
+
+    def broadcast_tasks(self, broadcast_id: uuid.UUID) -> list[int]:
+        return [r["id"] for r in self._all("broadcast_tasks", {"id": broadcast_id})]
 
     def get(self, task_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """A task and its attempts, or None."""
@@ -213,19 +250,37 @@ class TaskRepository:
 
     # --- the coordinator's side -----------------------------------------------------
 
-    def claim_due(self, *, coordinator_id: str, limit: int) -> list[ClaimedTask]:
-        rows = self._all("claim_due", {"coordinator_id": coordinator_id, "limit": limit})
+    def claim_due(self, *, coordinator_id: str, limit: int,
+                  free_workers: Sequence[Mapping[str, Any]] = ()) -> list[ClaimedTask]:
+        """Claim up to ``limit`` due tasks; a targeted one only if one of
+        ``free_workers`` (``{"id", "labels"}`` of workers with free slots) satisfies its
+        target (and is the worker it is pinned to, if it is)."""
+        rows = self._all("claim_due", {"coordinator_id": coordinator_id, "limit": limit,
+                                       "free_workers": Jsonb(list(free_workers))})
         return [
             ClaimedTask(
                 id=r["id"], command=r["command"], token=r["claim_token"],
                 timeout_s=r["timeout_s"], env=r["env"], scheduled_at=r["scheduled_at"],
+                target=None if r["target"] is None else r["target"]["labels"],
+                pinned_worker=r["pinned_worker"],
             )
             for r in rows
         ]
 
-    def next_due_in(self) -> float | None:
-        """Seconds until the next waiting task is due (negative: overdue); None if none."""
-        row = self._one("next_due_in", {})
+    def sort_targeted(self, *, ttl_s: float, judge_dead: bool) -> dict[str, list[int]]:
+        """Targeted tasks by what live workers match now: set aside those none matches,
+        bring back those one does, and (``judge_dead``) fail as worker_lost a broadcast's
+        unstarted task whose worker died. Returns the ids by what became of them."""
+        done: dict[str, list[int]] = {"failed": [], "restored": [], "set_aside": []}
+        for row in self._all("sort_targeted", {"ttl_s": ttl_s, "judge_dead": judge_dead}):
+            done[row["what"]].append(row["id"])
+        return done
+
+    def next_due_in(self, *, free_workers: Sequence[Mapping[str, Any]] = ()
+                    ) -> float | None:
+        """Seconds until the next waiting task the claim would take (with these
+        ``free_workers``, as ``claim_due``) is due (negative: overdue); None if none."""
+        row = self._one("next_due_in", {"free_workers": Jsonb(list(free_workers))})
         return None if row is None else row["seconds"]
 
     def release(self, tasks: list[ClaimedTask]) -> None:
@@ -338,8 +393,10 @@ class JobBusy(Exception):
 class JobRepository:
     """Recurring jobs, and their materialization into tasks (see chronocore.jobs)."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, node_ttl_s: float = 5.0) -> None:
         self._pool = pool
+        # Who is live when a broadcast job's occurrence is made (one task per worker).
+        self._node_ttl_s = node_ttl_s
 
     def database_now(self) -> datetime:
         with self._pool.connection() as conn:
@@ -443,7 +500,8 @@ class JobRepository:
             replaced = make_way(conn, job_id=job_id, policy=job["concurrency_policy"],
                                 at=now)
             made = insert_by_hand(conn, "insert_occurrences",
-                                  lambda at: {"job_ids": [job_id], "occurrences": [at]},
+                                  lambda at: {"job_ids": [job_id], "occurrences": [at],
+                                              "ttl_s": self._node_ttl_s},
                                   now=now)
             return HandRun(task_id=made, created=True, replaced=replaced)
 
@@ -517,7 +575,7 @@ class JobRepository:
                 "next_run_ats": [steps[i].next_run_at for i in ids],
                 "skipped": [steps[i].skipped for i in ids],
                 "job_ids": [p[0] for p in pairs], "occurrences": [p[1] for p in pairs],
-                "planned_at": jobs[0]["now"],
+                "planned_at": jobs[0]["now"], "ttl_s": self._node_ttl_s,
             }).fetchall()
         made = {r["job_id"]: r["tasks"] for r in rows}
         return [{"job_id": job_id, "tasks": made[job_id], "skipped": steps[job_id].skipped}
@@ -546,6 +604,7 @@ class JobRepository:
             "misfire_policy": spec.misfire_policy,
             "starting_deadline_s": spec.starting_deadline_s,
             "max_catchup": spec.max_catchup, "paused": spec.paused,
+            "target": None if spec.target is None else Jsonb(spec.target),
         }
 
 

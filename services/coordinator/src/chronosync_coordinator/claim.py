@@ -84,7 +84,8 @@ class ClaimLoop:
             return FULL_RECHECK_S
         CLAIM_STATEMENTS.inc()
         tasks = self._repo.claim_due(coordinator_id=self._coordinator_id,
-                                     limit=min(free, self._batch))
+                                     limit=min(free, self._batch),
+                                     free_workers=self._dispatcher.free_workers())
         if tasks:
             metrics.REGISTRY.observe("chronosync_claim_batch_size",
                                      "Tasks taken by one claim statement.", len(tasks),
@@ -99,7 +100,7 @@ class ClaimLoop:
                 self._repo.release(unplaced)
                 return FULL_RECHECK_S
             return 0.0
-        next_due = self._repo.next_due_in()
+        next_due = self._repo.next_due_in(free_workers=self._dispatcher.free_workers())
         if next_due is None:
             return self._max_idle_s
         return min(max(0.0, next_due + DUE_SLACK_S), self._max_idle_s)

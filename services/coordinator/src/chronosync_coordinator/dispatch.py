@@ -23,11 +23,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from chronocore import metrics
+from chronocore.labels import matches
 from chronocore.model import format_timestamp
 from chronocore.registry import NodeRegistry
 from chronocore.repository import ClaimedTask
@@ -54,6 +55,7 @@ class WorkerView:
     address: str
     capacity: int
     running: int
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -106,10 +108,11 @@ class Dispatcher:
                 continue
             known = self._workers.get(r["id"])
             if known is not None and r["id"] in self._watches:
+                known.labels = r["labels"] or {}
                 workers[r["id"]] = known
             else:
                 workers[r["id"]] = WorkerView(r["id"], r["address"], r["capacity"] or 0,
-                                              r["running"])
+                                              r["running"], r["labels"] or {})
         self._workers = workers
         with self._lock:
             for worker_id in [w for w in self._watches if w not in workers]:
@@ -142,9 +145,15 @@ class Dispatcher:
         threading.Thread(target=follow, name=f"watch-{worker.id}", daemon=True).start()
         return call
 
+    def free_workers(self) -> list[dict[str, object]]:
+        """Each worker with free slots, its id and labels: the claim takes a targeted
+        task only if one of them satisfies its target (or is the worker it is pinned to)."""
+        return [{"id": w.id, "labels": w.labels} for w in self._workers.values() if w.free > 0]
+
     def dispatch(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
-        """Offer tasks to workers; returns those nobody accepted, and those whose offer
-        failed (maybe accepted: to be released, never offered again under this token)."""
+        """Offer tasks to workers (a targeted task only to a worker with its labels);
+        returns those nobody accepted, and those whose offer failed (maybe accepted: to be
+        released, never offered again under this token)."""
         pending = {t.id: t for t in tasks}
         uncertain: list[ClaimedTask] = []
         for worker in sorted(self._workers.values(), key=lambda w: -w.free):
@@ -152,7 +161,9 @@ class Dispatcher:
                 break
             if worker.free <= 0:
                 continue
-            offer = list(pending.values())[: worker.free]
+            offer = [t for t in pending.values() if self._fits(t, worker)][: worker.free]
+            if not offer:
+                continue
             reply = self._offer(worker, offer)
             if reply is None:
                 for task in offer:
@@ -164,6 +175,12 @@ class Dispatcher:
                           extra={"task_id": task_id})
             DISPATCHED.inc(len(reply.accepted))
         return [*pending.values(), *uncertain]
+
+    @staticmethod
+    def _fits(task: ClaimedTask, worker: WorkerView) -> bool:
+        if task.pinned_worker is not None and task.pinned_worker != worker.id:
+            return False
+        return task.target is None or matches(worker.labels, task.target)
 
     def close(self) -> None:
         with self._lock:

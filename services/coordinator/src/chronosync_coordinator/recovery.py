@@ -9,6 +9,10 @@ re-checked under the row lock, so a task is recovered by exactly one of them.
 * Started on a worker that is dead by the database clock (no heartbeat for the TTL):
   ``at_most_once`` -> failed with ``worker_lost``, never run again; ``at_least_once``
   -> retried after an exponential backoff while attempts remain.
+* A broadcast's task (pinned to one worker) not started when its worker died: failed
+  with ``worker_lost``; it runs on no other worker.
+* Due with a target no live worker matches: set aside (``unmatched_at``), out of the
+  claim's way, and brought back by the first sweep that sees a live worker matching it.
 
 A sweeper judges other nodes dead only after it has itself been connected for a whole
 TTL plus the pool's wait: after a database outage every heartbeat is stale, and a live
@@ -45,6 +49,20 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for: Callable[[], flo
         log.warning("recovery: task %s claimed but never started; back to the queue",
                     task_id, extra={"task_id": task_id})
         RECOVERIES.inc(reason="redispatched")
+    # Setting aside is undone by the next sweep that sees a matching worker, so it needs
+    # no wait after an outage; failing a pinned task cannot be undone, so it waits.
+    sorted_out = repo.sort_targeted(
+        ttl_s=ttl_s, judge_dead=connected_for() >= ttl_s + POOL_WAIT_S)
+    for task_id in sorted_out["restored"]:
+        log.info("task %s: a live worker matches its target now", task_id,
+                 extra={"task_id": task_id})
+    for task_id in sorted_out["set_aside"]:
+        log.info("task %s: no live worker matches its target; set aside until one does",
+                 task_id, extra={"task_id": task_id})
+    for task_id in sorted_out["failed"]:
+        log.warning("recovery: task %s: its broadcast's worker died before starting it; "
+                    "failed as worker_lost", task_id, extra={"task_id": task_id})
+        RECOVERIES.inc(reason="worker_lost")
     if connected_for() < ttl_s + POOL_WAIT_S:
         return
     for row in repo.recover_lost_runs(ttl_s=ttl_s):

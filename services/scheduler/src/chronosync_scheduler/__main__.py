@@ -58,8 +58,8 @@ def main() -> int:
         return 2
     registry = NodeRegistry(pool, node_id=node_id, kind="scheduler",
                             address=advertised_address(host, port, config.http_addr))
-    jobs = JobRepository(pool)
-    api = Api(repo=TaskRepository(pool), jobs=jobs, registry=registry,
+    jobs = JobRepository(pool, node_ttl_s=config.node_ttl_s)
+    api = Api(repo=TaskRepository(pool, node_ttl_s=config.node_ttl_s), jobs=jobs, registry=registry,
               ttl_s=config.node_ttl_s, tls=tls)
     materializer = Materializer(jobs=jobs, registry=registry, horizon_s=config.horizon_s,
                                 tls=tls)

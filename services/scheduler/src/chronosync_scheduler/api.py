@@ -13,6 +13,7 @@ from typing import Any
 
 from chronocore import metrics
 from chronocore.jobs import job_resource, parse_job
+from chronocore.labels import describe, matches
 from chronocore.model import (
     STATUSES,
     ValidationError,
@@ -176,7 +177,10 @@ class Api:
         rows = self.repo.list(status=status, job_id=_int_param(query, "job_id"),
                               before=_int_param(query, "before"), limit=limit)
         next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
-        return 200, {"tasks": [task_resource(r, None) for r in rows], "next": next_cursor}
+        waiting = self._waiting(rows)
+        return 200, {"tasks": [task_resource(r, None, waiting=waiting.get(r["id"]))
+                               for r in rows],
+                     "next": next_cursor}
 
     def get_task(self, task_id: int) -> tuple[int, dict[str, Any]]:
         return 200, self._task(task_id)
@@ -223,6 +227,7 @@ class Api:
             if row["kind"] == "worker":
                 node["capacity"] = row["capacity"]
                 node["running"] = row["running"]
+                node["labels"] = row["labels"]
             nodes.append(node)
         return 200, {"nodes": nodes}
 
@@ -283,5 +288,22 @@ class Api:
         if found is None:
             raise ApiError(404, f"no task {task_id}")
         row, attempts = found
-        return task_resource(row, attempts)
+        resource = task_resource(row, attempts, waiting=self._waiting([row]).get(task_id))
+        if row["broadcast_id"] is not None:
+            resource["broadcast"] = self.repo.broadcast_tasks(row["broadcast_id"])
+        return resource
+
+    def _waiting(self, rows: list[dict[str, Any]]) -> dict[int, str]:
+        """Why due targeted tasks still wait, by id: no live worker has their labels
+        (judged now, by the database clock, as the claim does)."""
+        targeted = [r for r in rows if r["target"] is not None
+                    and r["status"] in ("scheduled", "retrying")]
+        if not targeted:
+            return {}
+        now = self.jobs.database_now()
+        live = [w["labels"] for w in self.registry.live_workers(ttl_s=self.ttl_s)]
+        return {r["id"]: f"no live worker matches {describe(r['target']['labels'])}"
+                for r in targeted
+                if r["due_at"] <= now
+                and not any(matches(labels, r["target"]["labels"]) for labels in live)}
 

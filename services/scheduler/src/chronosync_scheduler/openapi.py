@@ -35,6 +35,19 @@ _PAGING = [
      "schema": {"type": "integer", "minimum": 1}},
 ]
 
+_LABELS = {"type": "object", "additionalProperties": {
+    "type": "string", "minLength": 1, "maxLength": 253,
+    "pattern": "^[A-Za-z0-9._:@/+-]+$"},
+    "description": "label keys: at most 63 letters, digits, '.', '_', '/' or '-'"}
+_TARGET = {
+    "type": "object", "nullable": True, "additionalProperties": False,
+    "required": ["labels"],
+    "description": "run only on a live worker whose labels include these; with all: "
+                   "true, once on every matching live worker (one task each, pinned to "
+                   "it, grouped by broadcast_id). Waits while no live worker matches.",
+    "properties": {"labels": {**_LABELS, "minProperties": 1, "maxProperties": 16},
+                   "all": {"type": "boolean", "default": False}}}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "field"], "properties": {
         "error": {"type": "string"}, "field": {"type": "string", "nullable": True}}},
@@ -58,6 +71,7 @@ SCHEMAS: dict[str, Any] = {
             "starting_deadline_s": {"type": "number"},
             "max_catchup": {"type": "integer", "minimum": 1, "maximum": 10000},
             "paused": {"type": "boolean"},
+            "target": _TARGET,
         },
     },
     "Attempt": {"type": "object", "properties": {
@@ -86,6 +100,17 @@ SCHEMAS: dict[str, Any] = {
         "worker_id": {"type": "string", "nullable": True},
         "job_id": {"type": "integer", "nullable": True},
         "idempotency_key": {"type": "string", "nullable": True},
+        "target": _TARGET,
+        "pinned_worker": {"type": "string", "nullable": True, "description":
+                          "a broadcast's task runs on this worker only"},
+        "broadcast_id": {"type": "string", "nullable": True, "description":
+                         "the group of a broadcast (target.all)"},
+        "broadcast": {"type": "array", "items": {"type": "integer"}, "description":
+                      "GET /tasks/{id} and POST /schedule only: the ids of the tasks of "
+                      "its broadcast"},
+        "waiting": {"type": "string", "nullable": True, "description":
+                    "why a due task does not run yet, e.g. 'no live worker matches "
+                    "zone=eu-1'"},
         "retry_of": {"type": "integer", "nullable": True, "description":
                      "the task this one retries (POST /tasks/{id}/retry); else null"},
         "attempts": {"type": "array", "items": _ref("Attempt")}}},
@@ -99,7 +124,8 @@ SCHEMAS: dict[str, Any] = {
         "description": {"type": "string", "description": "the expression in words"},
         "next_runs": {"type": "array", "items": _TIME},
         "paused": {"type": "boolean"},
-        "concurrency_policy": {"type": "string"}, "misfire_policy": {"type": "string"}}},
+        "concurrency_policy": {"type": "string"}, "misfire_policy": {"type": "string"},
+        "target": _TARGET}},
     "Node": {"type": "object", "properties": {
         "id": {"type": "string"},
         "kind": {"type": "string", "enum": ["scheduler", "coordinator", "worker"]},
@@ -107,7 +133,9 @@ SCHEMAS: dict[str, Any] = {
         "address": {"type": "string", "nullable": True},
         "started_at": _TIME, "last_heartbeat_at": _TIME,
         "state": {"type": "string", "enum": ["alive", "draining", "dead"]},
-        "capacity": {"type": "integer"}, "running": {"type": "integer"}}},
+        "capacity": {"type": "integer"}, "running": {"type": "integer"},
+        "labels": {**_LABELS, "description": "workers only: CHRONOSYNC_WORKER_LABELS, "
+                   "with host=<host name> unless given"}}},
 }
 
 

@@ -129,7 +129,7 @@ def main() -> int:
     address = advertised_address(host, port, config.worker_advertise_addr)
 
     registry = NodeRegistry(pool, node_id=node_id, kind="worker", address=address,
-                            capacity=config.worker_capacity)
+                            capacity=config.worker_capacity, labels=config.worker_labels)
 
     # Each beat renews our runs' leases (a worker cut off from the database kills its
     # runs before the cluster may give them to another), and stops runs cancelled (should

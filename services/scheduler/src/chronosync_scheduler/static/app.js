@@ -739,6 +739,7 @@
         el("div", { class: "head" }, statusBadge(), el("strong", { class: "kind" }),
           el("code", { class: "node-id" })),
         el("div", { class: "meta" }),
+        el("ul", { class: "labels", "aria-label": "Labels" }),
         el("div", { class: "load" },
           el("div", { class: "bar" }, el("span", { class: "fill" })),
           el("span", { class: "load-label" }))),
@@ -755,6 +756,11 @@
           [`heartbeat ${fmtDuration(beat)} ago`, n.last_heartbeat_at, "strong"],
           n.state !== "dead" ? [`up ${fmtDuration(serverNow() - ms(n.started_at))}`, n.started_at] : null,
         ]);
+        const labels = Object.entries(n.labels || {});
+        const list = row.querySelector(".labels");
+        list.hidden = labels.length === 0;
+        replaceIfChanged(list, JSON.stringify(labels), () => labels.map(([k, v]) =>
+          el("li", { class: "label", text: `${k}=${v}` })));
         const load = row.querySelector(".load");
         const isWorker = n.kind === "worker" && Number.isFinite(n.capacity);
         load.hidden = !isWorker;
