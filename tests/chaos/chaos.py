@@ -81,13 +81,16 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from chronocore.devcluster import NodeProcess, ProcessCluster
 from chronocore.failpoints import MID_MATERIALIZE
 from chronocore.migrate import apply_migrations
 from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from relay import Relay  # the integration tests' relay, beside them
 
 TOPOLOGY = {"scheduler": 2, "coordinator": 3, "worker": 4}
 # The SPEC's liveness defaults, pinned so that a stray variable in the caller's
@@ -186,100 +189,6 @@ def database(base: Path) -> Iterator[tuple[str, str, LocalCluster | None]]:
 
 def connect(dsn: str) -> psycopg.Connection[dict[str, Any]]:
     return psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
-
-
-class Relay:
-    """A TCP relay between one worker and PostgreSQL, which the chaos can cut.
-
-    ``cut(hold=False)`` resets every connection through it and refuses new ones, as a
-    closed port or a restarted proxy does; ``cut(hold=True)`` keeps the connections but
-    forwards nothing, as a partition does (the bytes flow again once restored, as TCP
-    retransmits them). ``restore()`` ends the cut."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self._target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._refusing = False
-        self._flowing = threading.Event()
-        self._flowing.set()
-        self._closed = False
-        threading.Thread(target=self._accept, name=f"relay-{self.port}", daemon=True).start()
-
-    def dsn(self, dsn: str) -> str:
-        return make_conninfo(dsn, host="127.0.0.1", port=str(self.port))
-
-    def cut(self, *, hold: bool) -> None:
-        with self._lock:
-            if hold:
-                self._flowing.clear()
-                return
-            self._refusing = True
-            doomed = list(self._sockets)
-        for sock in doomed:
-            self._close(sock)
-
-    def restore(self) -> None:
-        with self._lock:
-            self._refusing = False
-        self._flowing.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._flowing.set()
-        self._listener.close()
-        with self._lock:
-            doomed = list(self._sockets)
-        for sock in doomed:
-            self._close(sock)
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                refusing = self._refusing
-            if refusing:
-                self._close(client)
-                continue
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
-
-    def _connect(self, client: socket.socket) -> None:
-        self._flowing.wait()  # held: a connection attempt waits, as SYNs are retried
-        try:
-            upstream = socket.create_connection(self._target, timeout=5)
-            upstream.settimeout(None)
-        except OSError:
-            self._close(client)
-            return
-        with self._lock:
-            self._sockets.update((client, upstream))
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                self._flowing.wait()
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._close(src)
-            self._close(dst)
-
-    def _close(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(sock)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
 
 
 # --- the nodes and the faults ----------------------------------------------------------
@@ -406,8 +315,6 @@ class Chaos:
         self.relays: list[Relay] = []
 
     def start_topology(self, ports: list[int]) -> None:
-        info = conninfo_to_dict(self._dsn)
-        target = (str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432))
         for kind, count in TOPOLOGY.items():
             for i in range(count):
                 env = {}
@@ -419,9 +326,9 @@ class Chaos:
                     if i == 1:
                         env[MID_MATERIALIZE] = str(MID_STEP_PAUSE_S)
                 if kind == "worker":
-                    relay = Relay(target)
+                    relay = Relay(self._dsn)
                     self.relays.append(relay)
-                    env["CHRONOSYNC_DSN"] = relay.dsn(self._dsn)
+                    env["CHRONOSYNC_DSN"] = relay.dsn
                 node = self._cluster.start(kind, env=env)
                 self.slots.append(Slot(kind=kind, env=env, node=node, port=port,
                                        relay=relay))
@@ -578,10 +485,10 @@ class Chaos:
         hold = self._rng.random() < 0.5
         delay = self._rng.uniform(*CUT_FOR_S)
         fault = self._record(slot, "CUT", delay)
-        relay.cut(hold=hold)
+        relay.cut(reset=not hold)
 
         def end() -> str:
-            relay.restore()
+            relay.heal()
             self._ended(fault)
             return f"{fault.name}'s database connection restored"
 
