@@ -203,7 +203,7 @@ class Slot:
     node: NodeProcess
     port: int | None = None  # schedulers: the HTTP port, kept across restarts
     relay: Relay | None = None  # workers: their way to PostgreSQL, kept across restarts
-    state: str = "running"  # running, stopped, dead
+    state: str = "running"  # running, stopped, dead, cut (from PostgreSQL)
 
 
 @dataclass
@@ -486,9 +486,13 @@ class Chaos:
         delay = self._rng.uniform(*CUT_FOR_S)
         fault = self._record(slot, "CUT", delay)
         relay.cut(reset=not hold)
+        with self._lock:
+            slot.state = "cut"  # neither cut again nor signalled until healed
 
         def end() -> str:
             relay.heal()
+            with self._lock:
+                slot.state = "running"
             self._ended(fault)
             return f"{fault.name}'s database connection restored"
 
