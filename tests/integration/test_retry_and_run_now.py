@@ -15,11 +15,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import Cluster, process_gone, wait_for
+from harness import Cluster, process_gone, query, wait_for
 from psycopg.rows import dict_row
 
+from chronocore.db import open_pool
+from chronocore.jobs import parse_job
 from chronocore.queries import QUERIES
-from chronocore.repository import KeyTaken, insert_by_hand
+from chronocore.repository import JobRepository, KeyTaken, insert_by_hand
 
 CHRONOSYNC = str(Path(sys.executable).parent / "chronosync")
 FAR = "2099-01-01T00:00:00Z"
@@ -344,3 +346,30 @@ def test_the_cli_runs_a_job_now_and_retries_a_task(api: Cluster) -> None:
         assert shown.returncode == 0 and f"chronosync {name} " in shown.stdout
     listed = cli(api.url, "--help")
     assert "retry" in listed.stdout and "run" in listed.stdout
+
+
+def test_a_delete_waits_for_a_run_by_hand_being_made_and_cancels_its_task(dsn: str) -> None:
+    """A run now (or retry) of a job commits its task after the job's delete began: the
+    delete must wait for it and cancel that task too, or it would run after the 204."""
+    with open_pool(dsn, size=2, name="delete-race") as pool:
+        pool.wait(timeout=30)
+        jobs = JobRepository(pool)
+        job_id, _ = jobs.create(parse_job({"command": "true", "cron": YEARLY}))
+        # A run by hand of it, half made: its turn taken, its task written, not committed.
+        with psycopg.connect(dsn) as hand:
+            hand.execute(QUERIES["hand_runs_one_at_a_time"], {"id": job_id})
+            at = hand.execute("SELECT now() + interval '1.5 s' AS at").fetchone()[0]
+            hand.execute(QUERIES["insert_occurrences"],
+                         {"job_ids": [job_id], "occurrences": [at], "ttl_s": 5})
+            with ThreadPoolExecutor(1) as pool_of_one:
+                deleting = pool_of_one.submit(jobs.delete, job_id)
+                wait_for(lambda: query(dsn, "SELECT 1 FROM pg_stat_activity"
+                                            " WHERE wait_event = 'advisory'"),
+                         timeout=10, what="the delete to wait for the run by hand")
+                assert not deleting.done()
+                hand.commit()
+                assert deleting.result(timeout=30) is True
+    rows = query(dsn, "SELECT cancelled_at, started_at, error FROM tasks WHERE job_id = %s",
+                 (job_id,))
+    assert len(rows) == 1, rows
+    assert rows[0]["cancelled_at"] is not None and rows[0]["started_at"] is None, rows

@@ -507,9 +507,11 @@ class JobRepository:
 
     def delete(self, job_id: int) -> bool:
         """Delete a job and cancel its tasks not yet started, in one statement; False if
-        there is no such job."""
+        there is no such job. It waits for a run by hand of the job being made (they
+        take the same advisory lock): its task, committed by then, is cancelled too."""
         for _ in range(MAX_WRITE_TRIES):
-            with self._pool.connection() as conn:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute(QUERIES["hand_runs_one_at_a_time"], {"id": job_id})
                 row = conn.execute(QUERIES["delete_job"],
                                    {"id": job_id, "reason": DELETED_REASON}).fetchone()
             if row["deleted"] is not None:

@@ -66,6 +66,8 @@ FENCED_RUNS = metrics.Counter("chronosync_fenced_runs_total",
 
 RECORD_RETRY_FIRST_S = 0.2
 RECORD_RETRY_MAX_S = 3.0
+# After a failed round of the fence watchdog, the next one comes this soon.
+WATCHDOG_RETRY_S = 0.1
 # A confirmation that itself comes back too late is asked again, this many times at most.
 CONFIRM_TRIES = 3
 
@@ -228,13 +230,19 @@ class SlotPool:
         self._outcomes.stop()
 
     def _watch_leases(self) -> None:
-        """The fence: kill each run whose lease lapsed, the moment it does."""
+        """The fence: kill each run whose lease lapsed, the moment it does. It must not
+        die of a surprise (a database outage is when it matters): a failed round is
+        logged and the next one follows shortly."""
         with self._lock:
             while not self._stopping:
                 now = time.monotonic()
-                self._fence(self._leases.lapsed(now))
-                self._set_fenced(not self._leases.holds(now))
-                deadline = self._leases.next_deadline(now)
+                try:
+                    self._fence(self._leases.lapsed(now))
+                    self._set_fenced(not self._leases.holds(now))
+                    deadline = self._leases.next_deadline(now)
+                except Exception:
+                    log.exception("fencing runs whose lease lapsed failed; trying again")
+                    deadline = now + WATCHDOG_RETRY_S
                 self._lease_changed.wait(None if deadline is None else deadline - now)
 
     def _fence(self, task_ids: list[int]) -> None:
