@@ -32,6 +32,7 @@ MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 PROMETHEUS = MONITORING / "prometheus.yml"
+K8S_SCHEDULER = MONITORING.parent / "k8s" / "scheduler.yaml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 # What Prometheus adds to every sample it scrapes.
@@ -182,9 +183,15 @@ def test_the_alerting_rules_pass_promtool_s_check() -> None:
 
 def test_the_example_prometheus_configuration_passes_promtool_s_check(
         tmp_path: Path) -> None:
-    """With the rules beside it, and its token file where the example says."""
+    """With the rules beside it, and its token file where the example says; it scrapes
+    the schedulers' Service of deploy/k8s."""
     config = yaml.safe_load(PROMETHEUS.read_text())
     assert config["rule_files"] == [ALERTS.name]
+    service = next(doc for doc in yaml.safe_load_all(K8S_SCHEDULER.read_text())
+                   if doc["kind"] == "Service")
+    assert [c["targets"] for job in config["scrape_configs"]
+            for c in job["static_configs"]] == [
+        [f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"]]
     token = tmp_path / "token"
     token.write_text("secret\n")
     for scrape_config in config["scrape_configs"]:
