@@ -186,10 +186,10 @@ class TaskRepository:
                            "output_chars": LISTED_OUTPUT_CHARS}
         )
 
-    def queue_depth(self) -> dict[str, int]:
+    def queue_depth(self) -> dict[str, float]:
         row = self._one("queue_depth", {})
         assert row is not None
-        return {"due": row["due"], "later": row["later"]}
+        return {"due": row["due"], "later": row["later"], "due_age_s": row["due_age_s"]}
 
     def in_flight(self) -> dict[str, int]:
         row = self._one("in_flight", {})
