@@ -87,7 +87,6 @@ def main() -> int:
     try:
         config = Config.from_env()
         host, _ = split_host_port(config.worker_addr, name="CHRONOSYNC_WORKER_ADDR")
-        grace_s = float(os.environ.get("CHRONOSYNC_SHUTDOWN_GRACE_S", "30"))
         tls = TlsFiles.from_config(config)
         if tls is None and not is_loopback(host) and not config.insecure:
             raise ConfigError(
@@ -96,7 +95,7 @@ def main() -> int:
                 "commands here, or set CHRONOSYNC_INSECURE=1")
         run_as = command_user(config)
         sandbox = command_sandbox(config)
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
         log.error("bad configuration: %s", exc)
         return 2
     stop = stop_event_on_signals()
@@ -145,12 +144,13 @@ def main() -> int:
              config.worker_capacity, workdir)
 
     stop.wait()
-    log.info("draining: waiting up to %.0fs for %d running commands", grace_s, slots.running)
+    log.info("draining: waiting up to %.0fs for %d running commands", config.shutdown_grace_s,
+             slots.running)
     try:
         registry.mark_draining()
     except Exception as exc:  # the database may be down: dispatchers learn it by RPC too
         log.warning("could not mark draining: %s", exc)
-    slots.drain(grace_s=grace_s)
+    slots.drain(grace_s=config.shutdown_grace_s)
     reaper.close()
     server.stop(grace=1).wait()
     heartbeat.stop()
