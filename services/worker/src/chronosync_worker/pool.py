@@ -136,7 +136,7 @@ class SlotPool:
         self._grace_s = grace_s
         self._on_drain = on_drain
         self._started = False
-        self._stopped = False
+        self._stop_asked = False
         self._draining = True  # until started: no work is taken before the threads run
         self._idle = threading.Condition(self._lock)
         self._version = 0  # bumped whenever a slot is freed, and when draining starts
@@ -155,23 +155,23 @@ class SlotPool:
 
     def start(self) -> None:
         with self._lock:
-            if self._started or self._stopped:
+            if self._started or self._stop_asked:
                 return
             self._started = True
         self._starts.start()
         self._outcomes.start()
         self._watchdog.start()
         with self._lock:
-            self._draining = self._stopped
+            self._draining = self._stop_asked
             self._version += 1  # slot watchers learn we take work
             self._idle.notify_all()
 
     def stop(self) -> None:
         """Say we drain (``on_drain``), then ``drain`` with the grace given."""
         with self._lock:
-            if self._stopped:
+            if self._stop_asked:
                 return
-            self._stopped = True
+            self._stop_asked = True
             if not self._started:
                 return
         log.info("draining: waiting up to %.0fs for %d running commands", self._grace_s,
