@@ -71,6 +71,9 @@ def to_message(task: ClaimedTask) -> worker_pb2.Task:
 
 
 class Dispatcher:
+    """A service with no thread of its own to start (each slot stream gets one as it is
+    watched); ``stop`` ends the streams and closes the channels."""
+
     def __init__(self, registry: NodeRegistry, *, coordinator_id: str, ttl_s: float,
                  refresh_s: float, tls: TlsFiles | None,
                  on_slots_freed: Callable[[], None] = lambda: None) -> None:
@@ -182,7 +185,10 @@ class Dispatcher:
             return False
         return task.target is None or matches(worker.labels, task.target)
 
-    def close(self) -> None:
+    def start(self) -> None:
+        """Nothing to do: workers are watched as the claim loop first asks for them."""
+
+    def stop(self) -> None:
         with self._lock:
             for call in self._watches.values():
                 call.cancel()
