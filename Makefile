@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PACKAGES := libs/chronocore services/scheduler services/coordinator services/worker
+PACKAGES := libs/chronocore libs/chronosync-dev services/scheduler services/coordinator services/worker
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .DEFAULT_GOAL := help

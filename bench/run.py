@@ -34,11 +34,11 @@ from psycopg.rows import dict_row
 
 from chronocore import failpoints
 from chronocore.db import open_pool
-from chronocore.devcluster import ProcessCluster
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, free_port
 from chronocore.queries import QUERIES
 from chronocore.repository import JobRepository
+from chronosync_dev.devcluster import ProcessCluster
+from chronosync_dev.pgcluster import FAST_TEST_SETTINGS, LocalCluster, free_port
 
 BURST_TASKS = 5000
 IDLE_TASKS = 200
