@@ -701,18 +701,6 @@ SELECT count(*) FILTER (WHERE started_at IS NULL) AS picked,
 FROM tasks
 WHERE picked_at IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL;
 
--- name: dev_status --
--- The figures of `chronosync dev`'s live line: finished and running tasks, nodes alive.
-SELECT (SELECT count(*) FROM tasks
-        WHERE completed_at IS NOT NULL OR failed_at IS NOT NULL) AS finished,
-       (SELECT count(*) FROM tasks
-        WHERE started_at IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL)
-           AS running,
-       (SELECT count(*) FROM nodes
-        WHERE stopped_at IS NULL AND last_heartbeat_at > now() - interval '5 seconds')
-           AS alive,
-       (SELECT count(*) FROM nodes WHERE stopped_at IS NULL) AS known;
-
 -- name: prune_finished --
 -- Retention: delete up to LIMIT finished tasks older than the retention age (their
 -- attempts go with them). Small batches and SKIP LOCKED: it never holds up a claim.
@@ -772,3 +760,23 @@ FROM tasks
 WHERE job_id = %(job_id)s AND picked_at IS NULL AND scheduled_at < %(at)s
   AND completed_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
 ORDER BY scheduled_at, id;
+
+-- name: lock_migrations --
+-- Migrations: one node at a time, for the rest of the transaction (chronocore.migrate).
+SELECT pg_advisory_xact_lock(%(lock_id)s);
+
+-- name: create_schema_migrations --
+-- Migrations: the record of what was applied, made before the first migration runs.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations --
+-- Migrations: the versions applied so far.
+SELECT version FROM schema_migrations;
+
+-- name: record_migration --
+-- Migrations: one more applied, in the same transaction as its statements.
+INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);

@@ -36,6 +36,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from chronocore import labels as worker_labels
+from chronocore.queries import load
+
+# The statements the tools run (chronosync_dev/queries.sql).
+QUERIES = load("chronosync_dev")
 
 DEFAULT_URL = "http://127.0.0.1:8081"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -427,8 +431,6 @@ class DevStatus:
 
     def maybe_print(self) -> None:
         import psycopg
-
-        from chronocore.queries import QUERIES
 
         now = time.monotonic()
         if now < self._next_at:
