@@ -2,6 +2,12 @@
 -- `make schema` from a fresh database with pg_dump --schema-only. Do not edit: write a
 -- migration, then run `make schema` (a test fails while this file and they differ).
 
+CREATE FUNCTION public.attempt_retries(delivery text, attempt integer, max_attempts integer, cancelled_at timestamp with time zone) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT delivery = 'at_least_once' AND attempt < max_attempts AND cancelled_at IS NULL
+$$;
+
 CREATE FUNCTION public.forbid_holds_back(job bigint, task bigint, occurrence timestamp with time zone) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
@@ -19,6 +25,53 @@ BEGIN
     PERFORM pg_notify('chronosync_due', '');
     RETURN NULL;
 END
+$$;
+
+CREATE TABLE public.tasks (
+    id bigint NOT NULL,
+    command text NOT NULL,
+    scheduled_at timestamp with time zone NOT NULL,
+    due_at timestamp with time zone NOT NULL,
+    picked_at timestamp with time zone,
+    started_at timestamp with time zone,
+    completed_at timestamp with time zone,
+    failed_at timestamp with time zone,
+    cancelled_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    delivery text DEFAULT 'at_most_once'::text NOT NULL,
+    attempt integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 1 NOT NULL,
+    timeout_s double precision,
+    env jsonb DEFAULT '{}'::jsonb NOT NULL,
+    name text,
+    claim_token uuid,
+    claimed_by text,
+    worker_id text,
+    exit_code integer,
+    error text,
+    output text,
+    job_id bigint,
+    idempotency_key text,
+    request_hash text,
+    concurrency_policy text,
+    retry_of bigint,
+    target jsonb,
+    unmatched_at timestamp with time zone,
+    pinned_worker text,
+    broadcast_id uuid,
+    CONSTRAINT tasks_delivery_check CHECK ((delivery = ANY (ARRAY['at_most_once'::text, 'at_least_once'::text]))),
+    CONSTRAINT tasks_max_attempts_check CHECK ((max_attempts >= 1)),
+    CONSTRAINT tasks_timeout_s_check CHECK ((timeout_s > (0)::double precision))
+);
+
+CREATE FUNCTION public.requeued(retry boolean, t public.tasks, backoff_base_s double precision, backoff_max_s double precision) RETURNS TABLE(picked_at timestamp with time zone, started_at timestamp with time zone, claim_token uuid, due_at timestamp with time zone)
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN retry THEN NULL ELSE t.picked_at END,
+           CASE WHEN retry THEN NULL ELSE t.started_at END,
+           CASE WHEN retry THEN NULL ELSE t.claim_token END,
+           CASE WHEN retry THEN retry_due_at(t.attempt, backoff_base_s, backoff_max_s)
+                ELSE t.due_at END
 $$;
 
 CREATE FUNCTION public.retry_due_at(attempt integer, base_s double precision, max_s double precision) RETURNS timestamp with time zone
@@ -124,43 +177,6 @@ CREATE TABLE public.task_attempts (
     finished_at timestamp with time zone,
     exit_code integer,
     error text
-);
-
-CREATE TABLE public.tasks (
-    id bigint NOT NULL,
-    command text NOT NULL,
-    scheduled_at timestamp with time zone NOT NULL,
-    due_at timestamp with time zone NOT NULL,
-    picked_at timestamp with time zone,
-    started_at timestamp with time zone,
-    completed_at timestamp with time zone,
-    failed_at timestamp with time zone,
-    cancelled_at timestamp with time zone,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    delivery text DEFAULT 'at_most_once'::text NOT NULL,
-    attempt integer DEFAULT 0 NOT NULL,
-    max_attempts integer DEFAULT 1 NOT NULL,
-    timeout_s double precision,
-    env jsonb DEFAULT '{}'::jsonb NOT NULL,
-    name text,
-    claim_token uuid,
-    claimed_by text,
-    worker_id text,
-    exit_code integer,
-    error text,
-    output text,
-    job_id bigint,
-    idempotency_key text,
-    request_hash text,
-    concurrency_policy text,
-    retry_of bigint,
-    target jsonb,
-    unmatched_at timestamp with time zone,
-    pinned_worker text,
-    broadcast_id uuid,
-    CONSTRAINT tasks_delivery_check CHECK ((delivery = ANY (ARRAY['at_most_once'::text, 'at_least_once'::text]))),
-    CONSTRAINT tasks_max_attempts_check CHECK ((max_attempts >= 1)),
-    CONSTRAINT tasks_timeout_s_check CHECK ((timeout_s > (0)::double precision))
 );
 
 ALTER TABLE public.tasks ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
