@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PACKAGES := libs/chronocore services/scheduler services/coordinator services/worker
+PACKAGES := libs/chronocore libs/chronosync-dev services/scheduler services/coordinator services/worker
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test test-embedded mutation-test chaos-test bench up proto lint
+.PHONY: help install dev test test-embedded mutation-test chaos-test bench up proto lint schema
 .PHONY: down compose-test
 
 help: ## list the targets
@@ -65,6 +65,9 @@ proto: $(STAMP) ## regenerate the gRPC code from proto/
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=libs/chronocore/src \
 		--pyi_out=libs/chronocore/src --grpc_python_out=libs/chronocore/src \
 		proto/chronocore/rpc/worker.proto
+
+schema: $(STAMP) ## write libs/chronocore/src/chronocore/schema.sql from the migrations
+	$(BIN)/python -m chronosync_dev.schema
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

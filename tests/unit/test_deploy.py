@@ -24,9 +24,9 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from chronocore.cli import cmd_certs, parser
 from chronocore.config import Config, is_loopback, split_host_port
 from chronocore.tls import make_certs
+from chronosync_dev.cli import cmd_certs, parser
 from chronosync_scheduler.http import UNAUTHENTICATED_PATHS, Routes
 
 ROOT = Path(__file__).resolve().parents[2]
