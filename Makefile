@@ -8,7 +8,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .DEFAULT_GOAL := help
 .PHONY: help install dev test test-embedded mutation-test chaos-test bench up proto lint schema
-.PHONY: down compose-test
+.PHONY: down compose-test screenshot
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ proto: $(STAMP) ## regenerate the gRPC code from proto/
 
 schema: $(STAMP) ## write libs/chronocore/src/chronocore/schema.sql from the migrations
 	$(BIN)/python -m chronosync_dev.schema
+
+screenshot: $(STAMP) ## docs/dashboard.png, from a cluster at work in Debian's chromium
+	$(BIN)/python -m pytest tests/integration/readme_screenshot.py -q
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

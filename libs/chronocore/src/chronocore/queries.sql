@@ -62,9 +62,11 @@ WHERE task_id = %(id)s
 ORDER BY attempt;
 
 -- name: list_tasks --
--- Tasks newest first, optionally by status and job, paged by id; with only the end of
--- their output (up to 64 KiB each: a page of 1,000 would be 64 MiB), which GET
--- /tasks/{id} gives whole.
+-- Tasks newest first, optionally by status, job, worker and text in the command (a
+-- case-insensitive substring: its LIKE wildcards and escape are escaped here, so they
+-- match themselves), paged by id; with only the end of their output (up to 64 KiB each:
+-- a page of 1,000 would be 64 MiB), which GET /tasks/{id} gives whole. A worker's tasks
+-- are found by their own index (tasks_worker).
 SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
@@ -79,6 +81,10 @@ WHERE (%(status)s::text IS NULL
        OR task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
                       t.cancelled_at, t.attempt) = %(status)s::text)
   AND (%(job_id)s::bigint IS NULL OR t.job_id = %(job_id)s::bigint)
+  AND (%(worker)s::text IS NULL OR t.worker_id = %(worker)s::text)
+  AND (%(text)s::text IS NULL
+       OR t.command ILIKE '%%' || replace(replace(replace(%(text)s::text, '\', '\\'),
+                                                  '%%', '\%%'), '_', '\_') || '%%')
   AND (%(before)s::bigint IS NULL OR t.id < %(before)s::bigint)
 ORDER BY t.id DESC
 LIMIT %(limit)s;

@@ -180,9 +180,11 @@ class TaskRepository:
         return row, attempts
 
     def list(self, *, status: str | None, job_id: int | None, before: int | None,
-             limit: int) -> list[dict[str, Any]]:
+             limit: int, worker: str | None = None,
+             text: str | None = None) -> list[dict[str, Any]]:
         return self._all(
             "list_tasks", {"status": status, "job_id": job_id, "before": before, "limit": limit,
+                           "worker": worker, "text": text,
                            "output_chars": LISTED_OUTPUT_CHARS}
         )
 

@@ -240,6 +240,8 @@ CREATE INDEX tasks_targeted ON public.tasks USING btree (due_at) WHERE ((target 
 
 CREATE INDEX tasks_unmatched ON public.tasks USING btree (id) WHERE ((unmatched_at IS NOT NULL) AND (picked_at IS NULL) AND (cancelled_at IS NULL) AND (completed_at IS NULL) AND (failed_at IS NULL));
 
+CREATE INDEX tasks_worker ON public.tasks USING btree (worker_id, id) WHERE (worker_id IS NOT NULL);
+
 CREATE TRIGGER tasks_due_notify AFTER INSERT OR UPDATE OF picked_at, due_at, unmatched_at ON public.tasks FOR EACH ROW WHEN (((new.picked_at IS NULL) AND (new.cancelled_at IS NULL) AND (new.completed_at IS NULL) AND (new.failed_at IS NULL) AND (new.unmatched_at IS NULL))) EXECUTE FUNCTION public.notify_task_due();
 
 CREATE TRIGGER tasks_forbid_released_notify AFTER UPDATE OF completed_at, failed_at, cancelled_at ON public.tasks FOR EACH ROW WHEN (((new.concurrency_policy = 'forbid'::text) AND (old.completed_at IS NULL) AND (old.failed_at IS NULL) AND (old.cancelled_at IS NULL) AND ((new.completed_at IS NOT NULL) OR (new.failed_at IS NOT NULL) OR (new.cancelled_at IS NOT NULL)))) EXECUTE FUNCTION public.notify_task_due();
