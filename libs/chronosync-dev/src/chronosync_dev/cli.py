@@ -166,6 +166,9 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS,
              WIDE_TASK_COLUMNS)
         return
+    # Ctrl-C ends the watch even where SIGINT was ignored when it started (a background
+    # job of a non-interactive shell), as it ends `chronosync dev`.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:  # until Ctrl-C
             data = request(args.url, "GET", "/tasks" + query)
