@@ -46,8 +46,10 @@ QUERIES: dict[str, str] = parse(
 
 
 def row_as(cls: type[T], row: Row) -> T:
-    """A row as the dataclass ``cls``, from the columns it names (others are ignored)."""
-    return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+    """A row as the dataclass ``cls``: the columns it has fields for (a field with a
+    default may have no column; other columns are ignored)."""
+    return cls(**{f.name: row[f.name] for f in fields(cls)  # type: ignore[arg-type]
+                  if f.name in row})
 
 
 class Queries:

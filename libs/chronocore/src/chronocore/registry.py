@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -21,7 +23,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from chronocore import metrics
-from chronocore.queries import Queries
+from chronocore.queries import Queries, row_as
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,41 @@ log = logging.getLogger(__name__)
 # starved (SIGSTOP, a paused VM, swap): the database, and other nodes' heartbeats, may have
 # been away meanwhile without any of our beats failing, so connectivity counts afresh.
 BEAT_GAP_SLACK_S = 1.0
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    """A worker heartbeating within the TTL and taking work."""
+
+    id: str
+    address: str | None
+    capacity: int | None
+    running: int
+    labels: dict[str, str] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Node:
+    """A node seen within the last hour, its state judged by the database clock."""
+
+    id: str
+    kind: str
+    host: str
+    pid: int
+    address: str | None
+    capacity: int | None
+    running: int
+    labels: dict[str, str] | None
+    started_at: datetime
+    last_heartbeat_at: datetime
+    state: str  # alive, draining or dead
+
+
+@dataclass(frozen=True)
+class MetricsSource:
+    id: str
+    kind: str
+    metrics: dict[str, Any]
 
 
 def new_node_id(kind: str) -> str:
@@ -84,14 +121,14 @@ class NodeRegistry:
         age; returns how many."""
         return len(self._db.all("prune_nodes", retention_s=retention_s, limit=limit))
 
-    def metrics_sources(self, *, ttl_s: float) -> list[dict[str, Any]]:
-        return self._db.all("metrics_sources", ttl_s=ttl_s)
+    def metrics_sources(self, *, ttl_s: float) -> list[MetricsSource]:
+        return [row_as(MetricsSource, r) for r in self._db.all("metrics_sources", ttl_s=ttl_s)]
 
-    def list_nodes(self, *, ttl_s: float) -> list[dict[str, Any]]:
-        return self._db.all("list_nodes", ttl_s=ttl_s)
+    def list_nodes(self, *, ttl_s: float) -> list[Node]:
+        return [row_as(Node, r) for r in self._db.all("list_nodes", ttl_s=ttl_s)]
 
-    def live_workers(self, *, ttl_s: float) -> list[dict[str, Any]]:
-        return self._db.all("live_workers", ttl_s=ttl_s)
+    def live_workers(self, *, ttl_s: float) -> list[LiveWorker]:
+        return [row_as(LiveWorker, r) for r in self._db.all("live_workers", ttl_s=ttl_s)]
 
     def worker_address(self, worker_id: str) -> str | None:
         row = self._db.one("worker_address", id=worker_id)

@@ -43,8 +43,9 @@ from psycopg_pool import ConnectionPool
 from chronocore import failpoints
 from chronocore.cron import Schedule
 from chronocore.jobs import JobSpec, Plan, patched, plan
-from chronocore.model import TERMINAL_STATUSES, Submission, fingerprint
-from chronocore.queries import Queries
+from chronocore.model import TERMINAL_STATUSES, Submission, fingerprint, format_timestamp
+from chronocore.queries import Queries, row_as
+from chronocore.rpc import worker_pb2
 
 
 class IdempotencyConflict(Exception):
@@ -68,6 +69,21 @@ class ClaimedTask:
     # A broadcast's task runs on this worker only.
     pinned_worker: str | None = None
 
+    # The worker is told what it runs; whom it may run on stays with the coordinator.
+    def to_message(self) -> worker_pb2.Task:
+        return worker_pb2.Task(
+            id=self.id, command=self.command, claim_token=str(self.token),
+            timeout_s=self.timeout_s or 0.0, env=self.env,
+            scheduled_at=format_timestamp(self.scheduled_at))
+
+    @classmethod
+    def from_message(cls, message: worker_pb2.Task) -> ClaimedTask:
+        """Raises ValueError for a malformed token or instant."""
+        return cls(id=message.id, command=message.command,
+                   token=uuid.UUID(message.claim_token), timeout_s=message.timeout_s or None,
+                   env=dict(message.env),
+                   scheduled_at=datetime.fromisoformat(message.scheduled_at))
+
 
 @dataclass(frozen=True)
 class Started:
@@ -83,6 +99,48 @@ class Outcome:
     exit_code: int | None
     error: str | None
     output: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancelled:
+    """A task cancelled (by hand, or by its job's replace policy) or skipped (forbid);
+    a worker that started it is told to stop it."""
+
+    id: int
+    job_id: int | None = None
+    started_at: datetime | None = None
+    worker_id: str | None = None
+
+    @property
+    def running_on(self) -> str | None:
+        return self.worker_id if self.started_at is not None else None
+
+
+@dataclass(frozen=True)
+class LostRun:
+    """A run recovered from a dead worker: retried, or failed as worker_lost."""
+
+    task_id: int
+    retry: bool
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """What one materialization step did for one job."""
+
+    job_id: int
+    tasks: list[int]
+    skipped: int  # missed occurrences its misfire policy dropped
+
+
+@dataclass(frozen=True)
+class JobHealth:
+    id: int
+    name: str
+    missed_occurrences: int
+    forbidden_occurrences: int
+    last_run_at: datetime | None
+    last_success_at: datetime | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,9 +232,10 @@ class TaskRepository:
         assert row is not None
         return {"picked": row["picked"], "running": row["running"]}
 
-    def cancel(self, task_id: int) -> dict[str, Any] | None:
-        """Mark a task cancelled; returns ``{started_at, worker_id}`` if it changed, else None."""
-        return self._db.one("cancel_task", id=task_id)
+    def cancel(self, task_id: int) -> Cancelled | None:
+        """Mark a task cancelled; None if it was finished or cancelled already."""
+        row = self._db.one("cancel_task", id=task_id)
+        return None if row is None else row_as(Cancelled, row)
 
     def retry(self, task_id: int, *, idempotency_key: str | None = None) -> HandRun | None:
         """A new task from a finished one, due now, naming it in ``retry_of``; None if
@@ -199,7 +258,7 @@ class TaskRepository:
                     return None
                 refuse_unfinished(original)
                 now = tx.now()
-                replaced: list[dict[str, Any]] = []
+                replaced: list[Cancelled] = []
                 if original["job_id"] is not None:
                     tx.run("hand_runs_one_at_a_time", id=original["job_id"])
                     replaced = make_way(tx, job_id=original["job_id"],
@@ -273,11 +332,11 @@ class TaskRepository:
     def requeue_stale_claims(self, *, lease_s: float) -> list[int]:
         return [r["id"] for r in self._db.all("requeue_stale_claims", lease_s=lease_s)]
 
-    def recover_lost_runs(self, *, ttl_s: float) -> list[dict[str, Any]]:
+    def recover_lost_runs(self, *, ttl_s: float) -> list[LostRun]:
         """Tasks started on dead workers: failed as worker_lost, or retried."""
-        return self._db.all("recover_lost_runs", ttl_s=ttl_s,
-                            backoff_base_s=self._backoff.base_s,
-                            backoff_max_s=self._backoff.max_s)
+        return [LostRun(r["task_id"], r["retry"]) for r in self._db.all(
+            "recover_lost_runs", ttl_s=ttl_s, backoff_base_s=self._backoff.base_s,
+            backoff_max_s=self._backoff.max_s)]
 
     # --- the worker's side ----------------------------------------------------------
 
@@ -475,7 +534,7 @@ class JobRepository:
         raise JobBusy(f"job {job_id} kept changing while being deleted; try again")
 
     def materialize(self, *, horizon_s: float,
-                    limit: int = MATERIALIZE_BATCH) -> list[dict[str, Any]]:
+                    limit: int = MATERIALIZE_BATCH) -> list[Materialized]:
         """One step: turn due occurrences of up to ``limit`` jobs into tasks.
 
         Two statements and no transaction around them, so no row lock outlives a round
@@ -531,17 +590,18 @@ class JobRepository:
             occurrences=[p[1] for p in pairs], planned_at=jobs[0]["now"],
             ttl_s=self._node_ttl_s)
         made = {r["job_id"]: r["tasks"] for r in rows}
-        return [{"job_id": job_id, "tasks": made[job_id], "skipped": steps[job_id].skipped}
+        return [Materialized(job_id, made[job_id], steps[job_id].skipped)
                 for job_id in ids if job_id in made]
 
-    def enforce_concurrency(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def enforce_concurrency(self) -> tuple[list[Cancelled], list[Cancelled]]:
         """forbid: skip due occurrences while an earlier one runs; replace: cancel the
-        earlier one. Returns ``(skipped, replaced)`` rows."""
-        return self._db.all("skip_forbidden"), self._db.all("replace_running")
+        earlier one. Returns ``(skipped, replaced)``."""
+        return ([row_as(Cancelled, r) for r in self._db.all("skip_forbidden")],
+                [row_as(Cancelled, r) for r in self._db.all("replace_running")])
 
-    def health(self) -> list[dict[str, Any]]:
+    def health(self) -> list[JobHealth]:
         """Per job: last run, last success, skipped occurrences (for /metrics)."""
-        return self._db.all("job_health")
+        return [row_as(JobHealth, r) for r in self._db.all("job_health")]
 
     @staticmethod
     def _columns(spec: JobSpec) -> dict[str, Any]:
@@ -573,7 +633,7 @@ class HandRun:
 
     task_id: int
     created: bool  # False: an idempotent replay of an earlier request
-    replaced: list[dict[str, Any]]  # cancelled by replace: id, started_at, worker_id
+    replaced: list[Cancelled]  # cancelled by its job's replace policy
 
 
 class RunRefused(Exception):
@@ -625,7 +685,7 @@ def refuse_unfinished(task: dict[str, Any]) -> None:
 
 
 def make_way(tx: Queries, *, job_id: int, policy: str | None,
-             at: datetime) -> list[dict[str, Any]]:
+             at: datetime) -> list[Cancelled]:
     """What a job's occurrence made by hand, due at ``at``, meets, as a tick would: with
     ``forbid``, any other occurrence in flight or due before it means it would be skipped
     (raises ``RunRefused`` rather than make a task bound to be skipped); with
@@ -646,5 +706,5 @@ def make_way(tx: Queries, *, job_id: int, policy: str | None,
     for task in ahead:
         cancelled = tx.one("cancel_task", id=task["id"])
         if cancelled is not None:
-            replaced.append(cancelled)
+            replaced.append(row_as(Cancelled, cancelled))
     return replaced
