@@ -4,8 +4,9 @@ through.
 Every statement ChronoSync runs lives in queries.sql under a ``-- name: NAME --`` header;
 Python code refers to statements by name only and never builds SQL from pieces.
 ``Queries`` runs them by name: ``one``, ``all`` and ``run`` each take a pooled
-connection for one autocommit statement; ``transaction()`` gives the same three on one
-connection, inside one transaction. ``chronocore.testing`` fakes it, keyed by statement
+connection for one autocommit statement; ``session()`` gives the same three on one
+connection (a few statements in a row, each still its own commit), ``transaction()`` on
+one connection inside one transaction. ``chronocore.testing`` fakes it, keyed by statement
 name, so that the loops built on the repositories can be tested with no database.
 """
 
@@ -83,6 +84,11 @@ class Queries:
         row = self.one("database_now")
         assert row is not None
         return row["now"]
+
+    @contextmanager
+    def session(self) -> Iterator[Queries]:
+        with self._connection() as conn:
+            yield _OnConnection(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[Queries]:

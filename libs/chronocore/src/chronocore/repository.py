@@ -212,10 +212,9 @@ class TaskRepository:
 
     def get(self, task_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """A task and its attempts, or None."""
-        row = self._db.one("get_task", id=task_id)
-        if row is None:
-            return None
-        return row, self._db.all("task_attempts", id=task_id)
+        with self._db.session() as db:
+            row = db.one("get_task", id=task_id)
+            return None if row is None else (row, db.all("task_attempts", id=task_id))
 
     def list(self, *, status: str | None, job_id: int | None, before: int | None,
              limit: int) -> list[dict[str, Any]]:
@@ -432,16 +431,16 @@ class JobRepository:
     def create(self, spec: JobSpec) -> tuple[int, bool]:
         """Store a job; returns ``(job_id, created)`` like ``TaskRepository.submit``."""
         request_hash = spec.request_hash()
-        first = next(spec.schedule.after(self._db.now() - timedelta(microseconds=1)))
-        try:
-            row = self._db.one("insert_job", **self._columns(spec), next_run_at=first,
-                               idempotency_key=spec.idempotency_key,
-                               request_hash=request_hash)
-        except psycopg.errors.UniqueViolation:
-            raise JobExists(f"a job named {spec.name!r} exists already") from None
-        if row is not None:
-            return row["id"], True
-        existing = self._db.one("job_by_idempotency_key", key=spec.idempotency_key)
+        with self._db.session() as db:
+            first = next(spec.schedule.after(db.now() - timedelta(microseconds=1)))
+            try:
+                row = db.one("insert_job", **self._columns(spec), next_run_at=first,
+                             idempotency_key=spec.idempotency_key, request_hash=request_hash)
+            except psycopg.errors.UniqueViolation:
+                raise JobExists(f"a job named {spec.name!r} exists already") from None
+            if row is not None:
+                return row["id"], True
+            existing = db.one("job_by_idempotency_key", key=spec.idempotency_key)
         if existing is None:
             return self.create(spec)
         if existing["request_hash"] != request_hash:
@@ -467,26 +466,27 @@ class JobRepository:
         another edit), read again.
         """
         for _ in range(MAX_WRITE_TRIES):
-            row = self._db.one("job_to_update", id=job_id)
-            if row is None:
-                return None
-            spec = patched(row, patch)
-            next_run_at = row["next_run_at"]
-            rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
-                row["cron"], row["timezone"])
-            resumed = row["paused_at"] is not None and not spec.paused
-            if rescheduled or resumed:
-                last = row["last_occurrence"]
-                start = row["now"] if last is None else max(row["now"], last)
-                next_run_at = next(spec.schedule.after(start))
-            try:
-                changed = self._db.one(
-                    "update_job", **self._columns(spec), id=job_id, next_run_at=next_run_at,
-                    row_version=row["row_version"], reason=PAUSED_REASON,
-                    restore=resumed and not rescheduled,
-                    cancel=spec.paused and row["paused_at"] is None)
-            except psycopg.errors.UniqueViolation:
-                raise JobExists(f"a job named {spec.name!r} exists already") from None
+            with self._db.session() as db:
+                row = db.one("job_to_update", id=job_id)
+                if row is None:
+                    return None
+                spec = patched(row, patch)
+                next_run_at = row["next_run_at"]
+                rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
+                    row["cron"], row["timezone"])
+                resumed = row["paused_at"] is not None and not spec.paused
+                if rescheduled or resumed:
+                    last = row["last_occurrence"]
+                    start = row["now"] if last is None else max(row["now"], last)
+                    next_run_at = next(spec.schedule.after(start))
+                try:
+                    changed = db.one(
+                        "update_job", **self._columns(spec), id=job_id,
+                        next_run_at=next_run_at, row_version=row["row_version"],
+                        reason=PAUSED_REASON, restore=resumed and not rescheduled,
+                        cancel=spec.paused and row["paused_at"] is None)
+                except psycopg.errors.UniqueViolation:
+                    raise JobExists(f"a job named {spec.name!r} exists already") from None
             if changed is not None:
                 return changed
         raise JobBusy(f"job {job_id} kept changing while being updated; try again")
@@ -557,38 +557,39 @@ class JobRepository:
         and skipped.
         """
         lease_s = max(horizon_s * LEASE_SHARE_OF_HORIZON, MIN_LEASE_S)
-        jobs = self._db.all("lease_jobs_to_materialize", horizon_s=horizon_s, limit=limit,
-                            lease_s=lease_s)
-        if not jobs:
-            return []
-        failpoints.pause(failpoints.MID_MATERIALIZE)
-        # Jobs alike (same schedule, next run and policies: a fleet's "every minute")
-        # have the same plan: computed once per step.
-        plans: dict[tuple[Any, ...], Plan] = {}
-        steps = {}
-        tokens = {}
-        for job in jobs:
-            key = tuple(job[k] for k in ("cron", "timezone", "next_run_at",
-                                         "misfire_policy", "starting_deadline_s",
-                                         "max_catchup"))
-            if key not in plans:
-                plans[key] = plan(
-                    schedule=Schedule(job["cron"], job["timezone"]),
-                    next_run_at=job["next_run_at"], now=job["now"],
-                    horizon=timedelta(seconds=horizon_s),
-                    misfire_policy=job["misfire_policy"],
-                    starting_deadline_s=job["starting_deadline_s"],
-                    max_catchup=job["max_catchup"])
-            steps[job["id"]] = plans[key]
-            tokens[job["id"]] = job["lease_token"]
-        ids = sorted(steps)  # one lock order for every step
-        pairs = [(job_id, at) for job_id in ids for at in steps[job_id].occurrences]
-        rows = self._db.all(
-            "make_occurrences", ids=ids, tokens=[tokens[i] for i in ids],
-            next_run_ats=[steps[i].next_run_at for i in ids],
-            skipped=[steps[i].skipped for i in ids], job_ids=[p[0] for p in pairs],
-            occurrences=[p[1] for p in pairs], planned_at=jobs[0]["now"],
-            ttl_s=self._node_ttl_s)
+        with self._db.session() as db:
+            jobs = db.all("lease_jobs_to_materialize", horizon_s=horizon_s, limit=limit,
+                          lease_s=lease_s)
+            if not jobs:
+                return []
+            failpoints.pause(failpoints.MID_MATERIALIZE)
+            # Jobs alike (same schedule, next run and policies: a fleet's "every minute")
+            # have the same plan: computed once per step.
+            plans: dict[tuple[Any, ...], Plan] = {}
+            steps = {}
+            tokens = {}
+            for job in jobs:
+                key = tuple(job[k] for k in ("cron", "timezone", "next_run_at",
+                                             "misfire_policy", "starting_deadline_s",
+                                             "max_catchup"))
+                if key not in plans:
+                    plans[key] = plan(
+                        schedule=Schedule(job["cron"], job["timezone"]),
+                        next_run_at=job["next_run_at"], now=job["now"],
+                        horizon=timedelta(seconds=horizon_s),
+                        misfire_policy=job["misfire_policy"],
+                        starting_deadline_s=job["starting_deadline_s"],
+                        max_catchup=job["max_catchup"])
+                steps[job["id"]] = plans[key]
+                tokens[job["id"]] = job["lease_token"]
+            ids = sorted(steps)  # one lock order for every step
+            pairs = [(job_id, at) for job_id in ids for at in steps[job_id].occurrences]
+            rows = db.all(
+                "make_occurrences", ids=ids, tokens=[tokens[i] for i in ids],
+                next_run_ats=[steps[i].next_run_at for i in ids],
+                skipped=[steps[i].skipped for i in ids], job_ids=[p[0] for p in pairs],
+                occurrences=[p[1] for p in pairs], planned_at=jobs[0]["now"],
+                ttl_s=self._node_ttl_s)
         made = {r["job_id"]: r["tasks"] for r in rows}
         return [Materialized(job_id, made[job_id], steps[job_id].skipped)
                 for job_id in ids if job_id in made]
@@ -596,8 +597,9 @@ class JobRepository:
     def enforce_concurrency(self) -> tuple[list[Cancelled], list[Cancelled]]:
         """forbid: skip due occurrences while an earlier one runs; replace: cancel the
         earlier one. Returns ``(skipped, replaced)``."""
-        return ([row_as(Cancelled, r) for r in self._db.all("skip_forbidden")],
-                [row_as(Cancelled, r) for r in self._db.all("replace_running")])
+        with self._db.session() as db:
+            return ([row_as(Cancelled, r) for r in db.all("skip_forbidden")],
+                    [row_as(Cancelled, r) for r in db.all("replace_running")])
 
     def health(self) -> list[JobHealth]:
         """Per job: last run, last success, skipped occurrences (for /metrics)."""

@@ -56,6 +56,10 @@ class FakeQueries(Queries):
         self._rows(name, params)
 
     @contextmanager
+    def session(self) -> Iterator[Queries]:
+        yield self
+
+    @contextmanager
     def transaction(self) -> Iterator[Queries]:
         self.transactions += 1
         yield self
