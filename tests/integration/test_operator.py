@@ -218,10 +218,15 @@ def test_the_cli_shows_a_task_s_output_and_watches_the_list(cluster: Cluster) ->
         assert seen.count("(Ctrl-C to stop)") >= 1
     finally:
         watch.send_signal(signal.SIGINT)
-        code = watch.wait(timeout=10)
-        if watch.stdout is not None:
-            watch.stdout.close()
-    assert code == 0
+        # Read on while it ends: with the pipe full (a slow reader), its last write and
+        # its exit's flush would wait for us forever.
+        try:
+            watch.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            watch.kill()
+            watch.communicate()
+            raise
+    assert watch.returncode == 0
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

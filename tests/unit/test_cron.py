@@ -936,3 +936,23 @@ def test_planning_a_window_piece_by_piece_makes_each_occurrence_exactly_once_in_
         next_run_at = step.next_run_at
     assert made == expected
     assert next_run_at == following
+
+
+# A job's period, for the alert on a job that has not succeeded within it: the gap it is
+# in now, looking back, so a weekday job's Monday morning is not judged by Friday's day.
+@pytest.mark.parametrize(("expression", "instant", "period"), [
+    ("*/15 * * * *", "2026-11-25T10:20:00Z", timedelta(minutes=15)),
+    ("0 9 * * MON-FRI", "2026-11-30T09:30:00Z", timedelta(days=3)),  # a Monday
+    ("0 9 * * MON-FRI", "2026-12-01T09:30:00Z", timedelta(days=1)),  # the Tuesday
+    ("*/15 * * * MON-FRI", "2026-11-30T00:05:00Z", timedelta(days=2, minutes=15)),
+    ("@monthly", "2026-03-02T00:00:00Z", timedelta(days=28)),
+    ("*/5 * * * * *", "2026-11-25T10:00:07Z", timedelta(seconds=5)),
+])
+def test_a_job_s_period_is_the_gap_between_its_latest_two_occurrences(
+        expression: str, instant: str, period: timedelta) -> None:
+    assert Schedule(expression, "UTC").period_at(utc(instant)) == period
+
+
+def test_a_daily_job_s_period_across_the_spring_forward_night_is_23_hours() -> None:
+    assert Schedule("0 12 * * *", "Europe/Berlin").period_at(
+        utc("2026-03-29T12:00:00Z")) == timedelta(hours=23)

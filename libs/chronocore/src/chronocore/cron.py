@@ -19,6 +19,7 @@ Expressions: 5 fields (minute first) or 6 (seconds first), names of months and w
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -90,6 +91,13 @@ class Schedule:
                 yield from reversed(gap)
             yield occurrence
             later = occurrence
+
+    def period_at(self, instant: datetime) -> timedelta:
+        """The time between the latest two occurrences before ``instant``: the period a
+        job is in, within which it is expected to run (across a weekend, for a weekday
+        job, it is the weekend's)."""
+        latest, previous = itertools.islice(self.before(instant), 2)
+        return latest - previous
 
     def _margin(self, instant: datetime) -> timedelta:
         """How far to start away from ``instant`` to clear a clock change near it."""

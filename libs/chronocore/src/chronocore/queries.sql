@@ -411,7 +411,7 @@ SELECT address FROM nodes WHERE id = %(id)s AND kind = 'worker';
 -- name: list_nodes --
 -- Every node that was alive within the last hour, with its state by the database clock.
 SELECT id, kind, host, pid, address, capacity, running, labels, started_at,
-       last_heartbeat_at,
+       last_heartbeat_at, stopped_at IS NOT NULL AS stopped,
        CASE WHEN stopped_at IS NOT NULL
                  OR last_heartbeat_at < now() - %(ttl_s)s * interval '1 second' THEN 'dead'
             WHEN draining_at IS NOT NULL THEN 'draining'
@@ -656,8 +656,10 @@ SELECT id, job_id FROM skipped;
 
 -- name: job_health --
 -- Per job, what cron users alert on: its last run's start, its last success, and the
--- occurrences its policies skipped. Each job's latest tasks are read through its index.
+-- occurrences its policies skipped; and what its expected period is reckoned from (its
+-- schedule, by the database clock). Each job's latest tasks are read through its index.
 SELECT j.id, coalesce(j.name, '') AS name, j.missed_occurrences, j.forbidden_occurrences,
+       j.cron, j.timezone, j.paused_at IS NOT NULL AS paused, j.created_at, now() AS now,
        (SELECT max(started_at) FROM (SELECT started_at FROM tasks
                                      WHERE job_id = j.id AND started_at IS NOT NULL
                                      ORDER BY id DESC LIMIT 1) r) AS last_run_at,
@@ -687,9 +689,13 @@ WHERE stopped_at IS NULL AND metrics IS NOT NULL
   AND last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second';
 
 -- name: queue_depth --
--- Waiting tasks: due now (and unclaimed), and due later.
+-- Waiting tasks: due now (and unclaimed), and due later; and how long the oldest due one
+-- has waited, counted from its submission when it was submitted for the past.
 SELECT count(*) FILTER (WHERE due_at <= now()) AS due,
-       count(*) FILTER (WHERE due_at > now()) AS later
+       count(*) FILTER (WHERE due_at > now()) AS later,
+       coalesce(extract(epoch FROM now() - min(greatest(due_at, created_at))
+                                           FILTER (WHERE due_at <= now())), 0)::float8
+           AS due_age_s
 FROM tasks
 WHERE picked_at IS NULL AND cancelled_at IS NULL
   AND completed_at IS NULL AND failed_at IS NULL;

@@ -58,6 +58,7 @@ class Node:
     labels: dict[str, str] | None
     started_at: datetime
     last_heartbeat_at: datetime
+    stopped: bool  # stopped cleanly (a dead node's state is "dead" too)
     state: str  # alive, draining or dead
 
 

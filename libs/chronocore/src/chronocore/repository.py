@@ -141,6 +141,12 @@ class JobHealth:
     forbidden_occurrences: int
     last_run_at: datetime | None
     last_success_at: datetime | None
+    # What its expected period is reckoned from.
+    cron: str
+    timezone: str
+    paused: bool
+    created_at: datetime
+    now: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,10 +227,10 @@ class TaskRepository:
         return self._db.all("list_tasks", status=status, job_id=job_id, before=before,
                             limit=limit, output_chars=LISTED_OUTPUT_CHARS)
 
-    def queue_depth(self) -> dict[str, int]:
+    def queue_depth(self) -> dict[str, float]:
         row = self._db.one("queue_depth")
         assert row is not None
-        return {"due": row["due"], "later": row["later"]}
+        return {"due": row["due"], "later": row["later"], "due_age_s": row["due_age_s"]}
 
     def in_flight(self) -> dict[str, int]:
         row = self._db.one("in_flight")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chronocore import metrics
+from chronocore.cron import Schedule
 from chronocore.jobs import job_resource, parse_job
 from chronocore.labels import describe, matches
 from chronocore.model import (
@@ -238,28 +239,49 @@ class Api:
         for state in ("due", "later"):
             cluster.set("chronosync_queue_depth", "Waiting tasks: due and unclaimed, or "
                         "due later.", depth[state], state=state)
+        cluster.set("chronosync_queue_due_age_seconds", "How long the oldest due, unclaimed "
+                    "task has waited since it was due (or submitted, if later); 0 when "
+                    "none waits.", depth["due_age_s"])
         for state, count in self.repo.in_flight().items():
             cluster.set("chronosync_tasks_in_flight", "Claimed tasks not finished.", count,
                         state=state)
         nodes: dict[tuple[str, str], int] = {}
         for node in self.registry.list_nodes(ttl_s=self.ttl_s):
-            nodes[(node.kind, node.state)] = nodes.get((node.kind, node.state), 0) + 1
+            # A node that stopped cleanly is not one that died: only a death is alerted on.
+            state = "stopped" if node.stopped else node.state
+            nodes[(node.kind, state)] = nodes.get((node.kind, state), 0) + 1
             if node.kind == "worker" and node.state == "alive":
                 for state, value in (("used", node.running),
                                      ("free", max(0, (node.capacity or 0) - node.running))):
                     cluster.set("chronosync_worker_slots", "Command slots of live workers.",
                                 value, node=node.id, state=state)
         for (kind, state), count in nodes.items():
-            cluster.set("chronosync_nodes", "Nodes seen in the last hour by state.", count,
+            cluster.set("chronosync_nodes", "Nodes seen in the last hour by state: alive, "
+                        "draining, dead (heartbeat lapsed) or stopped (cleanly).", count,
                         kind=kind, state=state)
         self._job_health(cluster)
         snapshot = {k: v for k, v in cluster.snapshot().items() if k.startswith("chronosync")}
         return metrics.render([({}, snapshot), *sources])
 
     def _job_health(self, cluster: metrics.Registry) -> None:
-        """One series per job (never per task): what a cron user alerts on."""
+        """One series per job (never per task): what a cron user alerts on. A job's
+        period is reckoned once per distinct schedule, so a scrape's cost grows with the
+        schedules, not with the jobs that share them; a paused job has none, as it is not
+        expected to run."""
+        periods: dict[tuple[str, str], float] = {}
         for job in self.jobs.health():
             labels = {"job_id": str(job.id), "job_name": job.name}
+            cluster.set("chronosync_job_created_timestamp_seconds",
+                        "When a job was submitted, Unix time.", job.created_at.timestamp(),
+                        **labels)
+            if not job.paused:
+                key = (job.cron, job.timezone)
+                if key not in periods:
+                    periods[key] = Schedule(*key).period_at(job.now).total_seconds()
+                cluster.set("chronosync_job_period_seconds",
+                            "The time between a job's latest two occurrences by its "
+                            "schedule: the period within which it is expected to run "
+                            "(unpaused jobs).", periods[key], **labels)
             for reason, count in (("misfire", job.missed_occurrences),
                                   ("forbid", job.forbidden_occurrences)):
                 cluster.set("chronosync_job_occurrences_skipped_total",
