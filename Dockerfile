@@ -1,5 +1,6 @@
 # One image, three entrypoints: chronosync-scheduler, chronosync-coordinator,
-# chronosync-worker (pick one with the container's command; `chronosync` is the CLI).
+# chronosync-worker (pick one with the container's command; `chronosync` is the CLI, from
+# libs/chronosync-dev: the compose certs step and `chronosync migrate` run it).
 # Health checks depend on the role, so they live with the roles: docker-compose.yml
 # (healthcheck) and deploy/k8s/ (probes). tests/unit/test_deploy.py keeps them in step.
 FROM python:3.11-slim
@@ -23,9 +24,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends openssl tini \
     && mkdir /work && chown 10002:10001 /work && chmod 0770 /work
 WORKDIR /app
 COPY libs/chronocore libs/chronocore
+COPY libs/chronosync-dev libs/chronosync-dev
 COPY services services
-RUN pip install --no-cache-dir libs/chronocore services/scheduler services/coordinator \
-        services/worker
+RUN pip install --no-cache-dir libs/chronocore libs/chronosync-dev services/scheduler \
+        services/coordinator services/worker
 
 USER 10001:10001
 ENV PYTHONUNBUFFERED=1

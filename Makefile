@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PACKAGES := libs/chronocore services/scheduler services/coordinator services/worker
+PACKAGES := libs/chronocore libs/chronosync-dev services/scheduler services/coordinator services/worker
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test test-embedded mutation-test chaos-test bench up proto lint
-.PHONY: down compose-test
+.PHONY: help install dev test test-embedded mutation-test chaos-test bench up proto lint schema
+.PHONY: down compose-test screenshot
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -65,6 +65,12 @@ proto: $(STAMP) ## regenerate the gRPC code from proto/
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=libs/chronocore/src \
 		--pyi_out=libs/chronocore/src --grpc_python_out=libs/chronocore/src \
 		proto/chronocore/rpc/worker.proto
+
+schema: $(STAMP) ## write libs/chronocore/src/chronocore/schema.sql from the migrations
+	$(BIN)/python -m chronosync_dev.schema
+
+screenshot: $(STAMP) ## docs/dashboard.png, from a cluster at work in Debian's chromium
+	$(BIN)/python -m pytest tests/integration/readme_screenshot.py -q
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

@@ -33,13 +33,16 @@ import psycopg
 from psycopg.rows import dict_row
 
 from chronocore import failpoints
+from chronocore import queries as core
 from chronocore.db import open_pool
-from chronocore.devcluster import ProcessCluster
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, free_port
-from chronocore.queries import QUERIES
+from chronocore.queries import parse
 from chronocore.repository import JobRepository
+from chronosync_dev.devcluster import ProcessCluster
+from chronosync_dev.pgcluster import FAST_TEST_SETTINGS, LocalCluster, free_port
 
+# Every statement the bench runs, by name; the cluster's own come from core.QUERIES.
+QUERIES = parse((Path(__file__).parent / "queries.sql").read_text(encoding="utf-8"))
 BURST_TASKS = 5000
 IDLE_TASKS = 200
 IDLE_SPACING_S = 0.2
@@ -89,13 +92,13 @@ class Bench:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def sql(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
+    def sql(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        """Run the statement ``name`` of bench/queries.sql; its rows, if it returns any."""
         # One connection for the whole run: a new one per poll would fork a backend
         # twenty times a second, CPU taken from the cluster being measured.
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row)
-        cur = self._conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
+        return run_named(self._conn, name, params)
 
     def start_cluster(self) -> None:
         for _ in range(self.args.schedulers):
@@ -104,10 +107,8 @@ class Bench:
             self.cluster.start("coordinator")
         for _ in range(self.args.workers):
             self.cluster.start("worker")
-        self.wait(lambda: len(self.sql(
-            "SELECT 1 FROM nodes WHERE stopped_at IS NULL AND last_heartbeat_at > now() - "
-            "interval '2 seconds'")) >= self.args.schedulers + self.args.coordinators
-            + self.args.workers, 60, "the cluster")
+        self.wait(lambda: self.sql("live_nodes", within_s=2)[0]["n"] >= self.args.schedulers
+                  + self.args.coordinators + self.args.workers, 60, "the cluster")
 
     @staticmethod
     def wait(condition: Any, timeout: float, what: str) -> None:
@@ -118,22 +119,19 @@ class Bench:
             time.sleep(0.05)
 
     def unfinished(self) -> int:
-        return self.sql("SELECT count(*) AS n FROM tasks WHERE completed_at IS NULL "
-                        "AND failed_at IS NULL AND cancelled_at IS NULL")[0]["n"]
+        return self.sql("unfinished")[0]["n"]
 
-    def insert_due(self, count: int, *, at_sql: str, spacing_s: float = 0.0,
+    def insert_due(self, count: int, *, delay_s: float, spacing_s: float = 0.0,
                    command: str = "true") -> None:
-        self.sql(f"INSERT INTO tasks (command, scheduled_at) SELECT %s, {at_sql} + "
-                 "(i * %s) * interval '1 second' FROM generate_series(0, %s - 1) AS i",
-                 (command, spacing_s, count))
+        self.sql("insert_due", command=command, delay_s=delay_s, spacing_s=spacing_s,
+                 count=count)
 
     def lateness(self, since_id: int) -> list[float]:
-        rows = self.sql("SELECT EXTRACT(EPOCH FROM started_at - scheduled_at)::float8 AS l "
-                        "FROM tasks WHERE id > %s AND started_at IS NOT NULL", (since_id,))
+        rows = self.sql("lateness_since", since=since_id)
         return [r["l"] for r in rows]
 
     def last_id(self) -> int:
-        return self.sql("SELECT coalesce(max(id), 0) AS id FROM tasks")[0]["id"]
+        return self.sql("last_task_id")[0]["id"]
 
     # --- the measures -----------------------------------------------------------------
 
@@ -161,9 +159,8 @@ class Bench:
         stop = threading.Event()
         sampler = threading.Thread(target=self._sample_rss, args=(rss, stop), daemon=True)
         since = self.last_id()
-        due = self.sql("SELECT now() + interval '2 seconds' AS at")[0]["at"]
-        self.sql("INSERT INTO tasks (command, scheduled_at) SELECT 'true', %s "
-                 "FROM generate_series(1, %s)", (due, BURST_TASKS))
+        due = self.sql("instant_in", seconds=2)[0]["at"]
+        self.sql("insert_burst", at=due, count=BURST_TASKS)
         profilers = self._profile() if self.args.profile else []
         cpu_before = self._cpu_by_role()
         sampler.start()
@@ -173,15 +170,8 @@ class Bench:
         cpu_after = self._cpu_by_role()
         for profiler in profilers:
             profiler.wait()
-        row = self.sql("SELECT EXTRACT(EPOCH FROM max(coalesce(completed_at, failed_at)) - "
-                       "%s)::float8 AS span, count(*) FILTER (WHERE completed_at IS NOT NULL)"
-                       " AS ok FROM tasks WHERE id > %s", (due, since))[0]
-        # Each statement stamps its rows with one now(): distinct stamps count statements,
-        # so these are the mean batch sizes of the claim, the start and the outcome writes.
-        batches = self.sql("SELECT count(*)::float8 / count(DISTINCT picked_at) AS claim, "
-                           "count(*)::float8 / count(DISTINCT started_at) AS start, "
-                           "count(*)::float8 / count(DISTINCT completed_at) AS outcome "
-                           "FROM tasks WHERE id > %s", (since,))[0]
+        row = self.sql("burst_span", at=due, since=since)[0]
+        batches = self.sql("mean_batches", since=since)[0]
         per_s = BURST_TASKS / row["span"]
         pool = self.results["ceiling"]["pool_per_s"]
         self.results["burst"] = {
@@ -253,14 +243,12 @@ class Bench:
     def lateness_runs(self) -> None:
         out = {}
         since = self.last_id()
-        self.insert_due(IDLE_TASKS, at_sql="now() + interval '1 second'",
-                        spacing_s=IDLE_SPACING_S)
+        self.insert_due(IDLE_TASKS, delay_s=1, spacing_s=IDLE_SPACING_S)
         self.wait(lambda: self.unfinished() == 0, 120, "the idle run")
         out["idle"] = self._summary(self.lateness(since))
         for rate in STEADY_RATES:
             since = self.last_id()
-            self.insert_due(rate * STEADY_SECONDS, at_sql="now() + interval '1 second'",
-                            spacing_s=1.0 / rate)
+            self.insert_due(rate * STEADY_SECONDS, delay_s=1, spacing_s=1.0 / rate)
             self.wait(lambda: self.unfinished() == 0, 300, f"the {rate}/s run")
             out[f"{rate}_per_s"] = self._summary(self.lateness(since))
         self.results["lateness_ms"] = out
@@ -274,26 +262,22 @@ class Bench:
 
     def claim_cost(self, history: int) -> float:
         """Median time of one claim (limit 50, 100 due) with ``history`` finished tasks."""
-        have = self.sql("SELECT count(*) AS n FROM tasks WHERE completed_at IS NOT NULL")[0]["n"]
+        have = self.sql("finished_count")[0]["n"]
         if history > have:
-            self.sql("INSERT INTO tasks (command, scheduled_at, picked_at, started_at, "
-                     "completed_at) SELECT 'history', t, t, t, t FROM (SELECT now() - "
-                     "interval '1 day' - i * interval '1 second' AS t FROM "
-                     "generate_series(1, %s) AS i) s", (history - have,))
-            self.sql("VACUUM ANALYZE tasks")
+            self.sql("insert_history", count=history - have)
+            self.sql("analyze_tasks")
         since = self.last_id()
-        self.insert_due(100, at_sql="now() + interval '1 hour'")
+        self.insert_due(100, delay_s=3600)
         times = []
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("UPDATE tasks SET due_at = now() - interval '1 second' WHERE id > %s",
-                         (since,))
+            run_named(conn, "make_due_since", {"since": since})
             for _ in range(200):
                 t0 = time.perf_counter()
                 with conn.transaction(force_rollback=True):
-                    conn.execute(QUERIES["claim_due"],
+                    conn.execute(core.QUERIES["claim_due"],
                                  {"coordinator_id": "bench", "limit": 50}).fetchall()
                 times.append(time.perf_counter() - t0)
-            conn.execute("DELETE FROM tasks WHERE id > %s", (since,))
+            run_named(conn, "delete_since", {"since": since})
         return statistics.median(times) * 1000
 
     def scale(self) -> None:
@@ -316,14 +300,13 @@ class Bench:
 
     def _claim_while_pruning(self) -> float:
         """The claim again while another session prunes old history in batches."""
-        self.sql("UPDATE tasks SET completed_at = completed_at - interval '60 days' "
-                 "WHERE command = 'history' AND id % 2 = 0")
+        self.sql("age_half_the_history")
         stop = threading.Event()
 
         def prune() -> None:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 while not stop.is_set():
-                    conn.execute(QUERIES["prune_finished"],
+                    conn.execute(core.QUERIES["prune_finished"],
                                  {"retention_s": 30 * 86400, "limit": 500})
 
         pruner = threading.Thread(target=prune, daemon=True)
@@ -354,7 +337,7 @@ class Bench:
         with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
             list(pool.map(client, range(CLIENTS)))
         rate = sum(counts) / (time.monotonic() - t0)
-        self.sql("DELETE FROM tasks WHERE scheduled_at = '2099-01-01T00:00:00Z'")
+        self.sql("delete_submitted_probes")
         return rate
 
     def materialize_rate(self) -> None:
@@ -366,9 +349,7 @@ class Bench:
             node.signal(signal.SIGSTOP)
         pool = open_pool(self.dsn, size=1, name="bench-materializer")
         try:
-            self.sql("INSERT INTO jobs (command, cron, next_run_at) SELECT 'true', "
-                     "'* * * * *', date_trunc('minute', now()) + interval '2 minutes' "
-                     "FROM generate_series(1, %s)", (MATERIALIZE_JOBS,))
+            self.sql("insert_minutely_jobs", count=MATERIALIZE_JOBS)
             jobs = JobRepository(pool)
             made, t0 = 0, time.perf_counter()
             while step := jobs.materialize(horizon_s=150):
@@ -376,8 +357,8 @@ class Bench:
             elapsed = time.perf_counter() - t0
         finally:
             pool.close()
-            self.sql("DELETE FROM tasks WHERE job_id IS NOT NULL")
-            self.sql("DELETE FROM jobs")
+            self.sql("delete_job_tasks")
+            self.sql("delete_jobs")
             for node in schedulers:
                 node.signal(signal.SIGCONT)
         self.results["materialize"] = {"jobs": MATERIALIZE_JOBS, "occurrences": made,
@@ -390,7 +371,7 @@ class Bench:
         for node in self.cluster.nodes:
             node.signal(signal.SIGTERM)
         self.cluster.stop()
-        self.sql("DELETE FROM nodes")
+        self.sql("delete_nodes")
         fleet = ProcessCluster(dsn=self.dsn, log_dir=self.workdir, env={
             "CHRONOSYNC_ALLOW_ROOT": "1", "CHRONOSYNC_WORKER_CAPACITY": str(FLEET["capacity"])})
         self.cluster = fleet  # close() stops it
@@ -400,15 +381,13 @@ class Bench:
             for _ in range(FLEET[kind]):
                 fleet.start(kind.removesuffix("s"))
         total = FLEET["workers"] + FLEET["coordinators"] + FLEET["schedulers"]
-        self.wait(lambda: self.sql(
-            "SELECT count(*) AS n FROM nodes WHERE stopped_at IS NULL AND "
-            "last_heartbeat_at > now() - interval '5 seconds'")[0]["n"] >= total, 300,
-            "the fleet")
+        self.wait(lambda: self.sql("live_nodes", within_s=5)[0]["n"] >= total, 300,
+                  "the fleet")
         out: dict[str, Any] = {k: v for k, v in FLEET.items()}
         beats_before = self._node_updates()
         t0 = time.monotonic()
         since = self.last_id()
-        self.insert_due(FLEET["rate"] * FLEET["seconds"], at_sql="now() + interval '1 second'",
+        self.insert_due(FLEET["rate"] * FLEET["seconds"], delay_s=1,
                         spacing_s=1.0 / FLEET["rate"])
         connections = 0
         while self.unfinished():
@@ -419,8 +398,7 @@ class Bench:
         out["heartbeat_writes_per_s"] = round(
             (self._node_updates() - beats_before) / (time.monotonic() - t0), 1)
         out["postgres_connections"] = connections
-        rows = self.sql("SELECT EXTRACT(EPOCH FROM started_at - picked_at)::float8 AS c, "
-                        "worker_id FROM tasks WHERE id > %s", (since,))
+        rows = self.sql("claim_to_start_since", since=since)
         out["claim_to_start_ms"] = self._summary([r["c"] for r in rows])
         per_worker = collections.Counter(r["worker_id"] for r in rows)
         out["tasks_per_worker"] = {"min": min(per_worker.values()),
@@ -434,8 +412,8 @@ class Bench:
         database), with 10 k and 1 M finished tasks in history: the work every heartbeat,
         sweep and concurrency step does when there is nothing to do. Runs its own nodes
         on a database of its own, so nothing else in the bench is counted."""
-        self.sql("DROP DATABASE IF EXISTS chronosync_idle")
-        self.sql("CREATE DATABASE chronosync_idle")
+        self.sql("drop_idle_database")
+        self.sql("create_idle_database")
         dsn = self.postgres.dsn("chronosync_idle")
         apply_migrations(dsn)
         log_dir = self.workdir / "idle"
@@ -445,35 +423,21 @@ class Bench:
         figures: dict[str, int] = {}
         try:
             with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-                def sql(statement: str, params: Any = None) -> list[dict[str, Any]]:
-                    cur = conn.execute(statement, params)
-                    return cur.fetchall() if cur.description else []
+                def sql(name: str, **params: Any) -> list[dict[str, Any]]:
+                    return run_named(conn, name, params)
 
                 def tuples_read() -> int:
-                    return sql("SELECT tup_returned + tup_fetched AS n FROM pg_stat_database"
-                               " WHERE datname = current_database()")[0]["n"]
+                    return sql("tuples_read")[0]["n"]
 
                 for kind in ("scheduler", "coordinator", "worker", "worker"):
                     cluster.start(kind)
-                self.wait(lambda: sql("SELECT count(*) AS n FROM nodes WHERE stopped_at IS "
-                                      "NULL AND last_heartbeat_at > now() - interval "
-                                      "'2 seconds'")[0]["n"] >= 4, 60, "the idle cluster")
+                self.wait(lambda: sql("live_nodes", within_s=2)[0]["n"] >= 4, 60,
+                          "the idle cluster")
                 have = 0
                 for label, history in IDLE_HISTORIES.items():
-                    sql(f"""
-                        INSERT INTO tasks (command, scheduled_at, due_at, picked_at,
-                                           started_at, completed_at, attempt, job_id,
-                                           concurrency_policy, worker_id)
-                        SELECT 'history', at, at, at, at, at + interval '1 second', 1, job,
-                               CASE WHEN job <= {IDLE_JOBS // 2} THEN 'forbid'
-                                    WHEN job IS NOT NULL THEN 'replace' END, 'worker-gone'
-                        FROM generate_series(%s::int, %s::int) AS i,
-                             LATERAL (SELECT now() - interval '1 day' - i * interval
-                                             '1 second' AS at,
-                                             CASE WHEN i %% 4 <> 0 THEN i %% {IDLE_JOBS} + 1
-                                             END AS job) s""", (have + 1, history))
+                    sql("insert_idle_history", first=have + 1, last=history, jobs=IDLE_JOBS)
                     have = history
-                    sql("VACUUM ANALYZE tasks")
+                    sql("analyze_tasks")
                     time.sleep(IDLE_SETTLE_S)
                     before, t0 = tuples_read(), time.monotonic()
                     time.sleep(IDLE_WINDOW_S)
@@ -484,54 +448,34 @@ class Bench:
         self.results["idle_tuples_read_per_s"] = figures
 
     def _node_updates(self) -> int:
-        self.sql("SELECT pg_stat_force_next_flush()")
-        return self.sql("SELECT n_tup_upd AS n FROM pg_stat_user_tables "
-                        "WHERE relname = 'nodes'")[0]["n"]
+        self.sql("flush_statistics")
+        return self.sql("node_updates")[0]["n"]
 
     def _connections(self) -> int:
-        return self.sql("SELECT count(*) AS n FROM pg_stat_activity "
-                        "WHERE backend_type = 'client backend'")[0]["n"]
+        return self.sql("client_connections")[0]["n"]
 
     def _kill_workers(self, fleet: ProcessCluster, count: int) -> dict[str, Any]:
         """Kill ``count`` busy workers at once: time until every task they ran is
         recovered; every at_most_once one failed once, every at_least_once succeeded."""
         since = self.last_id()
         # The first attempt runs long; a retry ends at once.
-        self.sql("INSERT INTO tasks (command, scheduled_at, delivery, max_attempts) "
-                 "SELECT 'test \"$CHRONOSYNC_ATTEMPT\" -gt 1 || sleep 60', now(), d, m "
-                 "FROM generate_series(1, %s), (VALUES ('at_most_once', 1), "
-                 "('at_least_once', 3)) AS v(d, m)", (FLEET["workers"],))
-        self.wait(lambda: self.sql("SELECT count(*) AS n FROM tasks WHERE id > %s AND "
-                                   "started_at IS NULL", (since,))[0]["n"] == 0, 120,
+        self.sql("insert_long_first_attempts", per_delivery=FLEET["workers"])
+        self.wait(lambda: self.sql("unstarted_since", since=since)[0]["n"] == 0, 120,
                   "every long task to start")
-        busy = [r["pid"] for r in self.sql(
-            "SELECT n.pid, count(*) FROM tasks t JOIN nodes n ON n.id = t.worker_id "
-            "WHERE t.id > %s GROUP BY n.pid ORDER BY count(*) DESC LIMIT %s",
-            (since, count))]
-        victims = {r["id"] for r in self.sql(
-            "SELECT t.id FROM tasks t JOIN nodes n ON n.id = t.worker_id WHERE t.id > %s "
-            "AND n.pid = ANY(%s)", (since, busy))}
-        killed_at = self.sql("SELECT now() AS t")[0]["t"]
+        busy = [r["pid"] for r in self.sql("busiest_workers", since=since, count=count)]
+        victims = {r["id"] for r in self.sql("tasks_on_pids", since=since, pids=busy)}
+        killed_at = self.sql("database_now")[0]["t"]
         for node in fleet.nodes:
             if node.pid in busy:
                 node.signal(signal.SIGKILL)
-        self.wait(lambda: self.sql(
-            "SELECT count(*) AS n FROM task_attempts WHERE task_id = ANY(%s) AND "
-            "error = 'worker_lost'", (list(victims),))[0]["n"] == len(victims), 120,
-            "the killed workers' tasks to be recovered")
-        recovered = self.sql("SELECT max(finished_at) AS t FROM task_attempts WHERE "
-                             "task_id = ANY(%s) AND error = 'worker_lost'",
-                             (list(victims),))[0]["t"]
-        self.wait(lambda: self.sql("SELECT count(*) AS n FROM tasks WHERE id = ANY(%s) AND "
-                                   "completed_at IS NULL AND failed_at IS NULL",
-                                   (list(victims),))[0]["n"] == 0, 120,
+        ids = list(victims)
+        self.wait(lambda: self.sql("lost_among", ids=ids)[0]["n"] == len(victims), 120,
+                  "the killed workers' tasks to be recovered")
+        recovered = self.sql("last_lost_among", ids=ids)[0]["t"]
+        self.wait(lambda: self.sql("unended_among", ids=ids)[0]["n"] == 0, 120,
                   "the retries to end")
-        ends = self.sql("SELECT delivery, count(*) FILTER (WHERE failed_at IS NOT NULL AND "
-                        "error = 'worker_lost' AND attempt = 1) AS lost, count(*) FILTER "
-                        "(WHERE completed_at IS NOT NULL) AS ok, count(*) AS n FROM tasks "
-                        "WHERE id = ANY(%s) GROUP BY delivery", (list(victims),))
-        self.sql("UPDATE tasks SET cancelled_at = now() WHERE id > %s AND completed_at IS "
-                 "NULL AND failed_at IS NULL", (since,))
+        ends = self.sql("ends_by_delivery", ids=ids)
+        self.sql("cancel_unended_since", since=since)
         by = {r["delivery"]: r for r in ends}
         return {"tasks_on_them": len(victims),
                 "recovery_s": round((recovered - killed_at).total_seconds(), 2),
@@ -545,22 +489,15 @@ class Bench:
         # A worker running tasks dies: how long until its tasks are recovered.
         victim = next(n for n in self.cluster.nodes if n.kind == "worker")
         since = self.last_id()
-        self.sql("INSERT INTO tasks (command, scheduled_at, delivery, max_attempts) "
-                 "SELECT 'sleep 30', now(), 'at_least_once', 2 FROM generate_series(1, 8)")
-        self.wait(lambda: self.sql(
-            "SELECT count(*) AS n FROM tasks t JOIN nodes n ON n.id = t.worker_id "
-            "WHERE t.id > %s AND t.started_at IS NOT NULL AND n.pid = %s",
-            (since, victim.pid))[0]["n"] > 0, 30, "tasks on the victim worker")
-        killed_at = self.sql("SELECT now() AS t")[0]["t"]
+        self.sql("insert_sleepers", count=8)
+        self.wait(lambda: self.sql("started_on_pid", since=since, pid=victim.pid)[0]["n"] > 0,
+                  30, "tasks on the victim worker")
+        killed_at = self.sql("database_now")[0]["t"]
         victim.signal(signal.SIGKILL)
-        self.wait(lambda: self.sql(
-            "SELECT count(*) AS n FROM task_attempts a JOIN tasks t ON t.id = a.task_id "
-            "WHERE t.id > %s AND a.error = 'worker_lost'", (since,))[0]["n"] > 0, 60,
-            "the recovery")
-        recovered = self.sql("SELECT max(finished_at) AS t FROM task_attempts WHERE "
-                             "task_id > %s AND error = 'worker_lost'", (since,))[0]["t"]
+        self.wait(lambda: self.sql("lost_since", since=since)[0]["n"] > 0, 60, "the recovery")
+        recovered = self.sql("last_lost_since", since=since)[0]["t"]
         out["worker_kill_to_recovery_s"] = round((recovered - killed_at).total_seconds(), 2)
-        self.sql("UPDATE tasks SET cancelled_at = now() WHERE id > %s", (since,))
+        self.sql("cancel_since", since=since)
         self.cluster.start("worker")
         # A coordinator holding claims dies: how long until they are dispatched again.
         holder = self.cluster.start("coordinator", env={failpoints.AFTER_CLAIM: "120"})
@@ -568,21 +505,16 @@ class Bench:
             if node.kind == "coordinator" and node is not holder:
                 node.signal(signal.SIGSTOP)
         since = self.last_id()
-        self.sql("INSERT INTO tasks (command, scheduled_at) SELECT 'true', now() "
-                 "FROM generate_series(1, 8)")
-        self.wait(lambda: self.sql("SELECT count(*) AS n FROM tasks WHERE id > %s AND "
-                                   "picked_at IS NOT NULL", (since,))[0]["n"] == 8, 60,
-                  "the claims")
+        self.sql("insert_now", count=8)
+        self.wait(lambda: self.sql("picked_since", since=since)[0]["n"] == 8, 60, "the claims")
         for node in self.cluster.nodes:
             if node.kind == "coordinator" and node is not holder:
                 node.signal(signal.SIGCONT)
-        killed_at = self.sql("SELECT now() AS t")[0]["t"]
+        killed_at = self.sql("database_now")[0]["t"]
         holder.signal(signal.SIGKILL)
-        self.wait(lambda: self.sql("SELECT count(*) AS n FROM tasks WHERE id > %s AND "
-                                   "completed_at IS NOT NULL", (since,))[0]["n"] == 8, 60,
+        self.wait(lambda: self.sql("completed_since", since=since)[0]["n"] == 8, 60,
                   "the redispatch")
-        started = self.sql("SELECT max(started_at) AS t FROM tasks WHERE id > %s",
-                           (since,))[0]["t"]
+        started = self.sql("last_start_since", since=since)[0]["t"]
         out["coordinator_kill_to_dispatch_s"] = round((started - killed_at).total_seconds(), 2)
         self.results["failover"] = out
 
@@ -591,6 +523,14 @@ class Bench:
             self._conn.close()
         self.cluster.stop()
         self.postgres.stop()
+
+
+def run_named(conn: psycopg.Connection[Any], name: str,
+              params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The statement ``name`` of bench/queries.sql on ``conn``: its rows, if any. Always
+    with a dict, so that ``%%`` in the file is a ``%`` whatever the statement's params."""
+    cur = conn.execute(QUERIES[name], params)
+    return cur.fetchall() if cur.description else []
 
 
 def postgres_settings(args: argparse.Namespace) -> dict[str, str]:

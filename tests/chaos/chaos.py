@@ -84,10 +84,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from chronocore.devcluster import NodeProcess, ProcessCluster
 from chronocore.failpoints import MID_MATERIALIZE
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
+from chronosync_dev.devcluster import NodeProcess, ProcessCluster
+from chronosync_dev.pgcluster import FAST_TEST_SETTINGS, LocalCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from relay import Relay  # the integration tests' relay, beside them

@@ -23,9 +23,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from chronocore.devcluster import NodeProcess, ProcessCluster
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import (
+from chronosync_dev.devcluster import NodeProcess, ProcessCluster
+from chronosync_dev.pgcluster import (
     FAST_TEST_SETTINGS,
     LocalCluster,
     PostgresNotFound,
@@ -295,11 +295,12 @@ def as_unprivileged_user() -> list[str]:
                    if _runs_as(setpriv, uid, gid, p)), None)
     if python is None:
         pytest.skip(f"no Python {sys.version_info[:2]} that user {uid} may execute")
-    paths = [str(Path(p).parent) for name in ("chronocore", "chronosync_scheduler",
+    paths = [str(Path(p).parent) for name in ("chronocore", "chronosync_dev",
+                                               "chronosync_scheduler",
                                                "chronosync_coordinator", "chronosync_worker")
              for p in importlib.util.find_spec(name).submodule_search_locations]
     paths += [p for p in sys.path if p.endswith("site-packages")]
-    # The cluster runs `PREFIX sys.executable -u -m MODULE`: the shell swaps the Python.
+    # The cluster runs `PREFIX sys.executable -u SCRIPT`: the shell swaps the Python.
     return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
             "env", f"PYTHONPATH={':'.join(paths)}",
             "/bin/sh", "-c", f'shift; exec {python} "$@"', "sh"]

@@ -114,6 +114,7 @@ def test_slots_starting_at_once_share_statements_and_each_get_their_own_answer(
         return [started.get(t.id) for t in batch]
 
     starts: GroupCommit[ClaimedTask, Started | None] = GroupCommit(write, name="starts")
+    starts.start()
     with ThreadPoolExecutor(len(tasks)) as threads:
         first = threads.submit(starts.submit, tasks[0])
         wait_for(first_held.is_set, timeout=10, what="the first batch")

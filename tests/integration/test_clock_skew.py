@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from harness import FAST_TIMINGS, Cluster, log_of, wait_for
 
-from chronocore.devcluster import NodeProcess
+from chronosync_dev.devcluster import NodeProcess
 
 TTL_S = float(FAST_TIMINGS["CHRONOSYNC_NODE_TTL_S"])
 SKEW = timedelta(minutes=10)

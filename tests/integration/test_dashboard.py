@@ -8,7 +8,8 @@ sign-in page's own).
 
 Full-page screenshots go to test-artifacts/ (git-ignored): dashboard.png, and a narrow
 (phone) and a dark-scheme one; on a failure, dashboard-failure.png shows what the page
-showed. docs/dashboard.png, for the README, is a copy of dashboard.png made by hand."""
+showed. docs/dashboard.png, for the README, is made by `make screenshot`
+(readme_screenshot.py)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from harness import (
 )
 
 from chronocore import db
-from chronocore.pgcluster import LocalCluster
+from chronosync_dev.pgcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 

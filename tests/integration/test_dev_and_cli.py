@@ -267,7 +267,7 @@ def test_a_node_killed_from_outside_again_and_again_is_no_crash_loop(
     node that dies of itself at start is a crash loop."""
     from harness import running_cluster
 
-    from chronocore.devcluster import Supervisor
+    from chronosync_dev.devcluster import Supervisor
 
     said: list[str] = []
     with running_cluster(dsn, tmp_path) as cluster:
@@ -302,7 +302,7 @@ def test_dev_as_a_user_keeps_commands_away_from_the_nodes_and_the_database() -> 
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [*as_unprivileged_user(), sys.executable, "-m", "chronocore.cli", "dev",
+            [*as_unprivileged_user(), sys.executable, "-m", "chronosync_dev.cli", "dev",
              "--data-dir", str(data_dir)],
             env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:

@@ -22,7 +22,7 @@ import pytest
 from harness import Cluster, own_postgres, running_cluster, wait_for
 
 from chronocore import db
-from chronocore.pgcluster import LocalCluster
+from chronosync_dev.pgcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 

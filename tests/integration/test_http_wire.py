@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness import Cluster, http, wait_for
 
-from chronocore.devcluster import NodeProcess
+from chronosync_dev.devcluster import NodeProcess
 
 TOKEN = "wire-test-token"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"

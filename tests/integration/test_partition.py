@@ -44,8 +44,8 @@ from harness import (
 )
 
 from chronocore import db
-from chronocore.pgcluster import LocalCluster
 from chronocore.tls import make_certs
+from chronosync_dev.pgcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 

@@ -54,7 +54,7 @@ from psycopg.rows import dict_row
 
 from chronocore import db
 from chronocore.migrate import apply_migrations
-from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresNotFound
+from chronosync_dev.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresNotFound
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import pytest
 from harness import Cluster, free_port, node_id, running_cluster, wait_for
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from chronocore.pgcluster import _server_user
+from chronosync_dev.pgcluster import _server_user
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 SERVER_CONNECTIONS = 5

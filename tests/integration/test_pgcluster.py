@@ -1,4 +1,4 @@
-"""Integration tests for chronocore.pgcluster against the machine's PostgreSQL."""
+"""Integration tests for chronosync_dev.pgcluster against the machine's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from chronocore import pgcluster
-from chronocore.pgcluster import (
+from chronosync_dev import pgcluster
+from chronosync_dev.pgcluster import (
     FAST_TEST_SETTINGS,
     LocalCluster,
     Postgres,

@@ -17,7 +17,7 @@ from typing import Any
 from harness import Cluster, log_of, node_id, wait_for
 
 from chronocore import failpoints
-from chronocore.devcluster import NodeProcess
+from chronosync_dev.devcluster import NodeProcess
 
 TTL = {"CHRONOSYNC_NODE_TTL_S": "1"}
 # How long a healthy command runs: several TTLs, each one a chance to be judged dead.

@@ -149,8 +149,8 @@ def scratch_environment(tree: Path, dsn: str | None) -> dict[str, str]:
     return env
 
 
-PACKAGES = ("chronocore", "chronosync_scheduler", "chronosync_coordinator",
-            "chronosync_worker")
+PACKAGES = ("chronocore", "chronosync_dev", "chronosync_scheduler",
+            "chronosync_coordinator", "chronosync_worker")
 
 
 def check_imports(tree: Path, env: dict[str, str]) -> str:
@@ -168,11 +168,11 @@ def check_imports(tree: Path, env: dict[str, str]) -> str:
 def shared_postgres() -> Iterator[str | None]:
     """One PostgreSQL for every run (each pytest session makes its own databases on it),
     unless CHRONOSYNC_TEST_DSN already names one. It runs from the working tree's
-    chronocore, which no mutation touches."""
+    chronosync_dev, which no mutation touches."""
     if os.environ.get("CHRONOSYNC_TEST_DSN"):
         yield None
         return
-    from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster
+    from chronosync_dev.pgcluster import FAST_TEST_SETTINGS, LocalCluster
 
     base = Path(tempfile.mkdtemp(prefix="chronosync-mutation-pg-"))
     base.chmod(0o755)  # under root the server runs as an unprivileged user

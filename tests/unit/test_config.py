@@ -53,3 +53,15 @@ def test_it_reads_the_session_timeouts_and_takes_0_as_no_statement_bound() -> No
 def test_a_lock_or_idle_timeout_of_0_is_refused(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Config.from_env({"CHRONOSYNC_DSN": "host=db", name: "0"})
+
+
+def test_the_shutdown_grace_is_read_with_the_rest_and_may_be_zero() -> None:
+    def grace(raw: str) -> float:
+        return Config.from_env({"CHRONOSYNC_DSN": "host=db",
+                                "CHRONOSYNC_SHUTDOWN_GRACE_S": raw}).shutdown_grace_s
+
+    assert Config.from_env({"CHRONOSYNC_DSN": "host=db"}).shutdown_grace_s == 30
+    assert (grace("2.5"), grace("0"), grace("0.0")) == (2.5, 0, 0)
+    for bad in ("soon", "-1"):
+        with pytest.raises(ConfigError, match="CHRONOSYNC_SHUTDOWN_GRACE_S"):
+            grace(bad)

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from chronocore.cli import cmd_certs, parser
 from chronocore.config import Config, is_loopback, split_host_port
 from chronocore.tls import make_certs
+from chronosync_dev.cli import cmd_certs, parser
 from chronosync_scheduler.http import UNAUTHENTICATED_PATHS, Routes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,10 +73,7 @@ def names_the_code_reads() -> frozenset[str]:
 
 
 def shutdown_grace_default() -> float:
-    source = (ROOT / "services/worker/src/chronosync_worker/__main__.py").read_text()
-    match = re.search(r'"CHRONOSYNC_SHUTDOWN_GRACE_S",\s*"([0-9.]+)"', source)
-    assert match, "the worker reads CHRONOSYNC_SHUTDOWN_GRACE_S with a default"
-    return float(match.group(1))
+    return Config(dsn="").shutdown_grace_s
 
 
 def unauthenticated_get_paths() -> set[str]:
@@ -130,7 +127,6 @@ def startup_problems(role: str, env: Mapping[str, str]) -> list[str]:
                 for k, v in env.items()}
     try:
         config = Config.from_env(concrete)
-        float(concrete.get("CHRONOSYNC_SHUTDOWN_GRACE_S", "30"))
     except ValueError as exc:
         return [str(exc)]
     problems = []

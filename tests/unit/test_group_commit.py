@@ -67,6 +67,7 @@ def submit_all(group: GroupCommit[int, int], write: HeldWrite,
 def test_every_caller_gets_its_own_result_from_a_shared_statement() -> None:
     write = HeldWrite()
     group: GroupCommit[int, int] = GroupCommit(write, name="test")
+    group.start()
     answers = submit_all(group, write, list(range(1, CALLERS + 1)))
     assert answers == {i: i * 10 for i in range(1, CALLERS + 1)}
     assert write.batches[0] == [1]
@@ -77,6 +78,7 @@ def test_every_caller_gets_its_own_result_from_a_shared_statement() -> None:
 def test_a_bad_item_fails_alone_and_the_rest_of_its_batch_is_written() -> None:
     write = HeldWrite(bad={7})
     group: GroupCommit[int, int] = GroupCommit(write, name="test")
+    group.start()
     answers = submit_all(group, write, list(range(1, CALLERS + 1)))
     assert isinstance(answers.pop(7), ValueError)
     assert answers == {i: i * 10 for i in range(1, CALLERS + 1) if i != 7}
@@ -91,6 +93,7 @@ def test_a_lost_connection_fails_every_item_of_the_batch() -> None:
         raise lost
 
     group: GroupCommit[int, int] = GroupCommit(failing, name="test")
+    group.start()
     answers = submit_all(group, write, list(range(1, 11)))
     assert all(answer is lost for answer in answers.values())
     assert len(write.batches) == 2, "a lost connection must not be retried item by item"
@@ -106,6 +109,7 @@ def test_a_deadlocked_batch_is_sent_again() -> None:
         return [-item for item in items]
 
     group: GroupCommit[int, int] = GroupCommit(deadlocks_once, name="test")
+    group.start()
     assert group.submit(5) == -5
     assert calls == [[5], [5]]
     group.stop()
@@ -114,6 +118,7 @@ def test_a_deadlocked_batch_is_sent_again() -> None:
 def test_a_batch_never_exceeds_the_bound() -> None:
     write = HeldWrite()
     group: GroupCommit[int, int] = GroupCommit(write, name="test", max_batch=8)
+    group.start()
     answers = submit_all(group, write, list(range(1, 30)))
     assert answers == {i: i * 10 for i in range(1, 30)}
     assert max(len(b) for b in write.batches) == 8
@@ -123,6 +128,7 @@ def test_a_batch_never_exceeds_the_bound() -> None:
 def test_stopping_writes_what_is_queued_then_refuses_more() -> None:
     write = HeldWrite()
     group: GroupCommit[int, int] = GroupCommit(write, name="test")
+    group.start()
     with ThreadPoolExecutor(4) as threads:
         answers = [threads.submit(group.submit, 1)]
         wait_until(lambda: len(write.batches) == 1, "the first batch")

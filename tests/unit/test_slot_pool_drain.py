@@ -1,4 +1,4 @@
-"""A stopping worker's slots (``SlotPool.drain``) over the fake database seam: work
+"""A stopping worker's slots (``SlotPool.stop``, its drain) over the fake database seam: work
 accepted but not started goes back to the queue, a command running is given its grace,
 and nothing new is taken."""
 
@@ -35,10 +35,11 @@ def finished(**p: Any) -> list[dict[str, Any]]:
     return [{"task_id": i} for i in p["ids"]]
 
 
-def slot_pool(db: FakeQueries, workdir: Path) -> SlotPool:
+def slot_pool(db: FakeQueries, workdir: Path, *, grace_s: float) -> SlotPool:
     pool = SlotPool(repo=TaskRepository(db), worker_id="worker-1", capacity=2,
                     workdir=str(workdir), kill_grace_s=1.0, reaper=None,
-                    lease_s=TTL_S / 2, ttl_s=TTL_S)
+                    lease_s=TTL_S / 2, ttl_s=TTL_S, grace_s=grace_s)
+    pool.start()
     pool.renewed(time.monotonic())  # a write was answered: the worker takes work
     return pool
 
@@ -53,12 +54,12 @@ def test_a_draining_pool_hands_back_a_task_it_accepted_but_had_not_started(
             go_on.wait(10)
     monkeypatch.setattr(failpoints, "pause", pause)
     db = FakeQueries({"mark_started": started})
-    pool = slot_pool(db, tmp_path)
+    pool = slot_pool(db, tmp_path, grace_s=10.0)
     accepted = task(1)
     assert pool.offer([accepted]) == ([1], [])
     assert at_start.wait(10)
     version, _ = pool.wait_change(-1, timeout=0)
-    drainer = threading.Thread(target=pool.drain, kwargs={"grace_s": 10.0})
+    drainer = threading.Thread(target=pool.stop)
     drainer.start()
     pool.wait_change(version, timeout=10)  # draining has begun
     go_on.set()
@@ -71,19 +72,19 @@ def test_a_draining_pool_hands_back_a_task_it_accepted_but_had_not_started(
 def test_a_draining_pool_lets_a_running_command_finish_within_its_grace(
         tmp_path: Path) -> None:
     db = FakeQueries({"mark_started": started, "mark_finished": finished})
-    pool = slot_pool(db, tmp_path)
+    pool = slot_pool(db, tmp_path, grace_s=30.0)
     assert pool.offer([task(1, "sleep 0.5")]) == ([1], [])
     deadline = time.monotonic() + 10
     while not db.called("mark_started"):
         assert time.monotonic() < deadline, "the start was never recorded"
         time.sleep(0.01)
-    pool.drain(grace_s=30.0)
+    pool.stop()
     [outcome] = db.called("mark_finished")
     assert (outcome["succeeded"], outcome["errors"]) == ([True], [None])
 
 
 def test_a_drained_pool_takes_no_new_work(tmp_path: Path) -> None:
-    pool = slot_pool(FakeQueries(), tmp_path)
-    pool.drain(grace_s=1.0)
+    pool = slot_pool(FakeQueries(), tmp_path, grace_s=1.0)
+    pool.stop()
     assert pool.offer([task(1), task(2)]) == ([], [1, 2])
     assert pool.draining

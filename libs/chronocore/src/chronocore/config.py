@@ -58,6 +58,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _seconds_or_none(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, where 0 is allowed (none at all)."""
+    raw = env.get(name)
+    try:
+        if raw is not None and float(raw) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    return _float(env, name, default)
+
+
 def _seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
     """Seconds, where 0 means no bound."""
     raw = env.get(name)
@@ -135,6 +146,8 @@ class Config:
     max_idle_s: float = 2.0
     claim_batch: int = 64
     kill_grace_s: float = 10.0
+    # Workers: on SIGTERM, how long running commands may go on before they are given up.
+    shutdown_grace_s: float = 30.0
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 300.0
     pool_size: int = 4
@@ -199,6 +212,8 @@ class Config:
             max_idle_s=_float(env, "CHRONOSYNC_MAX_IDLE_S", defaults.max_idle_s),
             claim_batch=_int(env, "CHRONOSYNC_CLAIM_BATCH", defaults.claim_batch),
             kill_grace_s=_float(env, "CHRONOSYNC_KILL_GRACE_S", defaults.kill_grace_s),
+            shutdown_grace_s=_seconds_or_none(env, "CHRONOSYNC_SHUTDOWN_GRACE_S",
+                                              defaults.shutdown_grace_s),
             retry_backoff_s=_float(env, "CHRONOSYNC_RETRY_BACKOFF_S", defaults.retry_backoff_s),
             retry_backoff_max_s=_float(
                 env, "CHRONOSYNC_RETRY_BACKOFF_MAX_S", defaults.retry_backoff_max_s

@@ -44,7 +44,8 @@ DEADLOCK_RETRIES = 3
 
 class GroupCommit(Generic[T, R]):
     """``write(items)`` runs one statement for the batch and returns one result per item,
-    in order."""
+    in order. A service: ``start`` begins the writer thread, ``stop`` writes what is
+    queued and ends it (safe twice, or unstarted)."""
 
     def __init__(self, write: Callable[[list[T]], list[R]], *, name: str,
                  max_batch: int = MAX_BATCH) -> None:
@@ -52,8 +53,15 @@ class GroupCommit(Generic[T, R]):
         self._max_batch = max_batch
         self._cond = threading.Condition()
         self._queue: list[tuple[T, Future[R]]] = []
+        self._started = False
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        with self._cond:
+            if self._started or self._stopping:
+                return
+            self._started = True
         self._thread.start()
 
     def submit(self, item: T) -> R:
@@ -63,6 +71,8 @@ class GroupCommit(Generic[T, R]):
         with self._cond:
             if self._stopping:
                 raise RuntimeError("group commit is stopped")
+            if not self._started:
+                raise RuntimeError("group commit is not started")
             self._queue.append((item, future))
             self._cond.notify()
         return future.result()
@@ -83,8 +93,10 @@ class GroupCommit(Generic[T, R]):
         """Write what is queued, then end the writer thread. Safe to call twice."""
         with self._cond:
             self._stopping = True
+            started = self._started
             self._cond.notify()
-        self._thread.join()
+        if started:
+            self._thread.join()
 
     def _loop(self) -> None:
         busy = False

@@ -1,5 +1,5 @@
 """Versioned schema migrations: ordered ``migrations/NNNN_name.sql`` files, each applied
-once, recorded in ``schema_migrations``.
+once, recorded in ``schema_migrations`` (its statements are named in queries.sql).
 
 All of them run in one transaction that first takes a transaction-level advisory lock, so
 any number of nodes may start (and migrate) at once: the first applies what is missing,
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+
+from chronocore.queries import QUERIES
 
 # An arbitrary constant shared by every ChronoSync node: "the migration lock".
 MIGRATION_LOCK_ID = 0x0C4_0505_0001
@@ -47,20 +49,14 @@ def apply_migrations(conninfo: str) -> list[int]:
     """Bring the schema up to date; returns the versions this call applied."""
     applied_now = []
     with psycopg.connect(conninfo) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        conn.execute(QUERIES["lock_migrations"], {"lock_id": MIGRATION_LOCK_ID})
+        conn.execute(QUERIES["create_schema_migrations"])
+        done = {row[0] for row in conn.execute(QUERIES["applied_migrations"])}
         for migration in available():
             if migration.version in done:
                 continue
             conn.execute(migration.sql)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
-            )
+            conn.execute(QUERIES["record_migration"],
+                         {"version": migration.version, "name": migration.name})
             applied_now.append(migration.version)
     return applied_now

@@ -1,5 +1,15 @@
 """What every ChronoSync process does the same way: logging with its node id, waiting for
-PostgreSQL (with backoff) and migrating it, and turning SIGTERM/SIGINT into a stop event.
+PostgreSQL (with backoff) and migrating it, turning SIGTERM/SIGINT into a stop event, and
+the life of its services (``serve_node``).
+
+Every long-running part of a node is a ``Service``: ``start()`` begins its work (its
+threads, its socket), ``stop()`` ends it and waits for it, and is safe to call twice and
+before ``start()``; a part that loops also has ``run_once()``, one step that tests drive.
+``serve_node`` owns what is common: logging, configuration, the wait for the database,
+the pool, the registry and heartbeat, signals, and the order of shutdown. The heartbeat
+starts first (it announces the node) and stops last (it leaves the registry); the node's
+own services start in the order given and stop in reverse. So each ``__main__`` is a
+short list of its services.
 """
 
 from __future__ import annotations
@@ -10,12 +20,18 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
-from chronocore.config import Config
+from chronocore import db
+from chronocore.config import Config, ConfigError
 from chronocore.migrate import apply_migrations
+from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +112,123 @@ def migrate_when_reachable(config: Config, stop: threading.Event) -> bool:
             log.info("applied migrations %s", applied)
         return True
     return False
+
+
+class Service(Protocol):
+    """A long-running part of a node (see the module's docstring)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Hooks:
+    """A ``Service`` made of two plain calls, for a part with no thread of its own (a gRPC
+    server, a directory to remove). ``stop`` calls ``on_stop`` once, and only if started."""
+
+    def __init__(self, *, on_start: Callable[[], None] = lambda: None,
+                 on_stop: Callable[[], None] = lambda: None) -> None:
+        self._on_start = on_start
+        self._on_stop = on_stop
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started or self._stopped:
+                return
+            self._started = True
+        self._on_start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if not self._started:
+                return
+        self._on_stop()
+
+
+def run_services(services: Sequence[Service], stop: threading.Event, *,
+                 ready: Callable[[], None] = lambda: None) -> None:
+    """Start ``services`` in order, call ``ready``, wait for ``stop``, then stop them in
+    reverse order. If a start fails, those already started are stopped (in reverse) before
+    the error goes on: no thread of theirs keeps the process alive."""
+    started: list[Service] = []
+    try:
+        for service in services:
+            started.append(service)
+            service.start()
+        ready()
+        stop.wait()
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+class CannotStart(Exception):
+    """A node's build found it cannot run (a port taken): logged, and the process exits 1."""
+
+
+@dataclass
+class Node:
+    """What ``serve_node`` hands a node's ``build``. The registry's ``address``,
+    ``capacity`` and ``labels`` and the heartbeat's hooks (``Heartbeat.attach``) may be set
+    there; both start only after ``build`` returns."""
+
+    id: str
+    kind: str
+    config: Config
+    pool: ConnectionPool
+    registry: NodeRegistry
+    heartbeat: Heartbeat
+
+
+@dataclass
+class Plan:
+    """What a node runs: its services, started in this order and stopped in reverse
+    (between the heartbeat's start and its stop), and the line logged once all started."""
+
+    services: list[Service]
+    ready: str
+
+
+P = TypeVar("P")
+
+
+def serve_node(kind: str, *, prepare: Callable[[Config], P],
+               build: Callable[[Node, P], Plan], extra_connections: int = 0) -> int:
+    """Run one node until SIGTERM or SIGINT; returns the process's exit code.
+
+    ``prepare`` checks what the configuration alone decides (raising ``ConfigError``:
+    exit 2) before anything waits for the database; ``build`` makes the node's services
+    once the database is migrated and the pool open. ``extra_connections``: beyond
+    CHRONOSYNC_POOL_SIZE, for the node's own dedicated writers."""
+    node_id = new_node_id(kind)
+    setup_logging(node_id)
+    node_log = logging.getLogger(f"chronosync.{kind}")
+    try:
+        config = Config.from_env()
+        prepared = prepare(config)
+    except ConfigError as exc:
+        node_log.error("bad configuration: %s", exc)
+        return 2
+    stop = stop_event_on_signals()
+    if not migrate_when_reachable(config, stop):
+        return 0
+    pool = db.open_pool(config.dsn, size=config.pool_size + extra_connections, name=kind,
+                        pooled=config.pooled, timeouts=config.session_timeouts)
+    registry = NodeRegistry(pool, node_id=node_id, kind=kind)
+    heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s)
+    try:
+        plan = build(Node(id=node_id, kind=kind, config=config, pool=pool,
+                          registry=registry, heartbeat=heartbeat), prepared)
+    except CannotStart as exc:
+        node_log.error("%s", exc)
+        return 1
+    run_services([heartbeat, *plan.services], stop,
+                 ready=lambda: node_log.info("%s", plan.ready))
+    pool.close()
+    return 0

@@ -8,6 +8,8 @@ connection for one autocommit statement; ``session()`` gives the same three on o
 connection (a few statements in a row, each still its own commit), ``transaction()`` on
 one connection inside one transaction. ``chronocore.testing`` fakes it, keyed by statement
 name, so that the loops built on the repositories can be tested with no database.
+The tools (``chronosync_dev``) and the bench keep theirs in a queries.sql of their own,
+in the same form, read by ``load`` and ``parse``.
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ def parse(text: str) -> dict[str, str]:
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
-            raise ValueError(f"query {name!r} is defined twice in queries.sql")
+            raise ValueError(f"query {name!r} is defined twice")
         queries[name] = body.strip().rstrip(";")
     return queries
 
 
-QUERIES: dict[str, str] = parse(
-    resources.files("chronocore").joinpath("queries.sql").read_text(encoding="utf-8")
-)
+def load(package: str) -> dict[str, str]:
+    """The statements of the queries.sql shipped in ``package``."""
+    return parse(resources.files(package).joinpath("queries.sql").read_text(encoding="utf-8"))
+
+
+QUERIES: dict[str, str] = load("chronocore")
 
 
 def row_as(cls: type[T], row: Row) -> T:

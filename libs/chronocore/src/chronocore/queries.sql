@@ -62,9 +62,11 @@ WHERE task_id = %(id)s
 ORDER BY attempt;
 
 -- name: list_tasks --
--- Tasks newest first, optionally by status and job, paged by id; with only the end of
--- their output (up to 64 KiB each: a page of 1,000 would be 64 MiB), which GET
--- /tasks/{id} gives whole.
+-- Tasks newest first, optionally by status, job, worker and text in the command (a
+-- case-insensitive substring: its LIKE wildcards and escape are escaped here, so they
+-- match themselves), paged by id; with only the end of their output (up to 64 KiB each:
+-- a page of 1,000 would be 64 MiB), which GET /tasks/{id} gives whole. A worker's tasks
+-- are found by their own index (tasks_worker).
 SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
@@ -79,6 +81,10 @@ WHERE (%(status)s::text IS NULL
        OR task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
                       t.cancelled_at, t.attempt) = %(status)s::text)
   AND (%(job_id)s::bigint IS NULL OR t.job_id = %(job_id)s::bigint)
+  AND (%(worker)s::text IS NULL OR t.worker_id = %(worker)s::text)
+  AND (%(text)s::text IS NULL
+       OR t.command ILIKE '%%' || replace(replace(replace(%(text)s::text, '\', '\\'),
+                                                  '%%', '\%%'), '_', '\_') || '%%')
   AND (%(before)s::bigint IS NULL OR t.id < %(before)s::bigint)
 ORDER BY t.id DESC
 LIMIT %(limit)s;
@@ -266,11 +272,13 @@ RETURNING id;
 -- name: mark_finished --
 -- Record how attempts ended, fenced by token, one statement for a batch sorted by id; a
 -- failed at_least_once attempt with attempts left goes back to the queue after an
--- exponential backoff instead. Returns the ids written (the others were fenced off).
+-- exponential backoff instead (attempt_retries and requeued: migration 0010). Returns
+-- the ids written (the others were fenced off).
 WITH current AS (
     SELECT t.id, t.attempt, o.succeeded, o.exit_code, o.error, o.output,
-           (NOT o.succeeded AND t.delivery = 'at_least_once' AND t.attempt < t.max_attempts
-            AND t.cancelled_at IS NULL) AS retry
+           (NOT o.succeeded
+            AND attempt_retries(t.delivery, t.attempt, t.max_attempts, t.cancelled_at))
+               AS retry
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(succeeded)s::boolean[],
                 %(exit_codes)s::integer[], %(errors)s::text[], %(outputs)s::text[])
          AS o(id, token, succeeded, exit_code, error, output)
@@ -284,12 +292,8 @@ WITH current AS (
     UPDATE tasks t
     SET completed_at = CASE WHEN c.succeeded THEN now() END,
         failed_at = CASE WHEN NOT c.succeeded AND NOT c.retry THEN now() END,
-        picked_at = CASE WHEN c.retry THEN NULL ELSE t.picked_at END,
-        started_at = CASE WHEN c.retry THEN NULL ELSE t.started_at END,
-        claim_token = CASE WHEN c.retry THEN NULL ELSE t.claim_token END,
-        due_at = CASE WHEN c.retry
-                      THEN retry_due_at(c.attempt, %(backoff_base_s)s, %(backoff_max_s)s)
-                      ELSE t.due_at END,
+        (picked_at, started_at, claim_token, due_at) =
+            (SELECT * FROM requeued(c.retry, t, %(backoff_base_s)s, %(backoff_max_s)s)),
         exit_code = c.exit_code, error = c.error, output = c.output
     FROM current c
     WHERE t.id = c.id
@@ -325,8 +329,7 @@ RETURNING id;
 -- as worker_lost; at_least_once with attempts left: back to the queue after a backoff.
 WITH lost AS (
     SELECT t.id, t.attempt,
-           (t.delivery = 'at_least_once' AND t.attempt < t.max_attempts
-            AND t.cancelled_at IS NULL) AS retry
+           attempt_retries(t.delivery, t.attempt, t.max_attempts, t.cancelled_at) AS retry
     FROM tasks t
     LEFT JOIN nodes n ON n.id = t.worker_id
     -- started implies picked: says so, so that the in-flight index (live work) is read
@@ -338,12 +341,8 @@ WITH lost AS (
 ), recovered AS (
     UPDATE tasks t
     SET failed_at = CASE WHEN l.retry THEN NULL ELSE now() END,
-        picked_at = CASE WHEN l.retry THEN NULL ELSE t.picked_at END,
-        started_at = CASE WHEN l.retry THEN NULL ELSE t.started_at END,
-        claim_token = CASE WHEN l.retry THEN NULL ELSE t.claim_token END,
-        due_at = CASE WHEN l.retry
-                      THEN retry_due_at(l.attempt, %(backoff_base_s)s, %(backoff_max_s)s)
-                      ELSE t.due_at END,
+        (picked_at, started_at, claim_token, due_at) =
+            (SELECT * FROM requeued(l.retry, t, %(backoff_base_s)s, %(backoff_max_s)s)),
         error = 'worker_lost', exit_code = NULL
     FROM lost l
     WHERE t.id = l.id
@@ -707,18 +706,6 @@ SELECT count(*) FILTER (WHERE started_at IS NULL) AS picked,
 FROM tasks
 WHERE picked_at IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL;
 
--- name: dev_status --
--- The figures of `chronosync dev`'s live line: finished and running tasks, nodes alive.
-SELECT (SELECT count(*) FROM tasks
-        WHERE completed_at IS NOT NULL OR failed_at IS NOT NULL) AS finished,
-       (SELECT count(*) FROM tasks
-        WHERE started_at IS NOT NULL AND completed_at IS NULL AND failed_at IS NULL)
-           AS running,
-       (SELECT count(*) FROM nodes
-        WHERE stopped_at IS NULL AND last_heartbeat_at > now() - interval '5 seconds')
-           AS alive,
-       (SELECT count(*) FROM nodes WHERE stopped_at IS NULL) AS known;
-
 -- name: prune_finished --
 -- Retention: delete up to LIMIT finished tasks older than the retention age (their
 -- attempts go with them). Small batches and SKIP LOCKED: it never holds up a claim.
@@ -778,3 +765,23 @@ FROM tasks
 WHERE job_id = %(job_id)s AND picked_at IS NULL AND scheduled_at < %(at)s
   AND completed_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
 ORDER BY scheduled_at, id;
+
+-- name: lock_migrations --
+-- Migrations: one node at a time, for the rest of the transaction (chronocore.migrate).
+SELECT pg_advisory_xact_lock(%(lock_id)s);
+
+-- name: create_schema_migrations --
+-- Migrations: the record of what was applied, made before the first migration runs.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations --
+-- Migrations: the versions applied so far.
+SELECT version FROM schema_migrations;
+
+-- name: record_migration --
+-- Migrations: one more applied, in the same transaction as its statements.
+INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);

@@ -41,22 +41,32 @@ log = logging.getLogger(__name__)
 
 
 class Reaper:
-    """The worker's side: start the reaper, report groups, close it on a clean stop."""
+    """The worker's side: start the reaper, report groups, close it on a clean stop.
+
+    A service: ``start`` starts the reaper process (and the search for orphans); ``stop``
+    closes its pipe, a clean stop, and waits for it. Safe to stop twice, or unstarted."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.orphans = Orphans()
-        self.orphans.start()
-        ticket = self.orphans.begin_spawn()
-        pid = None
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "chronocore.reaper"],
-                stdin=subprocess.PIPE, start_new_session=True, close_fds=True,
-            )
-            pid = self._proc.pid
-        finally:
-            self.orphans.end_spawn(ticket, pid)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._proc is not None or self._stopped:
+                return
+            self.orphans.start()
+            ticket = self.orphans.begin_spawn()
+            pid = None
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "chronocore.reaper"],
+                    stdin=subprocess.PIPE, start_new_session=True, close_fds=True,
+                )
+                pid = self._proc.pid
+            finally:
+                self.orphans.end_spawn(ticket, pid)
 
     def expect(self, run: tuple[str, ...]) -> int:
         """A run is about to be spawned; ``run`` holds ``NAME=value`` entries of its
@@ -91,18 +101,26 @@ class Reaper:
     def unwatch(self, pgid: int) -> None:
         self._send(f"-{pgid}\n")
 
-    def close(self) -> None:
+    def stop(self) -> None:
         """A clean stop: the reaper kills what is left (nothing, after a drain) and exits."""
         with self._lock:
-            if self._proc.stdin is not None and not self._proc.stdin.closed:
-                self._proc.stdin.close()
-        self._proc.wait(timeout=10)
-        self.orphans.ended(self._proc.pid, leftovers=False)
+            if self._stopped:
+                return
+            self._stopped = True
+            proc = self._proc
+            if proc is None:
+                return
+            if proc.stdin is not None and not proc.stdin.closed:
+                proc.stdin.close()
+        proc.wait(timeout=10)
+        self.orphans.ended(proc.pid, leftovers=False)
         self.orphans.stop()
 
     def _send(self, line: str) -> None:
-        assert self._proc.stdin is not None
-        with self._lock:  # never write to a descriptor number close() gave back
+        with self._lock:  # never write to a descriptor number stop() gave back
+            if self._proc is None or self._proc.stdin is None:
+                log.error("the reaper is not running: commands may outlive this worker")
+                return
             try:
                 # One write(2) of a short line: atomic on a pipe, nothing to flush.
                 os.write(self._proc.stdin.fileno(), line.encode())

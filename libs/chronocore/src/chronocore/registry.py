@@ -137,11 +137,14 @@ class NodeRegistry:
 
 
 class Heartbeat:
-    """Beats every ``interval_s`` on its own thread; ``on_beat`` runs after each beat.
+    """The node's presence in the registry, as a service: ``start`` announces the node
+    and beats every ``interval_s`` on its own thread (``on_beat`` runs after each beat);
+    ``stop`` ends the beats and leaves the registry. Safe to stop twice, or unstarted.
 
     ``running`` reports the node's current load for the beat (workers: commands running).
-    ``on_alive`` hears, after each beat the database answered, the monotonic instant the
-    beat was begun: the database stamped it no earlier (workers fence by it).
+    ``on_alive`` hears, after each beat the database answered (and after the announce),
+    the monotonic instant it was begun: the database stamped it no earlier (workers fence
+    by it).
     """
 
     def __init__(self, registry: NodeRegistry, *, interval_s: float,
@@ -154,19 +157,45 @@ class Heartbeat:
         self._on_beat = on_beat
         self._on_alive = on_alive
         self._stop = threading.Event()
+        self._lifecycle = threading.Lock()
+        self._started = False
+        self._left = False
         self._connected_since: float | None = None
         self._rested_at: float | None = None  # when the last successful step ended
         self._thread = threading.Thread(
             target=self._loop, name=f"heartbeat-{registry.kind}", daemon=True
         )
 
+    def attach(self, *, running: Callable[[], int] | None = None,
+               on_beat: Callable[[], None] | None = None,
+               on_alive: Callable[[float], None] | None = None) -> None:
+        """Set the node's hooks (before ``start``): those given replace the defaults."""
+        if running is not None:
+            self._running = running
+        if on_beat is not None:
+            self._on_beat = on_beat
+        if on_alive is not None:
+            self._on_alive = on_alive
+
     def start(self) -> None:
+        with self._lifecycle:
+            if self._started or self._stop.is_set():
+                return
+            self._started = True
+        sent = time.monotonic()
+        if self._registry.announce() and self._on_alive is not None:
+            self._on_alive(sent)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._lifecycle:
+            self._stop.set()
+            leave = self._started and not self._left
+            self._left = True
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        if leave:
+            self._registry.leave()
 
     def connected_for(self) -> float:
         """Seconds since beats began to succeed without a break (0 while failing, and 0

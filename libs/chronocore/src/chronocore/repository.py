@@ -223,9 +223,11 @@ class TaskRepository:
             return None if row is None else (row, db.all("task_attempts", id=task_id))
 
     def list(self, *, status: str | None, job_id: int | None, before: int | None,
-             limit: int) -> list[dict[str, Any]]:
+             limit: int, worker: str | None = None,
+             text: str | None = None) -> list[dict[str, Any]]:
         return self._db.all("list_tasks", status=status, job_id=job_id, before=before,
-                            limit=limit, output_chars=LISTED_OUTPUT_CHARS)
+                            limit=limit, worker=worker, text=text,
+                            output_chars=LISTED_OUTPUT_CHARS)
 
     def queue_depth(self) -> dict[str, float]:
         row = self._db.one("queue_depth")

@@ -40,30 +40,49 @@ DUE_SLACK_S = 0.0005
 
 
 class ClaimLoop:
+    """A service: ``start`` runs the loop and its LISTEN on threads of their own; ``stop``
+    ends the loop after its current step (claims taken but not dispatched go back at once)
+    and waits for it. ``wake`` (set by the dispatcher when a slot is freed, and by a
+    NOTIFY) makes the loop look again at once."""
+
     def __init__(self, *, repo: TaskRepository, dispatcher: Dispatcher, coordinator_id: str,
-                 dsn: str, batch: int, max_idle_s: float) -> None:
+                 dsn: str, batch: int, max_idle_s: float,
+                 wake: threading.Event | None = None) -> None:
         self._repo = repo
         self._dispatcher = dispatcher
         self._coordinator_id = coordinator_id
         self._dsn = dsn
         self._batch = batch
         self._max_idle_s = max_idle_s
-        self._wake = threading.Event()
+        self._wake = wake if wake is not None else threading.Event()
         self._stop = threading.Event()
+        self._lifecycle = threading.Lock()
+        self._started = False
         self._listener = threading.Thread(target=self._listen, name="listen", daemon=True)
+        # Not a daemon: the process ends only once a step in flight has handed back what
+        # it claimed.
+        self._runner = threading.Thread(target=self._run, name="claim-loop")
 
     def start(self) -> None:
-        self._listener.start()
+        with self._lifecycle:
+            if self._started or self._stop.is_set():
+                return
+            self._started = True
+            self._listener.start()
+            self._runner.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        with self._lifecycle:
+            self._stop.set()
+            self._wake.set()
+        if self._runner.is_alive() and self._runner is not threading.current_thread():
+            self._runner.join()
 
     def wake(self) -> None:
         """Look again now (a slot was freed, or a task added)."""
         self._wake.set()
 
-    def run(self) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 delay = self.run_once()

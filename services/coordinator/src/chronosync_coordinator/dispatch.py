@@ -62,6 +62,9 @@ class WorkerView:
 
 
 class Dispatcher:
+    """A service with no thread of its own to start (each slot stream gets one as it is
+    watched); ``stop`` ends the streams and closes the channels."""
+
     def __init__(self, registry: NodeRegistry, *, coordinator_id: str, ttl_s: float,
                  refresh_s: float, tls: TlsFiles | None,
                  on_slots_freed: Callable[[], None] = lambda: None) -> None:
@@ -172,7 +175,10 @@ class Dispatcher:
             return False
         return task.target is None or matches(worker.labels, task.target)
 
-    def close(self) -> None:
+    def start(self) -> None:
+        """Nothing to do: workers are watched as the claim loop first asks for them."""
+
+    def stop(self) -> None:
         with self._lock:
             for call in self._watches.values():
                 call.cancel()

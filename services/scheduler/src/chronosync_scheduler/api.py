@@ -8,6 +8,7 @@ sockets or headers: ``http.py`` does the wire.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_ID = 2**63 - 1
+MAX_TEXT = 200  # GET /tasks?text=: a search, not a command
+MAX_NODE_ID = 255
+NODE_ID = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_NODE_ID}}}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,28 @@ def _limit(query: dict[str, str]) -> int:
     if not 1 <= limit <= MAX_LIMIT:
         raise ValidationError(f"limit must be between 1 and {MAX_LIMIT}", "limit")
     return limit
+
+
+def _worker_param(query: dict[str, str]) -> str | None:
+    """``worker``: a node id as GET /nodes gives it (``worker-<host>-<pid>-<hex>``)."""
+    raw = query.get("worker")
+    if raw is not None and not NODE_ID.fullmatch(raw):
+        raise ValidationError("worker must be a node id (letters, digits, '.', '_', ':', "
+                              f"'@' or '-'; at most {MAX_NODE_ID} characters)", "worker")
+    return raw
+
+
+def _text_param(query: dict[str, str]) -> str | None:
+    """``text``: found anywhere in the command, ignoring case; bounded, as every row the
+    list reads is compared with it."""
+    raw = query.get("text")
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= MAX_TEXT:
+        raise ValidationError(f"text must be 1 to {MAX_TEXT} characters", "text")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
+        raise ValidationError("text must not contain control characters", "text")
+    return raw
 
 
 @dataclass
@@ -176,6 +202,7 @@ class Api:
             raise ValidationError(f"status must be one of {', '.join(STATUSES)}", "status")
         limit = _limit(query)
         rows = self.repo.list(status=status, job_id=_int_param(query, "job_id"),
+                              worker=_worker_param(query), text=_text_param(query),
                               before=_int_param(query, "before"), limit=limit)
         next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
         waiting = self._waiting(rows)

@@ -72,6 +72,8 @@ IDLE_TIMEOUT_S = 5.0
 # Each read may wait this long; a request as a whole must arrive within the deadline.
 SOCKET_TIMEOUT_S = 10.0
 REQUEST_DEADLINE_S = 15.0
+# How often the watchdog looks for requests past their deadline: well within it.
+WATCHDOG_EVERY_S = 0.5
 # After refusing a request whose body was not read, the server drains what the client
 # still sends before closing (closing with unread bytes resets the connection, and the
 # client may lose the answer); at most this long and this much.
@@ -512,7 +514,11 @@ class RequestHandler(BaseHTTPRequestHandler):
 class ApiServer(ThreadingHTTPServer):
     """A thread per connection, at most MAX_CONNECTIONS of them and
     MAX_CONNECTIONS_PER_CLIENT from one address, each request within its deadline (a
-    watchdog thread shuts the sockets of those too slow)."""
+    watchdog thread shuts the sockets of those too slow).
+
+    A service: it listens once made (so a port taken is known before anything starts);
+    ``start`` serves on a thread of its own, with the watchdog; ``stop`` stops accepting,
+    closes the socket and ends both threads. Safe to stop twice, or unstarted."""
 
     daemon_threads = True
     listen_host = ""  # CHRONOSYNC_HTTP_ADDR's host, for origin.foreign_request
@@ -526,7 +532,32 @@ class ApiServer(ThreadingHTTPServer):
         self._per_client: dict[str, int] = {}
         self._deadlines: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
-        threading.Thread(target=self._watchdog, name="http-watchdog", daemon=True).start()
+        self._stopping = threading.Event()
+        self._lifecycle = threading.Lock()
+        self._started = False
+        self._serving = threading.Thread(target=self.serve_forever, name="http")
+        self._watchdog_thread = threading.Thread(target=self._watchdog, name="http-watchdog",
+                                                 daemon=True)
+
+    def start(self) -> None:
+        with self._lifecycle:
+            if self._started or self._stopping.is_set():
+                return
+            self._started = True
+            self._watchdog_thread.start()
+            self._serving.start()
+
+    def stop(self) -> None:
+        with self._lifecycle:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            started = self._started
+        if started:
+            self.shutdown()  # returns once serve_forever has (it never would unstarted)
+            self._serving.join()
+            self._watchdog_thread.join()
+        self.server_close()
 
     def watch(self, conn: socket.socket) -> None:
         with self._lock:
@@ -573,8 +604,7 @@ class ApiServer(ThreadingHTTPServer):
             self._release(client_address[0])
 
     def _watchdog(self) -> None:
-        while True:
-            time.sleep(0.5)
+        while not self._stopping.wait(WATCHDOG_EVERY_S):
             now = time.monotonic()
             with self._lock:
                 late = [conn for conn, deadline in self._deadlines.items() if deadline < now]

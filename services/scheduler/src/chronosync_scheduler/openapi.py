@@ -157,7 +157,15 @@ PATHS: dict[str, Any] = {
         "parameters": [
             {"name": "status", "in": "query",
              "schema": {"type": "string", "enum": list(STATUSES)}},
-            {"name": "job_id", "in": "query", "schema": {"type": "integer"}}, *_PAGING],
+            {"name": "job_id", "in": "query", "schema": {"type": "integer"}},
+            {"name": "worker", "in": "query", "description": "the worker's node id, as "
+             "GET /nodes gives it: the tasks it ran (or runs)",
+             "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                        "pattern": "^[A-Za-z0-9._:@-]+$"}},
+            {"name": "text", "in": "query", "description": "found anywhere in the "
+             "command, ignoring case; '%', '_' and '\\' match themselves",
+             "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+            *_PAGING],
         "responses": {"200": _json(_page("Task", "tasks"), "a page"), **_ERRORS}}},
     "/tasks/{id}": {"get": {
         "summary": "One task with its attempts", "parameters": [_ID],

@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -103,13 +104,18 @@ class _Slot:
 
 
 class SlotPool:
+    """A service: ``start`` begins the fence watchdog and the group-commit writers, and
+    takes work from then on; ``stop`` is the worker's drain (``on_drain`` first, to say
+    so), with ``grace_s`` for running commands. Safe to stop twice, or unstarted."""
+
     def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
                  workdir: str, kill_grace_s: float, reaper: Reaper | None,
                  lease_s: float, ttl_s: float, run_as: RunAs | None = None,
                  sandbox: Sandbox | None = None,
                  allowlist: tuple[str, ...] | None = None,
                  env_allowlist: tuple[str, ...] = (),
-                 pass_env: tuple[str, ...] = ()) -> None:
+                 pass_env: tuple[str, ...] = (), grace_s: float = 0.0,
+                 on_drain: Callable[[], None] = lambda: None) -> None:
         """``lease_s``: how long after sending a start the worker may still spawn without
         asking again; well under the TTL after which sweepers judge it dead. ``ttl_s``:
         that TTL, from which each run's lease is made (``chronocore.fence``)."""
@@ -127,7 +133,11 @@ class SlotPool:
         self._reaper = reaper
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}
-        self._draining = False
+        self._grace_s = grace_s
+        self._on_drain = on_drain
+        self._started = False
+        self._stop_asked = False
+        self._draining = True  # until started: no work is taken before the threads run
         self._idle = threading.Condition(self._lock)
         self._version = 0  # bumped whenever a slot is freed, and when draining starts
         self._leases: Leases[int] = Leases(ttl_s=ttl_s)
@@ -137,12 +147,40 @@ class SlotPool:
         self._stopping = False
         self._watchdog = threading.Thread(target=self._watch_leases, name="fence",
                                           daemon=True)
-        self._watchdog.start()
         self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="run")
         self._starts: GroupCommit[ClaimedTask, tuple[Started, float] | None] = GroupCommit(
             self._write_starts, name="record-starts")
         self._outcomes: GroupCommit[tuple[ClaimedTask, Outcome], bool] = GroupCommit(
             self._write_outcomes, name="record-outcomes")
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started or self._stop_asked:
+                return
+            self._started = True
+        self._starts.start()
+        self._outcomes.start()
+        self._watchdog.start()
+        with self._lock:
+            self._draining = self._stop_asked
+            self._version += 1  # slot watchers learn we take work
+            self._idle.notify_all()
+
+    def stop(self) -> None:
+        """Say we drain (``on_drain``), then ``drain`` with the grace given."""
+        with self._lock:
+            if self._stop_asked:
+                return
+            self._stop_asked = True
+            if not self._started:
+                return
+        log.info("draining: waiting up to %.0fs for %d running commands", self._grace_s,
+                 self.running)
+        try:
+            self._on_drain()
+        except Exception as exc:  # the database may be down: dispatchers learn it by RPC too
+            log.warning("could not mark draining: %s", exc)
+        self.drain(grace_s=self._grace_s)
 
     @property
     def running(self) -> int:

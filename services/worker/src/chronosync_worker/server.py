@@ -1,18 +1,26 @@
-"""The worker's gRPC servicer: a thin adapter from the Worker service to ``SlotPool``."""
+"""The worker's gRPC servicer, a thin adapter from the Worker service to ``SlotPool``,
+and the server it runs in."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent import futures
 
 import grpc
 
 from chronocore import failpoints
 from chronocore.repository import ClaimedTask
 from chronocore.rpc import worker_pb2, worker_pb2_grpc
+from chronocore.tls import TlsFiles
 from chronosync_worker.pool import SlotPool
 
 # A watched worker speaks at least this often, so a dead stream is noticed.
 WATCH_KEEPALIVE_S = 1.0
+# Dispatch and cancel calls, plus one long-lived slot watch per coordinator.
+RPC_THREADS = 64
+# A stopping server lets calls in flight finish this long (slot watches never do).
+STOP_GRACE_S = 1.0
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -53,3 +61,34 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             worker_id=self._worker_id, capacity=self._pool.capacity,
             running=running, draining=self._pool.draining,
         )
+
+
+class RpcServer:
+    """The worker's gRPC server, as a service. It binds once made (``port`` is then
+    known, for the registry's address); ``start`` serves, ``stop`` ends the calls in
+    flight after ``STOP_GRACE_S``. Safe to stop twice, or unstarted."""
+
+    def __init__(self, servicer: WorkerServicer, *, addr: str, tls: TlsFiles | None) -> None:
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS))
+        worker_pb2_grpc.add_WorkerServicer_to_server(servicer, self._server)
+        if tls is None:
+            self.port = self._server.add_insecure_port(addr)
+        else:
+            self.port = self._server.add_secure_port(addr, tls.server_credentials())
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started or self._stopped:
+                return
+            self._started = True
+        self._server.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._server.stop(grace=STOP_GRACE_S).wait()

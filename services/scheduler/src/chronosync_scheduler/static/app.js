@@ -118,6 +118,34 @@
     return fullDate.format(when);
   }
 
+  // A job's times in the job's own zone ("Tue 1 Dec, 02:30:00 EST"); UTC on hover.
+  const zoneFormats = new Map();
+
+  function fmtInZone(timestamp, zone) {
+    if (!zoneFormats.has(zone)) {
+      let format;
+      try {
+        format = new Intl.DateTimeFormat(undefined, { timeZone: zone, weekday: "short",
+          month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+          second: "2-digit", timeZoneName: "short" });
+      } catch (_) { // a zone this browser does not know: UTC, saying so
+        format = new Intl.DateTimeFormat(undefined, { timeZone: "UTC", weekday: "short",
+          month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+          second: "2-digit", timeZoneName: "short" });
+      }
+      zoneFormats.set(zone, format);
+    }
+    const when = new Date(ms(timestamp));
+    return Number.isNaN(when.getTime()) ? "" : zoneFormats.get(zone).format(when);
+  }
+
+  // "2026-12-01 07:30:00 UTC" from what the API sends ("2026-12-01T07:30:00Z").
+  function fmtUtc(timestamp) {
+    const when = new Date(ms(timestamp));
+    if (Number.isNaN(when.getTime())) return "";
+    return `${when.toISOString().replace("T", " ").replace(/\.\d+Z$/, "")} UTC`;
+  }
+
   // A datetime-local value ("2026-12-25T22:34" or with seconds) as RFC 3339 with the
   // browser's offset at that instant ("2026-12-25T22:34:00+01:00").
   function localToRfc3339(value) {
@@ -212,12 +240,22 @@
     setAttr(node, "title", command);
   }
 
-  // Meta is a list of short facts: [text, title?, class?] triples.
+  // Meta is a list of short facts: [text, title?, class?, link?]; a link is a page of
+  // this dashboard (#/tasks/17), never anything the server sent.
   function updateMeta(node, facts) {
     const kept = facts.filter((fact) => fact && fact[0]);
-    replaceIfChanged(node, JSON.stringify(kept), () => kept.map(([text, title, cls]) =>
-      el("span", { class: cls || null, title: title || null, text })));
+    replaceIfChanged(node, JSON.stringify(kept), () => kept.map(([text, title, cls, link]) =>
+      el(link ? "a" : "span", { class: cls || null, title: title || null, href: link || null,
+        text })));
   }
+
+  const taskLink = (id) => `#/tasks/${encodeURIComponent(id)}`;
+  const jobLink = (id) => `#/jobs/${encodeURIComponent(id)}`;
+  const historyLink = (filters) => `#/tasks?${new URLSearchParams(filters)}`;
+  const idFact = (task) => [`#${task.id}`, "open the task", "id", taskLink(task.id)];
+  const workerFact = (task) => (task.worker_id
+    ? [`on ${shortNode(task.worker_id)}`, "worker: its tasks", "node",
+      historyLink({ worker: task.worker_id })] : null);
 
   function shortNode(id) {
     return id ? String(id) : "";
@@ -273,7 +311,7 @@
   }
 
   function jobFact(task) {
-    return task.job_id ? [`job #${task.job_id}`, null, "tag"] : null;
+    return task.job_id ? [`job #${task.job_id}`, "open the job", "tag", jobLink(task.job_id)] : null;
   }
 
   function nameFact(task) {
@@ -281,7 +319,7 @@
   }
 
   function retryFact(task) {
-    return task.retry_of ? [`retry of #${task.retry_of}`, null, "tag"] : null;
+    return task.retry_of ? [`retry of #${task.retry_of}`, null, "tag", taskLink(task.retry_of)] : null;
   }
 
   // ---- buttons ----------------------------------------------------------------------
@@ -296,7 +334,7 @@
     const button = el("button", { type: "button", class: "small danger cancel", text: "Cancel" });
     let disarm = null;
     button.addEventListener("click", async () => {
-      const row = button.closest("li");
+      const row = button.closest("[data-key]");
       if (!row || button.disabled) return;
       if (!button.classList.contains("armed")) {
         // A second click confirms: a stray click never cancels a task.
@@ -318,6 +356,8 @@
           { method: "POST" });
         showNotice(`Task #${task.id} ${task.status === "cancelled" ? "cancelled" : task.status}.`,
           "info");
+        button.disabled = false; // for the task page, where the button stays
+        button.textContent = "Cancel";
       } catch (error) {
         if (!(error instanceof SignedOut)) showNotice(`Could not cancel: ${error.message}`);
         button.disabled = false;
@@ -334,7 +374,7 @@
   function retryButton() {
     const button = el("button", { type: "button", class: "small retry", text: "Retry", hidden: true });
     button.addEventListener("click", async () => {
-      const row = button.closest("li");
+      const row = button.closest("[data-key]");
       if (!row || button.disabled) return;
       button.disabled = true;
       changes += 1;
@@ -343,6 +383,7 @@
         const task = await api(`/tasks/${encodeURIComponent(row.dataset.key)}/retry`,
           { method: "POST", body: {} });
         showNotice(`Task #${task.retry_of} retried as task #${task.id}.`, "info");
+        if (row.dataset.follow) window.location.hash = taskLink(task.id);
       } catch (error) {
         if (!(error instanceof SignedOut)) showNotice(`Could not retry: ${error.message}`);
       }
@@ -400,8 +441,8 @@
     for (const row of existing.values()) row.remove();
     list.hidden = items.length === 0;
     section.querySelector("[data-empty]").hidden = items.length > 0;
-    setText(section.querySelector("[data-count]"),
-      items.length ? `${items.length}${capped ? "+" : ""}` : "");
+    const count = section.querySelector("[data-count]");
+    if (count) setText(count, items.length ? `${items.length}${capped ? "+" : ""}` : "");
   }
 
   function renderUpcoming(tasks) {
@@ -418,7 +459,7 @@
         const due = ms(at) - serverNow();
         const retry = t.status === "retrying" ? "retry " : "";
         updateMeta(row.querySelector(".meta"), [
-          [`#${t.id}`, null, "id"],
+          idFact(t),
           [due <= 0 ? `${retry}due now` : `${retry}${fmtRelative(at)}`, at, "strong"],
           [fmtLocal(at), at],
           t.status === "retrying" && t.error ? [t.error, "error", "error"] : null,
@@ -439,10 +480,10 @@
         updateTaskCore(row, t, started ? "running" : "starting");
         const elapsed = serverNow() - since(t);
         updateMeta(row.querySelector(".meta"), [
-          [`#${t.id}`, null, "id"],
+          idFact(t),
           [started ? `running ${fmtDuration(elapsed)}` : `picked ${fmtDuration(elapsed)} ago`,
             t.started_at || t.picked_at, "strong"],
-          t.worker_id ? [`on ${shortNode(t.worker_id)}`, "worker", "node"] : null,
+          workerFact(t),
           t.timeout_s ? [`timeout ${fmtDuration(t.timeout_s * 1000)}`] : null,
           attemptFact(t), nameFact(t), jobFact(t), retryFact(t),
         ]);
@@ -458,10 +499,10 @@
       update: (row, t) => {
         updateTaskCore(row, t);
         updateMeta(row.querySelector(".meta"), [
-          [`#${t.id}`, null, "id"],
+          idFact(t),
           [t.error || "failed", "error", "error"],
           [`failed ${fmtRelative(t.failed_at)}`, t.failed_at, "strong"],
-          t.worker_id ? [`on ${shortNode(t.worker_id)}`, "worker", "node"] : null,
+          workerFact(t),
           attemptFact(t), nameFact(t), jobFact(t), retryFact(t),
         ]);
         updateOutput(row.querySelector(".output"), outputs.get(t.id));
@@ -473,8 +514,8 @@
     return t.completed_at || t.failed_at || t.cancelled_at;
   }
 
-  function renderRecent(tasks) {
-    reconcile("recent", tasks, {
+  function renderRecent(tasks, sectionId = "recent") {
+    reconcile(sectionId, tasks, {
       key: (t) => t.id,
       create: () => taskRow(false, true, true),
       update: (row, t) => {
@@ -490,7 +531,7 @@
         }
         const took = end && t.started_at ? ms(end) - ms(t.started_at) : NaN;
         updateMeta(row.querySelector(".meta"), [
-          [`#${t.id}`, null, "id"],
+          idFact(t),
           when,
           Number.isFinite(took) ? [`took ${fmtDuration(took)}`] : null,
           t.status === "failed" && t.error ? [t.error, "error", "error"] : null,
@@ -501,10 +542,10 @@
     });
   }
 
-  function renderJobs(jobs, outcomes) {
+  function renderJobs(jobs, outcomes, sectionId = "jobs") {
     const ids = new Set(jobs.map((j) => String(j.id)));
     for (const id of jobsShown.keys()) if (!ids.has(id)) jobsShown.delete(id);
-    reconcile("jobs", jobs, {
+    reconcile(sectionId, jobs, {
       key: (j) => j.id,
       create: () => {
         const toggle = el("button", { type: "button", class: "small toggle" });
@@ -519,7 +560,7 @@
         const row = el("li", { class: "row job" },
           el("div", { class: "about" },
             el("div", { class: "head" },
-              el("strong", { class: "name" }), el("span", { class: "status paused-badge", "data-status": "paused", text: "paused" })),
+              el("a", { class: "name", title: "open the job" }), el("span", { class: "status paused-badge", "data-status": "paused", text: "paused" })),
             commandLine(),
             el("div", { class: "desc" })),
           el("div", { class: "next" }),
@@ -534,7 +575,9 @@
         jobsShown.set(String(j.id), j);
         row.classList.toggle("paused", Boolean(j.paused));
         row.querySelector(".paused-badge").hidden = !j.paused;
-        setText(row.querySelector(".name"), j.name || `job #${j.id}`);
+        const name = row.querySelector(".name");
+        setText(name, j.name || `job #${j.id}`);
+        setAttr(name, "href", jobLink(j.id));
         updateCommand(row.querySelector(".cmd"), j.command);
         const desc = row.querySelector(".desc");
         replaceIfChanged(desc, JSON.stringify([j.description, j.cron, j.timezone]), () => [
@@ -544,11 +587,12 @@
         ]);
         const runs = Array.isArray(j.next_runs) ? j.next_runs.slice(0, 3) : [];
         const next = row.querySelector(".next");
-        replaceIfChanged(next, JSON.stringify([runs, j.paused, runs.length && fmtRelative(runs[0])]),
+        replaceIfChanged(next, JSON.stringify([runs, j.paused, j.timezone,
+          runs.length && fmtRelative(runs[0])]),
           () => runs.length === 0 ? [el("span", { class: "label", text: "No further runs" })] : [
             el("span", { class: "label", text: j.paused ? "Paused; would run" : "Next runs" }),
             el("ol", {}, ...runs.map((run, i) => el("li", { class: "next-run" },
-              el("time", { datetime: run, title: run, text: fmtLocal(run) }),
+              el("time", { datetime: run, title: fmtUtc(run), text: fmtInZone(run, j.timezone) }),
               i === 0 ? el("span", { class: "rel", text: fmtRelative(run) }) : null))),
           ]);
         const toggle = row.querySelector(".toggle");
@@ -737,7 +781,7 @@
       key: (n) => n.id,
       create: () => el("li", { class: "row node" },
         el("div", { class: "head" }, statusBadge(), el("strong", { class: "kind" }),
-          el("code", { class: "node-id" })),
+          el("a", { class: "node-id" })),
         el("div", { class: "meta" }),
         el("ul", { class: "labels", "aria-label": "Labels" }),
         el("div", { class: "load" },
@@ -749,7 +793,8 @@
         setText(row.querySelector(".kind"), n.kind);
         const id = row.querySelector(".node-id");
         setText(id, n.id);
-        setAttr(id, "title", n.id);
+        setAttr(id, "title", n.kind === "worker" ? `${n.id}: its tasks` : n.id);
+        setAttr(id, "href", n.kind === "worker" ? historyLink({ worker: n.id }) : null);
         const beat = serverNow() - ms(n.last_heartbeat_at);
         updateMeta(row.querySelector(".meta"), [
           [`${n.host}:${n.pid}`, n.address ? `listens on ${n.address}` : null],
@@ -804,6 +849,323 @@
     setText(deadItem.querySelector(".n"), dead);
   }
 
+  // ---- pages: #/ the overview, #/tasks?filters the history, #/tasks/17, #/jobs/3 ----
+
+  const HISTORY_LIMIT = 50;
+  const JOB_RUNS_LIMIT = 20;
+  const FILTERS = ["status", "job_id", "worker", "text"];
+
+  // What the address says to show. A permalink is the whole state: reloading it, or
+  // sending it to someone, shows the same page.
+  function parseRoute(hash) {
+    const [path, search] = hash.replace(/^#/, "").split("?");
+    const params = new URLSearchParams(search || "");
+    let match = /^\/tasks\/(\d+)$/.exec(path);
+    if (match) return { view: "task", id: match[1] };
+    match = /^\/jobs\/(\d+)$/.exec(path);
+    if (match) return { view: "job", id: match[1] };
+    if (path === "/tasks") {
+      const filters = {};
+      for (const name of FILTERS) {
+        const value = params.get(name);
+        if (value) filters[name] = value;
+      }
+      return { view: "tasks", filters, before: params.get("before") || null };
+    }
+    return { view: "overview" };
+  }
+
+  let route = parseRoute(window.location.hash);
+  // The pages of history walked through, so "Newer" goes back the way "Older" came.
+  let newer = [];
+
+  function showRoute() {
+    for (const view of document.querySelectorAll("main.view")) {
+      view.hidden = view.dataset.view !== route.view;
+    }
+    const tab = route.view === "overview" || route.view === "job" ? "overview" : "tasks";
+    for (const link of document.querySelectorAll(".views a")) {
+      setAttr(link, "aria-current", link.dataset.view === tab ? "page" : null);
+    }
+    if (route.view === "tasks") fillFilters(route.filters);
+    document.title = {
+      overview: "ChronoSync", tasks: "Tasks · ChronoSync",
+      task: `Task #${route.id} · ChronoSync`, job: `Job #${route.id} · ChronoSync`,
+    }[route.view];
+  }
+
+  window.addEventListener("hashchange", () => {
+    const was = route;
+    route = parseRoute(window.location.hash);
+    if (route.view !== "tasks" || was.view !== "tasks"
+        || JSON.stringify(route.filters) !== JSON.stringify(was.filters)) newer = [];
+    if (route.view !== was.view || route.id !== was.id) window.scrollTo(0, 0);
+    showRoute();
+    tick();
+  });
+
+  // A GET whose 404 means "not there (any more)" rather than a failure of the page.
+  const orMissing = (promise) => promise.catch((error) => {
+    if (error.status === 404) return null;
+    throw error;
+  });
+
+  // -- the history: filters, a page of 50, newer and older ---------------------------
+
+  const filters = document.getElementById("filters");
+  const historyMessage = document.getElementById("history-message");
+
+  function fillFilters(values) {
+    for (const name of FILTERS) {
+      const field = filters.elements.namedItem(name);
+      if (name === "job_id" && values.job_id
+          && !field.querySelector(`option[value="${CSS.escape(values.job_id)}"]`)) {
+        field.append(el("option", { value: values.job_id, text: `job #${values.job_id}` }));
+      }
+      field.value = values[name] || "";
+      field.removeAttribute("aria-invalid");
+    }
+  }
+
+  filters.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const chosen = {};
+    for (const name of FILTERS) {
+      const value = filters.elements.namedItem(name).value.trim();
+      if (value) chosen[name] = value;
+    }
+    const hash = historyLink(chosen);
+    if (window.location.hash === hash) tick();
+    else window.location.hash = hash;
+  });
+  filters.addEventListener("reset", (event) => {
+    event.preventDefault();
+    window.location.hash = "#/tasks";
+  });
+  filters.addEventListener("input", (event) => event.target.removeAttribute("aria-invalid"));
+
+  const pager = document.querySelector("#history .pager");
+  let olderCursor = null;
+  pager.querySelector(".older").addEventListener("click", () => {
+    if (!olderCursor) return;
+    newer.push(route.before);
+    window.location.hash = historyLink({ ...route.filters, before: olderCursor });
+  });
+  pager.querySelector(".newer").addEventListener("click", () => {
+    const before = newer.length ? newer.pop() : null;
+    const saved = newer;
+    window.location.hash = historyLink(before ? { ...route.filters, before } : route.filters);
+    newer = saved;
+  });
+
+  async function readHistory(shown) {
+    const params = new URLSearchParams({ ...shown.filters, limit: String(HISTORY_LIMIT) });
+    if (shown.before) params.set("before", shown.before);
+    const [nodes, jobs, page] = await Promise.all([
+      api("/nodes").then((d) => d.nodes),
+      api(`/jobs?limit=${JOB_LIMIT}`).then((d) => d.jobs),
+      api(`/tasks?${params}`).catch((error) => {
+        if (error.status === 400) return { refused: error };
+        throw error;
+      }),
+    ]);
+    return () => {
+      noteNodes(nodes);
+      fillChoices(jobs, nodes, shown.filters);
+      if (page.refused) {
+        historyMessage.dataset.kind = "error";
+        setText(historyMessage, page.refused.message);
+        const field = page.refused.field && filters.elements.namedItem(page.refused.field);
+        if (field) field.setAttribute("aria-invalid", "true");
+        renderHistory([], null, shown);
+        return;
+      }
+      setText(historyMessage, "");
+      renderHistory(page.tasks, page.next, shown);
+    };
+  }
+
+  function fillChoices(jobs, nodes, chosen) {
+    const select = filters.elements.namedItem("job_id");
+    const options = [["", "any"], ...jobs.map((j) => [String(j.id), j.name || `job #${j.id}`])];
+    if (chosen.job_id && !jobs.some((j) => String(j.id) === chosen.job_id)) {
+      options.push([chosen.job_id, `job #${chosen.job_id}`]);
+    }
+    replaceIfChanged(select, JSON.stringify(options), () => options.map(([value, text]) =>
+      el("option", { value, text })));
+    select.value = chosen.job_id || "";
+    const workers = nodes.filter((n) => n.kind === "worker").map((n) => n.id).sort();
+    const list = document.getElementById("worker-ids");
+    replaceIfChanged(list, JSON.stringify(workers), () => workers.map((id) =>
+      el("option", { value: id })));
+  }
+
+  function renderHistory(tasks, next, shown) {
+    olderCursor = next;
+    pager.querySelector(".older").disabled = !next;
+    pager.querySelector(".newer").disabled = !shown.before;
+    setText(pager.querySelector(".page-label"), tasks.length
+      ? `#${tasks[0].id} to #${tasks[tasks.length - 1].id}` : "");
+    reconcile("history", tasks, {
+      key: (t) => t.id,
+      capped: Boolean(next),
+      create: () => taskRow(false, false),
+      update: (row, t) => {
+        updateTaskCore(row, t);
+        const end = finishedAt(t);
+        const took = end && t.started_at ? ms(end) - ms(t.started_at) : NaN;
+        updateMeta(row.querySelector(".meta"), [
+          idFact(t),
+          end ? [`${t.status} ${fmtLocal(end)}`, fmtUtc(end), "strong"]
+            : t.started_at ? [`started ${fmtLocal(t.started_at)}`, fmtUtc(t.started_at), "strong"]
+              : [`due ${fmtLocal(t.scheduled_at)}`, fmtUtc(t.scheduled_at), "strong"],
+          Number.isFinite(took) ? [`took ${fmtDuration(took)}`] : null,
+          t.error ? [t.error, "error", "error"] : null,
+          workerFact(t), attemptFact(t), nameFact(t), jobFact(t), retryFact(t),
+        ]);
+      },
+    });
+  }
+
+  // -- one task: its timings, attempts, output and where it ran ----------------------
+
+  const taskCard = document.getElementById("task");
+  const taskDetail = taskCard.querySelector("[data-detail]");
+  const taskActions = taskCard.querySelector(".task-actions");
+  taskActions.append(cancelButton(), retryButton());
+  taskDetail.dataset.follow = "true"; // a retry from here opens the new task
+
+  async function readTask(shown) {
+    const [nodes, task] = await Promise.all([
+      api("/nodes").then((d) => d.nodes),
+      orMissing(api(`/tasks/${encodeURIComponent(shown.id)}`)),
+    ]);
+    return () => {
+      noteNodes(nodes);
+      renderTask(shown.id, task, nodes);
+    };
+  }
+
+  // A time as a fact: the browser's local time, UTC on hover, and how long ago.
+  function timeValue(timestamp) {
+    return el("time", { datetime: timestamp, title: fmtUtc(timestamp) },
+      `${fmtLocal(timestamp)} · ${fmtRelative(timestamp)}`);
+  }
+
+  function labelList(labels, cls) {
+    const entries = Object.entries(labels || {});
+    return el("ul", { class: `labels ${cls}` }, ...entries.map(([k, v]) =>
+      el("li", { class: "label", text: `${k}=${v}` })));
+  }
+
+  function link(href, text, title) {
+    return el("a", { href, title: title || null, text });
+  }
+
+  function taskFacts(task, nodes) {
+    const end = finishedAt(task);
+    const worker = task.worker_id && nodes.find((n) => n.id === task.worker_id);
+    const facts = [
+      ["Status", `${task.status}${task.waiting ? ` (${task.waiting})` : ""}`],
+      task.name ? ["Name", task.name] : null,
+      task.job_id ? ["Job", link(jobLink(task.job_id), `job #${task.job_id}`)] : null,
+      task.retry_of ? ["Retry of", link(taskLink(task.retry_of), `task #${task.retry_of}`)] : null,
+      ["Delivery", `${task.delivery}, attempt ${task.attempt} of ${task.max_attempts}`],
+      task.timeout_s ? ["Timeout", fmtDuration(task.timeout_s * 1000)] : null,
+      ["Scheduled", timeValue(task.scheduled_at)],
+      task.next_attempt_at ? ["Next attempt", timeValue(task.next_attempt_at)] : null,
+      ["Created", timeValue(task.created_at)],
+      task.picked_at ? ["Picked", timeValue(task.picked_at)] : null,
+      task.started_at ? ["Started", timeValue(task.started_at)] : null,
+      task.started_at ? ["Waited", fmtDuration(ms(task.started_at) - ms(task.scheduled_at))] : null,
+      task.completed_at ? ["Completed", timeValue(task.completed_at)] : null,
+      task.failed_at ? ["Failed", timeValue(task.failed_at)] : null,
+      task.cancelled_at ? ["Cancelled", timeValue(task.cancelled_at)] : null,
+      task.started_at ? [end ? "Took" : "Running for",
+        fmtDuration((end ? ms(end) : serverNow()) - ms(task.started_at))] : null,
+      task.exit_code !== null && task.exit_code !== undefined ? ["Exit code", String(task.exit_code)] : null,
+      task.error ? ["Error", task.error] : null,
+      task.worker_id ? ["Worker", link(historyLink({ worker: task.worker_id }), task.worker_id,
+        "this worker's tasks")] : null,
+      task.worker_id ? ["Worker labels", worker ? labelList(worker.labels, "worker-labels")
+        : "not known: the worker has not been seen in the last hour"] : null,
+      task.target ? ["Target", labelList(task.target.labels, "target-labels")] : null,
+      task.env && Object.keys(task.env).length
+        ? ["Environment", Object.keys(task.env).sort().join(", ")] : null,
+      task.idempotency_key ? ["Idempotency key", task.idempotency_key] : null,
+    ];
+    return facts.filter(Boolean);
+  }
+
+  function renderTask(id, task, nodes) {
+    setText(taskCard.querySelector(".title"), `#${id}`);
+    const missing = taskCard.querySelector("[data-missing]");
+    missing.hidden = task !== null;
+    taskDetail.hidden = task === null;
+    if (task === null) {
+      setText(missing, `There is no task #${id}: it may have been pruned by the retention policy.`);
+      return;
+    }
+    taskDetail.dataset.key = String(task.id);
+    setAttr(taskDetail, "data-status", task.status);
+    updateStatus(taskDetail.querySelector(".status"), task.status);
+    setText(taskDetail.querySelector(".cmd"), task.command);
+    taskActions.querySelector("button.cancel").hidden = finished(task);
+    taskActions.querySelector("button.retry").hidden = !finished(task);
+    const facts = taskFacts(task, nodes);
+    const dl = taskDetail.querySelector(".facts");
+    const signature = JSON.stringify(facts.map(([term, value]) =>
+      [term, typeof value === "string" ? value : value.outerHTML]));
+    replaceIfChanged(dl, signature, () => facts.flatMap(([term, value]) =>
+      [el("dt", { text: term }), el("dd", {}, value)]));
+    const attempts = task.attempts || [];
+    const body = taskDetail.querySelector(".attempts tbody");
+    replaceIfChanged(body, JSON.stringify([attempts, nodes.map((n) => n.id)]), () =>
+      attempts.map((a) => el("tr", {},
+        el("td", { text: a.attempt }),
+        el("td", {}, a.worker_id ? link(historyLink({ worker: a.worker_id }), a.worker_id) : ""),
+        el("td", {}, a.started_at ? el("time", { datetime: a.started_at,
+          title: fmtUtc(a.started_at), text: fmtLocal(a.started_at) }) : ""),
+        el("td", {}, a.finished_at ? el("time", { datetime: a.finished_at,
+          title: fmtUtc(a.finished_at), text: fmtLocal(a.finished_at) }) : ""),
+        el("td", { text: a.started_at && a.finished_at
+          ? fmtDuration(ms(a.finished_at) - ms(a.started_at)) : "" }),
+        el("td", { text: a.exit_code === null || a.exit_code === undefined ? "" : a.exit_code }),
+        el("td", { class: a.error ? "error" : null, text: a.error || "" }))));
+    taskDetail.querySelector(".attempts").hidden = attempts.length === 0;
+    taskDetail.querySelector("[data-no-attempts]").hidden = attempts.length > 0;
+    const output = typeof task.output === "string" ? task.output : "";
+    setText(taskDetail.querySelector(".task-output"), output);
+    taskDetail.querySelector(".task-output").hidden = output.length === 0;
+    taskDetail.querySelector("[data-no-output]").hidden = output.length > 0;
+  }
+
+  // -- one job: the job's row with its actions, and its recent runs ------------------
+
+  const jobCard = document.getElementById("job");
+
+  async function readJob(shown) {
+    const [nodes, job, runs] = await Promise.all([
+      api("/nodes").then((d) => d.nodes),
+      orMissing(api(`/jobs/${encodeURIComponent(shown.id)}`)),
+      tasksOf(`/tasks?job_id=${encodeURIComponent(shown.id)}&limit=${JOB_RUNS_LIMIT}`),
+    ]);
+    await readOutputs(runs);
+    return () => {
+      noteNodes(nodes);
+      setText(jobCard.querySelector(".title"), job ? job.name || `job #${job.id}` : `#${shown.id}`);
+      const missing = jobCard.querySelector("[data-missing]");
+      missing.hidden = job !== null;
+      setText(missing, job ? "" : `There is no job #${shown.id}: it may have been deleted; its tasks stay.`);
+      const jobs = job ? [job] : [];
+      renderJobs(jobs, new Map(jobs.map((j) => [j.id, [...(j.recent || [])].reverse()])), "job");
+      jobCard.querySelector("[data-empty]").hidden = true;
+      setAttr(document.querySelector("#job-runs .all-runs"), "href",
+        historyLink({ job_id: shown.id }));
+      renderRecent(runs, "job-runs");
+    };
+  }
+
   // ---- the refresh loop -------------------------------------------------------------
 
   const live = document.getElementById("live");
@@ -832,9 +1194,25 @@
       })));
   }
 
-  // Reads everything and paints it; false when a change made meanwhile voids the reads.
+  // Reads what the page shows and paints it; false when a change made meanwhile (or a
+  // move to another page) voids the reads.
   async function refresh() {
     const seen = changes;
+    const shown = route;
+    const read = { overview: readOverview, tasks: readHistory, task: readTask, job: readJob };
+    const paint = await read[shown.view](shown);
+    if (seen !== changes || shown !== route) return false;
+    paint();
+    return true;
+  }
+
+  function noteNodes(nodes) {
+    const beats = nodes.filter((n) => n.state !== "dead").map((n) => ms(n.last_heartbeat_at));
+    if (beats.length) noteServerTime(Math.max(...beats));
+    renderCounts(nodes);
+  }
+
+  async function readOverview() {
     const [nodes, scheduled, retrying, picked, running, failed, recent, jobs] = await Promise.all([
       api("/nodes").then((d) => d.nodes),
       tasksOf(`/tasks?status=scheduled&limit=${UPCOMING_LIMIT}`),
@@ -850,17 +1228,15 @@
     await readOutputs([...failed, ...recentShown]);
     // Each job carries its latest outcomes (oldest first); the strip wants newest first.
     const outcomes = new Map(jobs.map((job) => [job.id, [...(job.recent || [])].reverse()]));
-    if (seen !== changes) return false;
-    const beats = nodes.filter((n) => n.state !== "dead").map((n) => ms(n.last_heartbeat_at));
-    if (beats.length) noteServerTime(Math.max(...beats));
-    renderCounts(nodes);
-    renderNodes(nodes);
-    renderUpcoming([...retrying, ...scheduled]);
-    renderRunning([...running, ...picked]);
-    renderFailures(failed);
-    renderRecent(recentShown);
-    renderJobs(jobs, outcomes);
-    return true;
+    return () => {
+      noteNodes(nodes);
+      renderNodes(nodes);
+      renderUpcoming([...retrying, ...scheduled]);
+      renderRunning([...running, ...picked]);
+      renderFailures(failed);
+      renderRecent(recentShown);
+      renderJobs(jobs, outcomes);
+    };
   }
 
   let timer = null;
@@ -1013,5 +1389,6 @@
     zones.append(...Intl.supportedValuesOf("timeZone").map((zone) => el("option", { value: zone })));
   }
   showMode();
+  showRoute();
   tick();
 })();

@@ -36,6 +36,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from chronocore import labels as worker_labels
+from chronocore.queries import load
+
+# The statements the tools run (chronosync_dev/queries.sql).
+QUERIES = load("chronosync_dev")
 
 DEFAULT_URL = "http://127.0.0.1:8081"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -287,9 +291,9 @@ def cmd_dev(args: argparse.Namespace) -> None:
     are restarted (see ``Supervisor``)."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from chronocore.devcluster import CrashLoop, ProcessCluster, Supervisor
     from chronocore.migrate import apply_migrations
     from chronocore.prctl import make_undumpable
+    from chronosync_dev.devcluster import CrashLoop, ProcessCluster, Supervisor
 
     make_undumpable()  # it holds the database's password: commands may not read it
     stop = threading.Event()
@@ -428,8 +432,6 @@ class DevStatus:
     def maybe_print(self) -> None:
         import psycopg
 
-        from chronocore.queries import QUERIES
-
         now = time.monotonic()
         if now < self._next_at:
             return
@@ -494,7 +496,7 @@ def cmd_certs(args: argparse.Namespace) -> None:
 def _dev_postgres(data_dir: Path) -> Any:
     """A fresh PostgreSQL in ``data_dir`` (or a temp dir if the server user, never root,
     cannot reach it). The caller has made sure no server runs on it."""
-    from chronocore.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresError
+    from chronosync_dev.pgcluster import FAST_TEST_SETTINGS, LocalCluster, PostgresError
 
     settings = {**FAST_TEST_SETTINGS, "fsync": "on"}
     shutil.rmtree(data_dir / "pgdata", ignore_errors=True)
@@ -619,7 +621,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _version() -> str:
     try:
-        return importlib.metadata.version("chronocore")
+        return importlib.metadata.version("chronosync-dev")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
 

@@ -1,9 +1,10 @@
 """Run a whole local cluster as real processes: ``chronosync dev`` and the integration
 tests both use it.
 
-Each node is a ``python -m chronosync_<kind>`` child in its own process group; its output
-lines are prefixed with the node's name (to a stream, or to a log file per node). ``stop``
-sends SIGTERM and, after a grace period, SIGKILL, so nothing is left behind.
+Each node is its service's console script (``chronosync-worker``: the command the image
+runs), started through its entry point in a child of its own process group; its output
+lines are prefixed with the node's name (to a stream, or to a log file per node).
+``stop`` sends SIGTERM and, after a grace period, SIGKILL, so nothing is left behind.
 
 ``Supervisor`` is what makes ``chronosync dev`` behave like compose's ``restart:
 unless-stopped``: a node that dies is reported in one line and started again after a
@@ -25,14 +26,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-SERVICE_MODULES = {
-    "scheduler": "chronosync_scheduler",
-    "coordinator": "chronosync_coordinator",
-    "worker": "chronosync_worker",
+# Each kind of node by the console script its package declares: the name Docker and
+# Kubernetes run it by (tests/unit/test_deploy.py holds those to the packages).
+SERVICES = {
+    "scheduler": "chronosync-scheduler",
+    "coordinator": "chronosync-coordinator",
+    "worker": "chronosync-worker",
 }
 STOP_GRACE_S = 15.0
 # Lines of a node's own output kept to say why it died (from a stream, not a log file).
 LAST_WORDS = 5
+
+
+# ``python -c`` code that runs the console script named in argv[1] through its entry point:
+# found in the installed packages' metadata wherever pip put (or did not put) the script
+# file, and run by whichever Python starts it (the tests swap in another user's).
+RUN_ENTRY_POINT = (
+    "import sys; from importlib.metadata import entry_points; "
+    "[script] = entry_points(group='console_scripts', name=sys.argv[1]); "
+    "sys.argv[:2] = [script.name]; sys.exit(script.load()())"
+)
+
+
+def service_argv(kind: str) -> list[str]:
+    """The command line of a ``kind`` node: its service's entry point in this Python,
+    unbuffered so that its lines arrive as they are written."""
+    return [sys.executable, "-u", "-c", RUN_ENTRY_POINT, SERVICES[kind]]
 
 
 class NodeProcess:
@@ -50,7 +69,7 @@ class NodeProcess:
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_WORDS)
         sink = open(log_path, "ab") if log_path is not None else subprocess.PIPE  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*(wrapper or []), sys.executable, "-u", "-m", SERVICE_MODULES[kind]],
+            [*(wrapper or []), *service_argv(kind)],
             env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

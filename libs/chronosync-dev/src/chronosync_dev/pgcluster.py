@@ -466,6 +466,21 @@ class LocalCluster:
             text=True, cwd="/", timeout=120, check=False, **kw,
         )
 
+    def dump_schema(self, dbname: str) -> str:
+        """``pg_dump --schema-only`` of ``dbname``, by the pg_dump beside this cluster's
+        server (a pg_dump refuses a newer server); the password goes by the environment,
+        not the command line, which every local user can read."""
+        tool = self._tool("pg_dump")
+        conninfo = f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+        done = subprocess.run(
+            [str(tool), "--schema-only", "--no-owner", "--no-privileges", "--dbname",
+             conninfo], capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "PGPASSWORD": self.password},
+        )
+        if done.returncode != 0:
+            raise PostgresError(f"{tool} failed: {done.stderr.strip()}")
+        return done.stdout
+
     def _log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
