@@ -353,7 +353,7 @@ class Bench:
             jobs = JobRepository(pool)
             made, t0 = 0, time.perf_counter()
             while step := jobs.materialize(horizon_s=150):
-                made += sum(len(m["tasks"]) for m in step)
+                made += sum(len(m.tasks) for m in step)
             elapsed = time.perf_counter() - t0
         finally:
             pool.close()

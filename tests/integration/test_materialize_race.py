@@ -61,7 +61,7 @@ try:
     with open(out, "w") as f:
         while time.monotonic() < stop:
             for made in repo.materialize(horizon_s=horizon_s, limit=limit):
-                f.writelines(f"{made['job_id']} {t}\\n" for t in made["tasks"])
+                f.writelines(f"{made.job_id} {t}\\n" for t in made.tasks)
             f.flush()
 finally:
     pool.close()
@@ -121,7 +121,7 @@ def test_racing_threads_and_processes_make_every_second_exactly_one_task(
             stop = time.monotonic() + RACE_S
             while time.monotonic() < stop:
                 for made in repo.materialize(horizon_s=HORIZON_S, limit=LIMIT):
-                    made_by[name] += [(made["job_id"], t) for t in made["tasks"]]
+                    made_by[name] += [(made.job_id, t) for t in made.tasks]
         except BaseException as exc:
             errors.append(exc)
 
@@ -162,8 +162,8 @@ def test_racing_threads_and_processes_make_every_second_exactly_one_task(
     )
 
     # One more step, alone, brings every job up to now + horizon.
-    made_by["final"] = [(m["job_id"], t) for m in repo.materialize(horizon_s=HORIZON_S)
-                        for t in m["tasks"]]
+    made_by["final"] = [(m.job_id, t) for m in repo.materialize(horizon_s=HORIZON_S)
+                        for t in m.tasks]
     after_final = repo.database_now()
 
     assert_no_duplicate_occurrences(dsn)

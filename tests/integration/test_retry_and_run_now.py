@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from chronocore.db import open_pool
 from chronocore.jobs import parse_job
-from chronocore.queries import QUERIES
+from chronocore.queries import QUERIES, Queries
 from chronocore.repository import JobRepository, KeyTaken, insert_by_hand
 
 CHRONOSYNC = str(Path(sys.executable).parent / "chronosync")
@@ -232,7 +232,9 @@ def test_a_run_by_hand_takes_the_next_instant_free_and_never_a_whole_second(dsn:
     database: the instant a tick or another run by hand holds is passed over."""
     second = datetime(2030, 1, 1, 4, 30, tzinfo=UTC)
     us = timedelta(microseconds=1)
-    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn, \
+            open_pool(dsn, size=1, name="by-hand") as pool:
+        db = Queries(pool)
         job = conn.execute("INSERT INTO jobs (command, cron, next_run_at) VALUES ('true', "
                            "'* * * * * *', now()) RETURNING id").fetchone()["id"]
 
@@ -244,14 +246,14 @@ def test_a_run_by_hand_takes_the_next_instant_free_and_never_a_whole_second(dsn:
                                 (task_id,)).fetchone()["scheduled_at"]
 
         # A whole second is left to the ticks, even one not made yet.
-        assert at_of(insert_by_hand(conn, "insert_occurrences", occurrence,
+        assert at_of(insert_by_hand(db, "insert_occurrences", occurrence,
                                     now=second)) == second + us
         conn.execute("DELETE FROM tasks")
         conn.execute(QUERIES["insert_occurrences"], occurrence(second))  # a tick
         conn.execute(QUERIES["insert_occurrences"], occurrence(second + us))  # by hand
-        ran = insert_by_hand(conn, "insert_occurrences", occurrence, now=second)
+        ran = insert_by_hand(db, "insert_occurrences", occurrence, now=second)
         assert at_of(ran) == second + 2 * us
-        retried = insert_by_hand(conn, "insert_retry", lambda at: {
+        retried = insert_by_hand(db, "insert_retry", lambda at: {
             "id": ran, "at": at, "idempotency_key": None, "request_hash": None}, now=second)
         assert at_of(retried) == second + 3 * us
         assert conn.execute("SELECT retry_of, job_id FROM tasks WHERE id = %s",
@@ -259,7 +261,7 @@ def test_a_run_by_hand_takes_the_next_instant_free_and_never_a_whole_second(dsn:
         # An idempotency key another request holds is told apart from a taken instant.
         conn.execute("UPDATE tasks SET idempotency_key = 'held' WHERE id = %s", (ran,))
         with pytest.raises(KeyTaken):
-            insert_by_hand(conn, "insert_retry", lambda at: {
+            insert_by_hand(db, "insert_retry", lambda at: {
                 "id": ran, "at": at, "idempotency_key": "held", "request_hash": None},
                 now=second + 10 * us, idempotency_key="held")
 

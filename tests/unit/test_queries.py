@@ -13,10 +13,11 @@ import pytest
 from chronocore.queries import QUERIES, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
-# QUERIES["name"], and the repository/registry helpers that take a query name first:
-# self._one("name", ...), _all, _run, _execute (possibly with the name on the next line).
+# QUERIES["name"]; the seam's verbs, which take a query name first: db.one("name", ...),
+# tx.all, run (possibly with the name on the next line); insert_by_hand(tx, "name", ...).
 REFERENCE = re.compile(
-    r"""QUERIES\[\s*["'](\w+)["']\s*\]|\b_(?:one|all|run|execute)\(\s*["'](\w+)["']"""
+    r"""QUERIES\[\s*["'](\w+)["']\s*\]|\.(?:one|all|run)\(\s*["'](\w+)["']"""
+    r"""|\binsert_by_hand\(\s*\w+,\s*["'](\w+)["']"""
 )
 
 
@@ -48,17 +49,18 @@ def known_names(path: Path) -> set[str]:
 def referenced_query_names() -> dict[str, list[str]]:
     """``{name: [where, ...]}`` over the sources of libs/ and services/.
 
-    Only modules that use ``QUERIES`` hold those helpers; others may have unrelated
-    methods of the same name (``LocalCluster._run("initdb", ...)``).
+    Only modules that use ``QUERIES`` or the seam (``chronocore.queries``) run
+    statements; others may have unrelated methods of the same name (``self._run("initdb",
+    ...)``).
     """
     found: dict[str, list[str]] = {}
     for path in sources():
         text = path.read_text(encoding="utf-8")
-        if "QUERIES" not in text:
+        if "QUERIES" not in text and "chronocore.queries import" not in text:
             continue
         known = known_names(path)
         for match in REFERENCE.finditer(text):
-            name = match[1] or match[2]
+            name = match[1] or match[2] or match[3]
             line = text.count("\n", 0, match.start()) + 1
             where = f"{path.relative_to(ROOT)}:{line}"
             found.setdefault(name, []).append(where if name in known else f"{where} (unknown)")
@@ -67,8 +69,10 @@ def referenced_query_names() -> dict[str, list[str]]:
 
 def test_every_query_the_code_names_exists_in_queries_sql() -> None:
     referenced = referenced_query_names()
-    # The scan itself works: it sees names used in the repository and the registry.
-    assert {"claim_due", "insert_task", "mark_finished", "heartbeat"} <= set(referenced)
+    # The scan itself works: it sees names used in the repository and the registry, in
+    # a transaction, and through insert_by_hand.
+    assert {"claim_due", "insert_task", "mark_finished", "heartbeat", "delete_job",
+            "insert_retry"} <= set(referenced)
     missing = {name: where for name, where in referenced.items()
                if any(w.endswith("(unknown)") for w in where)}
     assert not missing, f"not defined in the queries.sql read there: {missing}"

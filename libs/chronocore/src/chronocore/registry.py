@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -21,7 +23,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from chronocore import metrics
-from chronocore.queries import QUERIES
+from chronocore.queries import Queries, row_as
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +33,61 @@ log = logging.getLogger(__name__)
 BEAT_GAP_SLACK_S = 1.0
 
 
+@dataclass(frozen=True)
+class LiveWorker:
+    """A worker heartbeating within the TTL and taking work."""
+
+    id: str
+    address: str | None
+    capacity: int | None
+    running: int
+    labels: dict[str, str] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Node:
+    """A node seen within the last hour, its state judged by the database clock."""
+
+    id: str
+    kind: str
+    host: str
+    pid: int
+    address: str | None
+    capacity: int | None
+    running: int
+    labels: dict[str, str] | None
+    started_at: datetime
+    last_heartbeat_at: datetime
+    stopped: bool  # stopped cleanly (a dead node's state is "dead" too)
+    state: str  # alive, draining or dead
+
+
+@dataclass(frozen=True)
+class MetricsSource:
+    id: str
+    kind: str
+    metrics: dict[str, Any]
+
+
 def new_node_id(kind: str) -> str:
     return f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 class NodeRegistry:
-    def __init__(self, pool: ConnectionPool, *, node_id: str, kind: str,
+    def __init__(self, db: Queries | ConnectionPool, *, node_id: str, kind: str,
                  address: str | None = None, capacity: int | None = None,
                  labels: dict[str, str] | None = None) -> None:
-        self._pool = pool
+        self._db = Queries.over(db)
         self.labels = labels or {}
         self.node_id = node_id
         self.kind = kind
         self.address = address
         self.capacity = capacity
 
-    def _execute(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with self._pool.connection() as conn:
-            cur = conn.execute(QUERIES[name], params)
-            return cur.fetchall() if cur.description else []
-
     def register(self) -> None:
-        self._execute(
-            "register_node",
-            {"id": self.node_id, "kind": self.kind, "host": socket.gethostname(),
-             "pid": os.getpid(), "address": self.address, "capacity": self.capacity,
-             "labels": Jsonb(self.labels)},
-        )
+        self._db.run("register_node", id=self.node_id, kind=self.kind,
+                     host=socket.gethostname(), pid=os.getpid(), address=self.address,
+                     capacity=self.capacity, labels=Jsonb(self.labels))
 
     def announce(self) -> bool:
         """Register at start-up; with the database away, the first heartbeat will.
@@ -77,34 +107,33 @@ class NodeRegistry:
             log.warning("could not mark stopped: %s", exc)
 
     def heartbeat(self, *, running: int = 0) -> None:
-        params = {"id": self.node_id, "running": running,
-                  "metrics": Jsonb(metrics.REGISTRY.snapshot())}
-        if not self._execute("heartbeat", params):
+        if not self._db.all("heartbeat", id=self.node_id, running=running,
+                            metrics=Jsonb(metrics.REGISTRY.snapshot())):
             self.register()  # our row was lost (or we were declared stopped): come back
 
     def mark_draining(self) -> None:
-        self._execute("mark_node_draining", {"id": self.node_id})
+        self._db.run("mark_node_draining", id=self.node_id)
 
     def mark_stopped(self) -> None:
-        self._execute("mark_node_stopped", {"id": self.node_id})
+        self._db.run("mark_node_stopped", id=self.node_id)
 
     def prune_nodes(self, *, retention_s: float, limit: int) -> int:
         """Delete up to ``limit`` rows of nodes stopped or dead longer than the retention
         age; returns how many."""
-        return len(self._execute("prune_nodes", {"retention_s": retention_s, "limit": limit}))
+        return len(self._db.all("prune_nodes", retention_s=retention_s, limit=limit))
 
-    def metrics_sources(self, *, ttl_s: float) -> list[dict[str, Any]]:
-        return self._execute("metrics_sources", {"ttl_s": ttl_s})
+    def metrics_sources(self, *, ttl_s: float) -> list[MetricsSource]:
+        return [row_as(MetricsSource, r) for r in self._db.all("metrics_sources", ttl_s=ttl_s)]
 
-    def list_nodes(self, *, ttl_s: float) -> list[dict[str, Any]]:
-        return self._execute("list_nodes", {"ttl_s": ttl_s})
+    def list_nodes(self, *, ttl_s: float) -> list[Node]:
+        return [row_as(Node, r) for r in self._db.all("list_nodes", ttl_s=ttl_s)]
 
-    def live_workers(self, *, ttl_s: float) -> list[dict[str, Any]]:
-        return self._execute("live_workers", {"ttl_s": ttl_s})
+    def live_workers(self, *, ttl_s: float) -> list[LiveWorker]:
+        return [row_as(LiveWorker, r) for r in self._db.all("live_workers", ttl_s=ttl_s)]
 
     def worker_address(self, worker_id: str) -> str | None:
-        rows = self._execute("worker_address", {"id": worker_id})
-        return rows[0]["address"] if rows else None
+        row = self._db.one("worker_address", id=worker_id)
+        return None if row is None else row["address"]
 
 
 class Heartbeat:

@@ -43,8 +43,9 @@ from psycopg_pool import ConnectionPool
 from chronocore import failpoints
 from chronocore.cron import Schedule
 from chronocore.jobs import JobSpec, Plan, patched, plan
-from chronocore.model import TERMINAL_STATUSES, Submission, fingerprint
-from chronocore.queries import QUERIES
+from chronocore.model import TERMINAL_STATUSES, Submission, fingerprint, format_timestamp
+from chronocore.queries import Queries, row_as
+from chronocore.rpc import worker_pb2
 
 
 class IdempotencyConflict(Exception):
@@ -68,6 +69,21 @@ class ClaimedTask:
     # A broadcast's task runs on this worker only.
     pinned_worker: str | None = None
 
+    # The worker is told what it runs; whom it may run on stays with the coordinator.
+    def to_message(self) -> worker_pb2.Task:
+        return worker_pb2.Task(
+            id=self.id, command=self.command, claim_token=str(self.token),
+            timeout_s=self.timeout_s or 0.0, env=self.env,
+            scheduled_at=format_timestamp(self.scheduled_at))
+
+    @classmethod
+    def from_message(cls, message: worker_pb2.Task) -> ClaimedTask:
+        """Raises ValueError for a malformed token or instant."""
+        return cls(id=message.id, command=message.command,
+                   token=uuid.UUID(message.claim_token), timeout_s=message.timeout_s or None,
+                   env=dict(message.env),
+                   scheduled_at=datetime.fromisoformat(message.scheduled_at))
+
 
 @dataclass(frozen=True)
 class Started:
@@ -86,26 +102,66 @@ class Outcome:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Cancelled:
+    """A task cancelled (by hand, or by its job's replace policy) or skipped (forbid);
+    a worker that started it is told to stop it."""
+
+    id: int
+    job_id: int | None = None
+    started_at: datetime | None = None
+    worker_id: str | None = None
+
+    @property
+    def running_on(self) -> str | None:
+        return self.worker_id if self.started_at is not None else None
+
+
+@dataclass(frozen=True)
+class LostRun:
+    """A run recovered from a dead worker: retried, or failed as worker_lost."""
+
+    task_id: int
+    retry: bool
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """What one materialization step did for one job."""
+
+    job_id: int
+    tasks: list[int]
+    skipped: int  # missed occurrences its misfire policy dropped
+
+
+@dataclass(frozen=True)
+class JobHealth:
+    id: int
+    name: str
+    missed_occurrences: int
+    forbidden_occurrences: int
+    last_run_at: datetime | None
+    last_success_at: datetime | None
+    # What its expected period is reckoned from.
+    cron: str
+    timezone: str
+    paused: bool
+    created_at: datetime
+    now: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class Backoff:
     base_s: float = 1.0
     max_s: float = 300.0
 
 
 class TaskRepository:
-    def __init__(self, pool: ConnectionPool, *, backoff: Backoff | None = None,
+    def __init__(self, db: Queries | ConnectionPool, *, backoff: Backoff | None = None,
                  node_ttl_s: float = 5.0) -> None:
-        self._pool = pool
+        self._db = Queries.over(db)
         self._backoff = backoff or Backoff()
         # Who is live for a broadcast: the cluster's liveness rule (CHRONOSYNC_NODE_TTL_S).
         self._node_ttl_s = node_ttl_s
-
-    def _all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES[name], params).fetchall()
-
-    def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES[name], params).fetchone()
 
     # --- the API's side -------------------------------------------------------------
 
@@ -118,25 +174,17 @@ class TaskRepository:
         request_hash = submission.request_hash()
         if submission.target is not None and submission.target.get("all"):
             return self._submit_broadcast(submission, request_hash)
-        row = self._one(
-            "insert_task",
-            {
-                "command": submission.command,
-                "scheduled_at": submission.scheduled_at,
-                "delivery": submission.delivery,
-                "max_attempts": submission.max_attempts,
-                "timeout_s": submission.timeout_s,
-                "env": Jsonb(submission.env),
-                "name": submission.name,
-                "idempotency_key": submission.idempotency_key,
-                "request_hash": request_hash,
-                "job_id": None,
-                "target": None if submission.target is None else Jsonb(submission.target),
-            },
-        )
+        row = self._db.one(
+            "insert_task", command=submission.command,
+            scheduled_at=submission.scheduled_at, delivery=submission.delivery,
+            max_attempts=submission.max_attempts, timeout_s=submission.timeout_s,
+            env=Jsonb(submission.env), name=submission.name,
+            idempotency_key=submission.idempotency_key, request_hash=request_hash,
+            job_id=None,
+            target=None if submission.target is None else Jsonb(submission.target))
         if row is not None:
             return row["id"], True
-        existing = self._one("task_by_idempotency_key", {"key": submission.idempotency_key})
+        existing = self._db.one("task_by_idempotency_key", key=submission.idempotency_key)
         if existing is None:  # the conflicting row vanished in between: try once more
             return self.submit(submission)
         if existing["request_hash"] != request_hash:
@@ -148,59 +196,53 @@ class TaskRepository:
         """One task per live worker matching the target (see ``insert_broadcast``), in one
         transaction; the idempotency key, if any, names the first."""
         key = submission.idempotency_key
-        with self._pool.connection() as conn, conn.transaction():
+        with self._db.transaction() as tx:
             if key is not None:
-                conn.execute(QUERIES["lock_idempotency_key"], {"key": key})
-                existing = conn.execute(QUERIES["task_by_idempotency_key"],
-                                        {"key": key}).fetchone()
+                tx.run("lock_idempotency_key", key=key)
+                existing = tx.one("task_by_idempotency_key", key=key)
                 if existing is not None:
                     if existing["request_hash"] != request_hash:
                         raise IdempotencyConflict(existing["id"])
                     return existing["id"], False
-            rows = conn.execute(QUERIES["insert_broadcast"], {
-                "command": submission.command, "scheduled_at": submission.scheduled_at,
-                "delivery": submission.delivery, "max_attempts": submission.max_attempts,
-                "timeout_s": submission.timeout_s, "env": Jsonb(submission.env),
-                "name": submission.name, "idempotency_key": key,
-                "request_hash": request_hash, "target": Jsonb(submission.target),
-                "broadcast_id": uuid.uuid4(), "ttl_s": self._node_ttl_s,
-            }).fetchall()
+            rows = tx.all(
+                "insert_broadcast", command=submission.command,
+                scheduled_at=submission.scheduled_at, delivery=submission.delivery,
+                max_attempts=submission.max_attempts, timeout_s=submission.timeout_s,
+                env=Jsonb(submission.env), name=submission.name, idempotency_key=key,
+                request_hash=request_hash, target=Jsonb(submission.target),
+                broadcast_id=uuid.uuid4(), ttl_s=self._node_ttl_s)
         return min(r["id"] for r in rows), True
 
     def broadcast_tasks(self, broadcast_id: uuid.UUID) -> list[int]:
-        return [r["id"] for r in self._all("broadcast_tasks", {"id": broadcast_id})]
+        return [r["id"] for r in self._db.all("broadcast_tasks", id=broadcast_id)]
 
     def get(self, task_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """A task and its attempts, or None."""
-        with self._pool.connection() as conn:
-            row = conn.execute(QUERIES["get_task"], {"id": task_id}).fetchone()
-            if row is None:
-                return None
-            attempts = conn.execute(QUERIES["task_attempts"], {"id": task_id}).fetchall()
-        return row, attempts
+        with self._db.session() as db:
+            row = db.one("get_task", id=task_id)
+            return None if row is None else (row, db.all("task_attempts", id=task_id))
 
     def list(self, *, status: str | None, job_id: int | None, before: int | None,
              limit: int, worker: str | None = None,
              text: str | None = None) -> list[dict[str, Any]]:
-        return self._all(
-            "list_tasks", {"status": status, "job_id": job_id, "before": before, "limit": limit,
-                           "worker": worker, "text": text,
-                           "output_chars": LISTED_OUTPUT_CHARS}
-        )
+        return self._db.all("list_tasks", status=status, job_id=job_id, before=before,
+                            limit=limit, worker=worker, text=text,
+                            output_chars=LISTED_OUTPUT_CHARS)
 
     def queue_depth(self) -> dict[str, float]:
-        row = self._one("queue_depth", {})
+        row = self._db.one("queue_depth")
         assert row is not None
         return {"due": row["due"], "later": row["later"], "due_age_s": row["due_age_s"]}
 
     def in_flight(self) -> dict[str, int]:
-        row = self._one("in_flight", {})
+        row = self._db.one("in_flight")
         assert row is not None
         return {"picked": row["picked"], "running": row["running"]}
 
-    def cancel(self, task_id: int) -> dict[str, Any] | None:
-        """Mark a task cancelled; returns ``{started_at, worker_id}`` if it changed, else None."""
-        return self._one("cancel_task", {"id": task_id})
+    def cancel(self, task_id: int) -> Cancelled | None:
+        """Mark a task cancelled; None if it was finished or cancelled already."""
+        row = self._db.one("cancel_task", id=task_id)
+        return None if row is None else row_as(Cancelled, row)
 
     def retry(self, task_id: int, *, idempotency_key: str | None = None) -> HandRun | None:
         """A new task from a finished one, due now, naming it in ``retry_of``; None if
@@ -217,20 +259,19 @@ class TaskRepository:
             if replay is not None:
                 return replay
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                original = conn.execute(QUERIES["lock_task"], {"id": task_id}).fetchone()
+            with self._db.transaction() as tx:
+                original = tx.one("lock_task", id=task_id)
                 if original is None:
                     return None
                 refuse_unfinished(original)
-                now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
-                replaced: list[dict[str, Any]] = []
+                now = tx.now()
+                replaced: list[Cancelled] = []
                 if original["job_id"] is not None:
-                    conn.execute(QUERIES["hand_runs_one_at_a_time"],
-                                 {"id": original["job_id"]})
-                    replaced = make_way(conn, job_id=original["job_id"],
+                    tx.run("hand_runs_one_at_a_time", id=original["job_id"])
+                    replaced = make_way(tx, job_id=original["job_id"],
                                         policy=original["concurrency_policy"], at=now)
                 made = insert_by_hand(
-                    conn, "insert_retry", lambda at: {
+                    tx, "insert_retry", lambda at: {
                         "id": task_id, "at": at, "idempotency_key": idempotency_key,
                         "request_hash": request_hash},
                     now=now, idempotency_key=idempotency_key)
@@ -243,7 +284,7 @@ class TaskRepository:
 
     def _replay(self, key: str | None, request_hash: str) -> HandRun | None:
         """The task an idempotency key already names, if it was made by the same request."""
-        existing = self._one("task_by_idempotency_key", {"key": key})
+        existing = self._db.one("task_by_idempotency_key", key=key)
         if existing is None:
             return None
         if existing["request_hash"] != request_hash:
@@ -257,8 +298,8 @@ class TaskRepository:
         """Claim up to ``limit`` due tasks; a targeted one only if one of
         ``free_workers`` (``{"id", "labels"}`` of workers with free slots) satisfies its
         target (and is the worker it is pinned to, if it is)."""
-        rows = self._all("claim_due", {"coordinator_id": coordinator_id, "limit": limit,
-                                       "free_workers": Jsonb(list(free_workers))})
+        rows = self._db.all("claim_due", coordinator_id=coordinator_id, limit=limit,
+                            free_workers=Jsonb(list(free_workers)))
         return [
             ClaimedTask(
                 id=r["id"], command=r["command"], token=r["claim_token"],
@@ -274,7 +315,7 @@ class TaskRepository:
         bring back those one does, and (``judge_dead``) fail as worker_lost a broadcast's
         unstarted task whose worker died. Returns the ids by what became of them."""
         done: dict[str, list[int]] = {"failed": [], "restored": [], "set_aside": []}
-        for row in self._all("sort_targeted", {"ttl_s": ttl_s, "judge_dead": judge_dead}):
+        for row in self._db.all("sort_targeted", ttl_s=ttl_s, judge_dead=judge_dead):
             done[row["what"]].append(row["id"])
         return done
 
@@ -282,29 +323,27 @@ class TaskRepository:
                     ) -> float | None:
         """Seconds until the next waiting task the claim would take (with these
         ``free_workers``, as ``claim_due``) is due (negative: overdue); None if none."""
-        row = self._one("next_due_in", {"free_workers": Jsonb(list(free_workers))})
+        row = self._db.one("next_due_in", free_workers=Jsonb(list(free_workers)))
         return None if row is None else row["seconds"]
 
     def release(self, tasks: list[ClaimedTask]) -> None:
         if tasks:
             ordered = sorted(tasks, key=lambda t: t.id)  # one lock order for every batch
-            self._run("release_claims", {"ids": [t.id for t in ordered],
-                                         "tokens": [t.token for t in ordered]})
+            self._db.run("release_claims", ids=[t.id for t in ordered],
+                         tokens=[t.token for t in ordered])
 
     def prune_finished(self, *, retention_s: float, limit: int) -> int:
         """Delete up to ``limit`` finished tasks older than the retention age."""
-        return len(self._all("prune_finished", {"retention_s": retention_s, "limit": limit}))
+        return len(self._db.all("prune_finished", retention_s=retention_s, limit=limit))
 
     def requeue_stale_claims(self, *, lease_s: float) -> list[int]:
-        return [r["id"] for r in self._all("requeue_stale_claims", {"lease_s": lease_s})]
+        return [r["id"] for r in self._db.all("requeue_stale_claims", lease_s=lease_s)]
 
-    def recover_lost_runs(self, *, ttl_s: float) -> list[dict[str, Any]]:
+    def recover_lost_runs(self, *, ttl_s: float) -> list[LostRun]:
         """Tasks started on dead workers: failed as worker_lost, or retried."""
-        return self._all(
-            "recover_lost_runs",
-            {"ttl_s": ttl_s, "backoff_base_s": self._backoff.base_s,
-             "backoff_max_s": self._backoff.max_s},
-        )
+        return [LostRun(r["task_id"], r["retry"]) for r in self._db.all(
+            "recover_lost_runs", ttl_s=ttl_s, backoff_base_s=self._backoff.base_s,
+            backoff_max_s=self._backoff.max_s)]
 
     # --- the worker's side ----------------------------------------------------------
 
@@ -314,39 +353,37 @@ class TaskRepository:
         run, by id. A task left out was fenced off (the claim is no longer ours, or the
         task was cancelled): never spawn it."""
         ordered = sorted(tasks, key=lambda t: t.id)  # one lock order for every batch
-        rows = self._all("mark_started", {"ids": [t.id for t in ordered],
-                                          "tokens": [t.token for t in ordered],
-                                          "worker_id": worker_id})
+        rows = self._db.all("mark_started", ids=[t.id for t in ordered],
+                            tokens=[t.token for t in ordered], worker_id=worker_id)
         return {r["id"]: Started(r["attempt"], r["lateness_s"]) for r in rows}
 
     def confirm_start(self, task: ClaimedTask, *, worker_id: str) -> str | None:
         """None while a started attempt is still this worker's to spawn, else why not:
         "cancelled", or "worker_lost" (recovered or finished meanwhile). Also a
         heartbeat, as ``mark_started`` is."""
-        row = self._one("confirm_start", {"id": task.id, "token": task.token,
-                                          "worker_id": worker_id})
+        row = self._db.one("confirm_start", id=task.id, token=task.token,
+                           worker_id=worker_id)
         if row is None:
             return "worker_lost"
         return "cancelled" if row["cancelled"] else None
 
     def refuse(self, task: ClaimedTask, *, worker_id: str, error: str) -> bool:
         """Fail a claimed task this worker will not run (never started); fenced."""
-        row = self._one("refuse_task", {"id": task.id, "token": task.token,
-                                        "worker_id": worker_id, "error": error})
+        row = self._db.one("refuse_task", id=task.id, token=task.token,
+                           worker_id=worker_id, error=error)
         return row is not None
 
     def mark_finished(self, finished: list[tuple[ClaimedTask, Outcome]]) -> set[int]:
         """Record these attempts' ends in one statement; returns the ids written. A task
         left out was fenced off (someone else owns it now)."""
         ordered = sorted(finished, key=lambda f: f[0].id)
-        rows = self._all("mark_finished", {
-            "ids": [t.id for t, _ in ordered], "tokens": [t.token for t, _ in ordered],
-            "succeeded": [o.succeeded for _, o in ordered],
-            "exit_codes": [o.exit_code for _, o in ordered],
-            "errors": [o.error for _, o in ordered],
-            "outputs": [o.output for _, o in ordered],
-            "backoff_base_s": self._backoff.base_s, "backoff_max_s": self._backoff.max_s,
-        })
+        rows = self._db.all(
+            "mark_finished", ids=[t.id for t, _ in ordered],
+            tokens=[t.token for t, _ in ordered],
+            succeeded=[o.succeeded for _, o in ordered],
+            exit_codes=[o.exit_code for _, o in ordered],
+            errors=[o.error for _, o in ordered], outputs=[o.output for _, o in ordered],
+            backoff_base_s=self._backoff.base_s, backoff_max_s=self._backoff.max_s)
         return {r["task_id"] for r in rows}
 
     def revoked_among(self, running: dict[int, uuid.UUID]) -> dict[int, str]:
@@ -354,13 +391,9 @@ class TaskRepository:
         "cancelled", or "worker_lost" when the claim is no longer ours."""
         if not running:
             return {}
-        rows = self._all("revoked_among",
-                         {"ids": list(running), "tokens": list(running.values())})
+        rows = self._db.all("revoked_among", ids=list(running),
+                            tokens=list(running.values()))
         return {r["id"]: "cancelled" if r["cancelled"] else "worker_lost" for r in rows}
-
-    def _run(self, name: str, params: dict[str, Any]) -> None:
-        with self._pool.connection() as conn:
-            conn.execute(QUERIES[name], params)
 
 
 PAUSED_REASON = "skipped: job paused"
@@ -395,33 +428,27 @@ class JobBusy(Exception):
 class JobRepository:
     """Recurring jobs, and their materialization into tasks (see chronocore.jobs)."""
 
-    def __init__(self, pool: ConnectionPool, *, node_ttl_s: float = 5.0) -> None:
-        self._pool = pool
+    def __init__(self, db: Queries | ConnectionPool, *, node_ttl_s: float = 5.0) -> None:
+        self._db = Queries.over(db)
         # Who is live when a broadcast job's occurrence is made (one task per worker).
         self._node_ttl_s = node_ttl_s
 
     def database_now(self) -> datetime:
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES["database_now"]).fetchone()["now"]
+        return self._db.now()
 
     def create(self, spec: JobSpec) -> tuple[int, bool]:
         """Store a job; returns ``(job_id, created)`` like ``TaskRepository.submit``."""
         request_hash = spec.request_hash()
-        with self._pool.connection() as conn:
-            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
-            first = next(spec.schedule.after(now - timedelta(microseconds=1)))
+        with self._db.session() as db:
+            first = next(spec.schedule.after(db.now() - timedelta(microseconds=1)))
             try:
-                row = conn.execute(
-                    QUERIES["insert_job"],
-                    {**self._columns(spec), "next_run_at": first,
-                     "idempotency_key": spec.idempotency_key, "request_hash": request_hash},
-                ).fetchone()
+                row = db.one("insert_job", **self._columns(spec), next_run_at=first,
+                             idempotency_key=spec.idempotency_key, request_hash=request_hash)
             except psycopg.errors.UniqueViolation:
                 raise JobExists(f"a job named {spec.name!r} exists already") from None
             if row is not None:
                 return row["id"], True
-            existing = conn.execute(QUERIES["job_by_idempotency_key"],
-                                    {"key": spec.idempotency_key}).fetchone()
+            existing = db.one("job_by_idempotency_key", key=spec.idempotency_key)
         if existing is None:
             return self.create(spec)
         if existing["request_hash"] != request_hash:
@@ -429,13 +456,10 @@ class JobRepository:
         return existing["id"], False
 
     def get(self, job_id: int) -> dict[str, Any] | None:
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES["get_job"], {"id": job_id}).fetchone()
+        return self._db.one("get_job", id=job_id)
 
     def list(self, *, before: int | None, limit: int) -> list[dict[str, Any]]:
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES["list_jobs"],
-                                {"before": before, "limit": limit}).fetchall()
+        return self._db.all("list_jobs", before=before, limit=limit)
 
     def update(self, job_id: int, patch: object) -> dict[str, Any] | None:
         """Apply a PATCH; None if there is no such job.
@@ -450,8 +474,8 @@ class JobRepository:
         another edit), read again.
         """
         for _ in range(MAX_WRITE_TRIES):
-            with self._pool.connection() as conn:
-                row = conn.execute(QUERIES["job_to_update"], {"id": job_id}).fetchone()
+            with self._db.session() as db:
+                row = db.one("job_to_update", id=job_id)
                 if row is None:
                     return None
                 spec = patched(row, patch)
@@ -464,12 +488,11 @@ class JobRepository:
                     start = row["now"] if last is None else max(row["now"], last)
                     next_run_at = next(spec.schedule.after(start))
                 try:
-                    changed = conn.execute(QUERIES["update_job"], {
-                        **self._columns(spec), "id": job_id, "next_run_at": next_run_at,
-                        "row_version": row["row_version"], "reason": PAUSED_REASON,
-                        "restore": resumed and not rescheduled,
-                        "cancel": spec.paused and row["paused_at"] is None,
-                    }).fetchone()
+                    changed = db.one(
+                        "update_job", **self._columns(spec), id=job_id,
+                        next_run_at=next_run_at, row_version=row["row_version"],
+                        reason=PAUSED_REASON, restore=resumed and not rescheduled,
+                        cancel=spec.paused and row["paused_at"] is None)
                 except psycopg.errors.UniqueViolation:
                     raise JobExists(f"a job named {spec.name!r} exists already") from None
             if changed is not None:
@@ -481,27 +504,24 @@ class JobRepository:
         """The latest ``count`` due tasks of each job, oldest first."""
         outcomes: dict[int, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
         if job_ids:
-            with self._pool.connection() as conn:
-                for row in conn.execute(QUERIES["recent_outcomes"],
-                                        {"ids": job_ids, "count": count}):
-                    outcomes[row["job_id"]].append(
-                        {"id": row["id"], "status": row["status"], "error": row["error"],
-                         "scheduled_at": row["scheduled_at"]})
+            for row in self._db.all("recent_outcomes", ids=job_ids, count=count):
+                outcomes[row["job_id"]].append(
+                    {"id": row["id"], "status": row["status"], "error": row["error"],
+                     "scheduled_at": row["scheduled_at"]})
         return outcomes
 
     def run_now(self, job_id: int) -> HandRun | None:
         """An extra occurrence of a job, due now, made as a tick is made (from the job as
         it is now, paused or not); the schedule (``next_run_at``) does not move. None if
         there is no such job; ``RunRefused`` when its concurrency policy would skip it."""
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute(QUERIES["hand_runs_one_at_a_time"], {"id": job_id})
-            job = conn.execute(QUERIES["get_job"], {"id": job_id}).fetchone()
+        with self._db.transaction() as tx:
+            tx.run("hand_runs_one_at_a_time", id=job_id)
+            job = tx.one("get_job", id=job_id)
             if job is None:
                 return None
-            now = conn.execute(QUERIES["database_now"]).fetchone()["now"]
-            replaced = make_way(conn, job_id=job_id, policy=job["concurrency_policy"],
-                                at=now)
-            made = insert_by_hand(conn, "insert_occurrences",
+            now = tx.now()
+            replaced = make_way(tx, job_id=job_id, policy=job["concurrency_policy"], at=now)
+            made = insert_by_hand(tx, "insert_occurrences",
                                   lambda at: {"job_ids": [job_id], "occurrences": [at],
                                               "ttl_s": self._node_ttl_s},
                                   now=now)
@@ -512,10 +532,9 @@ class JobRepository:
         there is no such job. It waits for a run by hand of the job being made (they
         take the same advisory lock): its task, committed by then, is cancelled too."""
         for _ in range(MAX_WRITE_TRIES):
-            with self._pool.connection() as conn, conn.transaction():
-                conn.execute(QUERIES["hand_runs_one_at_a_time"], {"id": job_id})
-                row = conn.execute(QUERIES["delete_job"],
-                                   {"id": job_id, "reason": DELETED_REASON}).fetchone()
+            with self._db.transaction() as tx:
+                tx.run("hand_runs_one_at_a_time", id=job_id)
+                row = tx.one("delete_job", id=job_id, reason=DELETED_REASON)
             if row["deleted"] is not None:
                 return True
             if row["seen"] is None:
@@ -523,7 +542,7 @@ class JobRepository:
         raise JobBusy(f"job {job_id} kept changing while being deleted; try again")
 
     def materialize(self, *, horizon_s: float,
-                    limit: int = MATERIALIZE_BATCH) -> list[dict[str, Any]]:
+                    limit: int = MATERIALIZE_BATCH) -> list[Materialized]:
         """One step: turn due occurrences of up to ``limit`` jobs into tasks.
 
         Two statements and no transaction around them, so no row lock outlives a round
@@ -546,10 +565,9 @@ class JobRepository:
         and skipped.
         """
         lease_s = max(horizon_s * LEASE_SHARE_OF_HORIZON, MIN_LEASE_S)
-        with self._pool.connection() as conn:
-            jobs = conn.execute(QUERIES["lease_jobs_to_materialize"],
-                                {"horizon_s": horizon_s, "limit": limit,
-                                 "lease_s": lease_s}).fetchall()
+        with self._db.session() as db:
+            jobs = db.all("lease_jobs_to_materialize", horizon_s=horizon_s, limit=limit,
+                          lease_s=lease_s)
             if not jobs:
                 return []
             failpoints.pause(failpoints.MID_MATERIALIZE)
@@ -574,29 +592,26 @@ class JobRepository:
                 tokens[job["id"]] = job["lease_token"]
             ids = sorted(steps)  # one lock order for every step
             pairs = [(job_id, at) for job_id in ids for at in steps[job_id].occurrences]
-            rows = conn.execute(QUERIES["make_occurrences"], {
-                "ids": ids, "tokens": [tokens[i] for i in ids],
-                "next_run_ats": [steps[i].next_run_at for i in ids],
-                "skipped": [steps[i].skipped for i in ids],
-                "job_ids": [p[0] for p in pairs], "occurrences": [p[1] for p in pairs],
-                "planned_at": jobs[0]["now"], "ttl_s": self._node_ttl_s,
-            }).fetchall()
+            rows = db.all(
+                "make_occurrences", ids=ids, tokens=[tokens[i] for i in ids],
+                next_run_ats=[steps[i].next_run_at for i in ids],
+                skipped=[steps[i].skipped for i in ids], job_ids=[p[0] for p in pairs],
+                occurrences=[p[1] for p in pairs], planned_at=jobs[0]["now"],
+                ttl_s=self._node_ttl_s)
         made = {r["job_id"]: r["tasks"] for r in rows}
-        return [{"job_id": job_id, "tasks": made[job_id], "skipped": steps[job_id].skipped}
+        return [Materialized(job_id, made[job_id], steps[job_id].skipped)
                 for job_id in ids if job_id in made]
 
-    def enforce_concurrency(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def enforce_concurrency(self) -> tuple[list[Cancelled], list[Cancelled]]:
         """forbid: skip due occurrences while an earlier one runs; replace: cancel the
-        earlier one. Returns ``(skipped, replaced)`` rows."""
-        with self._pool.connection() as conn:
-            skipped = conn.execute(QUERIES["skip_forbidden"]).fetchall()
-            replaced = conn.execute(QUERIES["replace_running"]).fetchall()
-        return skipped, replaced
+        earlier one. Returns ``(skipped, replaced)``."""
+        with self._db.session() as db:
+            return ([row_as(Cancelled, r) for r in db.all("skip_forbidden")],
+                    [row_as(Cancelled, r) for r in db.all("replace_running")])
 
-    def health(self) -> list[dict[str, Any]]:
+    def health(self) -> list[JobHealth]:
         """Per job: last run, last success, skipped occurrences (for /metrics)."""
-        with self._pool.connection() as conn:
-            return conn.execute(QUERIES["job_health"]).fetchall()
+        return [row_as(JobHealth, r) for r in self._db.all("job_health")]
 
     @staticmethod
     def _columns(spec: JobSpec) -> dict[str, Any]:
@@ -628,7 +643,7 @@ class HandRun:
 
     task_id: int
     created: bool  # False: an idempotent replay of an earlier request
-    replaced: list[dict[str, Any]]  # cancelled by replace: id, started_at, worker_id
+    replaced: list[Cancelled]  # cancelled by its job's replace policy
 
 
 class RunRefused(Exception):
@@ -650,19 +665,18 @@ def hand_instants(now: datetime) -> Iterator[datetime]:
     raise RuntimeError(f"no free instant for a run by hand after {now}")
 
 
-def insert_by_hand(conn: psycopg.Connection[Any], name: str,
+def insert_by_hand(tx: Queries, name: str,
                    params: Callable[[datetime], dict[str, Any]], *, now: datetime,
                    idempotency_key: str | None = None) -> int:
     """Run the insert ``name`` (``ON CONFLICT DO NOTHING ... RETURNING id``) at the first
     instant of ``hand_instants(now)`` no other task of the job holds; the new task's id.
     Raises ``KeyTaken`` when it is the idempotency key that another request holds."""
     for at in hand_instants(now):
-        row = conn.execute(QUERIES[name], params(at)).fetchone()
+        row = tx.one(name, **params(at))
         if row is not None:
             return row["id"]
-        if idempotency_key is not None and conn.execute(
-                QUERIES["task_by_idempotency_key"], {"key": idempotency_key}
-        ).fetchone() is not None:
+        if idempotency_key is not None and tx.one("task_by_idempotency_key",
+                                                  key=idempotency_key) is not None:
             raise KeyTaken
     raise AssertionError("unreachable: hand_instants ends by raising")
 
@@ -680,8 +694,8 @@ def refuse_unfinished(task: dict[str, Any]) -> None:
                          "stopping; retry it once it has ended")
 
 
-def make_way(conn: psycopg.Connection[Any], *, job_id: int, policy: str | None,
-             at: datetime) -> list[dict[str, Any]]:
+def make_way(tx: Queries, *, job_id: int, policy: str | None,
+             at: datetime) -> list[Cancelled]:
     """What a job's occurrence made by hand, due at ``at``, meets, as a tick would: with
     ``forbid``, any other occurrence in flight or due before it means it would be skipped
     (raises ``RunRefused`` rather than make a task bound to be skipped); with
@@ -690,7 +704,7 @@ def make_way(conn: psycopg.Connection[Any], *, job_id: int, policy: str | None,
     """
     if policy not in ("forbid", "replace"):
         return []
-    ahead = conn.execute(QUERIES["unfinished_before"], {"job_id": job_id, "at": at}).fetchall()
+    ahead = tx.all("unfinished_before", job_id=job_id, at=at)
     if policy == "forbid":
         if ahead:
             raise RunRefused(
@@ -700,7 +714,7 @@ def make_way(conn: psycopg.Connection[Any], *, job_id: int, policy: str | None,
         return []
     replaced = []
     for task in ahead:
-        cancelled = conn.execute(QUERIES["cancel_task"], {"id": task["id"]}).fetchone()
+        cancelled = tx.one("cancel_task", id=task["id"])
         if cancelled is not None:
-            replaced.append(cancelled)
+            replaced.append(row_as(Cancelled, cancelled))
     return replaced

@@ -29,7 +29,6 @@ import grpc
 
 from chronocore import metrics
 from chronocore.labels import matches
-from chronocore.model import format_timestamp
 from chronocore.registry import NodeRegistry
 from chronocore.repository import ClaimedTask
 from chronocore.rpc import worker_pb2, worker_pb2_grpc
@@ -60,14 +59,6 @@ class WorkerView:
     @property
     def free(self) -> int:
         return max(0, self.capacity - self.running)
-
-
-def to_message(task: ClaimedTask) -> worker_pb2.Task:
-    return worker_pb2.Task(
-        id=task.id, command=task.command, claim_token=str(task.token),
-        timeout_s=task.timeout_s or 0.0, env=task.env,
-        scheduled_at=format_timestamp(task.scheduled_at),
-    )
 
 
 class Dispatcher:
@@ -104,18 +95,17 @@ class Dispatcher:
     def refresh(self) -> None:
         """Read the live workers from the registry (the database decides who is alive);
         watch each one's slots, whose stream is fresher than the heartbeat's figure."""
-        rows = self._registry.live_workers(ttl_s=self._ttl_s)
         workers = {}
-        for r in rows:
-            if not r["address"]:
+        for r in self._registry.live_workers(ttl_s=self._ttl_s):
+            if not r.address:
                 continue
-            known = self._workers.get(r["id"])
-            if known is not None and r["id"] in self._watches:
-                known.labels = r["labels"] or {}
-                workers[r["id"]] = known
+            known = self._workers.get(r.id)
+            if known is not None and r.id in self._watches:
+                known.labels = r.labels or {}
+                workers[r.id] = known
             else:
-                workers[r["id"]] = WorkerView(r["id"], r["address"], r["capacity"] or 0,
-                                              r["running"], r["labels"] or {})
+                workers[r.id] = WorkerView(r.id, r.address, r.capacity or 0, r.running,
+                                           r.labels or {})
         self._workers = workers
         with self._lock:
             for worker_id in [w for w in self._watches if w not in workers]:
@@ -201,7 +191,7 @@ class Dispatcher:
                tasks: list[ClaimedTask]) -> worker_pb2.DispatchReply | None:
         stub = worker_pb2_grpc.WorkerStub(self._channel(worker.address))
         request = worker_pb2.DispatchRequest(
-            coordinator_id=self._coordinator_id, tasks=[to_message(t) for t in tasks]
+            coordinator_id=self._coordinator_id, tasks=[t.to_message() for t in tasks]
         )
         try:
             reply = stub.Dispatch(request, timeout=RPC_TIMEOUT_S)

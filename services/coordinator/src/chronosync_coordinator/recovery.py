@@ -65,11 +65,11 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for: Callable[[], flo
         RECOVERIES.inc(reason="worker_lost")
     if connected_for() < ttl_s + POOL_WAIT_S:
         return
-    for row in repo.recover_lost_runs(ttl_s=ttl_s):
-        log.warning("recovery: task %s lost its worker; %s", row["task_id"],
-                    "retrying" if row["retry"] else "failed as worker_lost",
-                    extra={"task_id": row["task_id"]})
-        RECOVERIES.inc(reason="retried" if row["retry"] else "worker_lost")
+    for lost in repo.recover_lost_runs(ttl_s=ttl_s):
+        log.warning("recovery: task %s lost its worker; %s", lost.task_id,
+                    "retrying" if lost.retry else "failed as worker_lost",
+                    extra={"task_id": lost.task_id})
+        RECOVERIES.inc(reason="retried" if lost.retry else "worker_lost")
 
 
 # Retention: each sweep deletes at most this many old finished tasks, so pruning a long

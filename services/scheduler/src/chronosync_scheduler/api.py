@@ -220,8 +220,8 @@ class Api:
             if task["status"] in ("succeeded", "failed"):
                 raise ApiError(409, f"task {task_id} already {task['status']}")
             return 200, task  # cancelled already: cancelling again changes nothing
-        if changed["started_at"] is not None and changed["worker_id"]:
-            cancel_on_worker(self.registry, changed["worker_id"], task_id, tls=self.tls)
+        if changed.running_on:
+            cancel_on_worker(self.registry, changed.running_on, task_id, tls=self.tls)
         return 200, self._task(task_id)
 
     def retry_task(self, task_id: int, body: Any) -> tuple[int, dict[str, Any]]:
@@ -239,29 +239,27 @@ class Api:
 
     def _made_by_hand(self, made: HandRun) -> tuple[int, dict[str, Any]]:
         for replaced in made.replaced:  # concurrency_policy replace, as a tick does
-            log.info("task %s cancelled (replace: a run by hand is due)", replaced["id"],
-                     extra={"task_id": replaced["id"]})
-            if replaced["started_at"] is not None and replaced["worker_id"]:
-                cancel_on_worker(self.registry, replaced["worker_id"], replaced["id"],
-                                 tls=self.tls)
+            log.info("task %s cancelled (replace: a run by hand is due)", replaced.id,
+                     extra={"task_id": replaced.id})
+            if replaced.running_on:
+                cancel_on_worker(self.registry, replaced.running_on, replaced.id, tls=self.tls)
         return (201 if made.created else 200), self._task(made.task_id)
 
     def list_nodes(self) -> tuple[int, dict[str, Any]]:
         nodes = []
         for row in self.registry.list_nodes(ttl_s=self.ttl_s):
-            node = {k: row[k] for k in ("id", "kind", "host", "pid", "address", "state")}
-            node["started_at"] = format_timestamp(row["started_at"])
-            node["last_heartbeat_at"] = format_timestamp(row["last_heartbeat_at"])
-            if row["kind"] == "worker":
-                node["capacity"] = row["capacity"]
-                node["running"] = row["running"]
-                node["labels"] = row["labels"]
+            node = {"id": row.id, "kind": row.kind, "host": row.host, "pid": row.pid,
+                    "address": row.address, "state": row.state,
+                    "started_at": format_timestamp(row.started_at),
+                    "last_heartbeat_at": format_timestamp(row.last_heartbeat_at)}
+            if row.kind == "worker":
+                node.update(capacity=row.capacity, running=row.running, labels=row.labels)
             nodes.append(node)
         return 200, {"nodes": nodes}
 
     def metrics(self) -> str:
         """The cluster's metrics: every live node's own, and the database's figures."""
-        sources = [({"node": r["id"], "kind": r["kind"]}, r["metrics"])
+        sources = [({"node": r.id, "kind": r.kind}, r.metrics)
                    for r in self.registry.metrics_sources(ttl_s=self.ttl_s)]
         cluster = metrics.Registry(reserved=frozenset())  # rendered without added labels
         depth = self.repo.queue_depth()
@@ -277,14 +275,13 @@ class Api:
         nodes: dict[tuple[str, str], int] = {}
         for node in self.registry.list_nodes(ttl_s=self.ttl_s):
             # A node that stopped cleanly is not one that died: only a death is alerted on.
-            state = "stopped" if node["stopped"] else node["state"]
-            nodes[(node["kind"], state)] = nodes.get((node["kind"], state), 0) + 1
-            if node["kind"] == "worker" and node["state"] == "alive":
-                for state, value in (("used", node["running"]),
-                                     ("free", max(0, (node["capacity"] or 0)
-                                                  - node["running"]))):
+            state = "stopped" if node.stopped else node.state
+            nodes[(node.kind, state)] = nodes.get((node.kind, state), 0) + 1
+            if node.kind == "worker" and node.state == "alive":
+                for state, value in (("used", node.running),
+                                     ("free", max(0, (node.capacity or 0) - node.running))):
                     cluster.set("chronosync_worker_slots", "Command slots of live workers.",
-                                value, node=node["id"], state=state)
+                                value, node=node.id, state=state)
         for (kind, state), count in nodes.items():
             cluster.set("chronosync_nodes", "Nodes seen in the last hour by state: alive, "
                         "draining, dead (heartbeat lapsed) or stopped (cleanly).", count,
@@ -300,32 +297,32 @@ class Api:
         expected to run."""
         periods: dict[tuple[str, str], float] = {}
         for job in self.jobs.health():
-            labels = {"job_id": str(job["id"]), "job_name": job["name"]}
+            labels = {"job_id": str(job.id), "job_name": job.name}
             cluster.set("chronosync_job_created_timestamp_seconds",
-                        "When a job was submitted, Unix time.", job["created_at"].timestamp(),
+                        "When a job was submitted, Unix time.", job.created_at.timestamp(),
                         **labels)
-            if not job["paused"]:
-                key = (job["cron"], job["timezone"])
+            if not job.paused:
+                key = (job.cron, job.timezone)
                 if key not in periods:
-                    periods[key] = Schedule(*key).period_at(job["now"]).total_seconds()
+                    periods[key] = Schedule(*key).period_at(job.now).total_seconds()
                 cluster.set("chronosync_job_period_seconds",
                             "The time between a job's latest two occurrences by its "
                             "schedule: the period within which it is expected to run "
                             "(unpaused jobs).", periods[key], **labels)
-            for reason, column in (("misfire", "missed_occurrences"),
-                                   ("forbid", "forbidden_occurrences")):
+            for reason, count in (("misfire", job.missed_occurrences),
+                                  ("forbid", job.forbidden_occurrences)):
                 cluster.set("chronosync_job_occurrences_skipped_total",
                             "Occurrences of a job not run: missed while no scheduler ran "
                             "(misfire policy) or skipped while an earlier run was in flight "
-                            "(forbid).", job[column], metric_type="counter", reason=reason,
+                            "(forbid).", count, metric_type="counter", reason=reason,
                             **labels)
-            for name, column, text in (
-                    ("chronosync_job_last_run_timestamp_seconds", "last_run_at",
+            for name, at, text in (
+                    ("chronosync_job_last_run_timestamp_seconds", job.last_run_at,
                      "When a job's latest run started, Unix time."),
-                    ("chronosync_job_last_success_timestamp_seconds", "last_success_at",
+                    ("chronosync_job_last_success_timestamp_seconds", job.last_success_at,
                      "When a job's latest successful run ended, Unix time.")):
-                if job[column] is not None:
-                    cluster.set(name, text, job[column].timestamp(), **labels)
+                if at is not None:
+                    cluster.set(name, text, at.timestamp(), **labels)
 
     def ready(self) -> tuple[int, dict[str, Any]]:
         self.registry.list_nodes(ttl_s=self.ttl_s)  # any round trip proves the database
@@ -349,7 +346,7 @@ class Api:
         if not targeted:
             return {}
         now = self.jobs.database_now()
-        live = [w["labels"] for w in self.registry.live_workers(ttl_s=self.ttl_s)]
+        live = [w.labels for w in self.registry.live_workers(ttl_s=self.ttl_s)]
         return {r["id"]: f"no live worker matches {describe(r['target']['labels'])}"
                 for r in targeted
                 if r["due_at"] <= now

@@ -53,22 +53,22 @@ class Materializer:
 
     def run_once(self) -> None:
         for made in self._jobs.materialize(horizon_s=self._horizon_s):
-            MADE.inc(len(made["tasks"]))
-            if made["skipped"]:
+            MADE.inc(len(made.tasks))
+            if made.skipped:
                 log.warning("job %s: %d missed occurrences skipped by its misfire policy",
-                            made["job_id"], made["skipped"])
-                SKIPPED.inc(made["skipped"], policy="misfire")
+                            made.job_id, made.skipped)
+                SKIPPED.inc(made.skipped, policy="misfire")
         skipped, replaced = self._jobs.enforce_concurrency()
-        for row in skipped:
+        for task in skipped:
             log.info("job %s: task %s skipped (forbid: an earlier run is in flight)",
-                     row["job_id"], row["id"], extra={"task_id": row["id"]})
+                     task.job_id, task.id, extra={"task_id": task.id})
             SKIPPED.inc(policy="forbid")
-        for row in replaced:
+        for task in replaced:
             log.info("job %s: task %s cancelled (replace: a later run is due)",
-                     row["job_id"], row["id"], extra={"task_id": row["id"]})
+                     task.job_id, task.id, extra={"task_id": task.id})
             SKIPPED.inc(policy="replace")
-            if row["started_at"] is not None and row["worker_id"]:
-                cancel_on_worker(self._registry, row["worker_id"], row["id"], tls=self._tls)
+            if task.running_on:
+                cancel_on_worker(self._registry, task.running_on, task.id, tls=self._tls)
 
     def _loop(self) -> None:
         while not self._stop.wait(STEP_EVERY_S):

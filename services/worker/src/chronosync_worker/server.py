@@ -4,10 +4,8 @@ and the server it runs in."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent import futures
-from datetime import datetime
 
 import grpc
 
@@ -16,18 +14,6 @@ from chronocore.repository import ClaimedTask
 from chronocore.rpc import worker_pb2, worker_pb2_grpc
 from chronocore.tls import TlsFiles
 from chronosync_worker.pool import SlotPool
-
-
-def claimed_task(message: worker_pb2.Task) -> ClaimedTask:
-    return ClaimedTask(
-        id=message.id,
-        command=message.command,
-        token=uuid.UUID(message.claim_token),
-        timeout_s=message.timeout_s or None,
-        env=dict(message.env),
-        scheduled_at=datetime.fromisoformat(message.scheduled_at.replace("Z", "+00:00")),
-    )
-
 
 # A watched worker speaks at least this often, so a dead stream is noticed.
 WATCH_KEEPALIVE_S = 1.0
@@ -45,7 +31,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def Dispatch(self, request: worker_pb2.DispatchRequest,
                  context: grpc.ServicerContext) -> worker_pb2.DispatchReply:
         try:
-            tasks = [claimed_task(t) for t in request.tasks]
+            tasks = [ClaimedTask.from_message(t) for t in request.tasks]
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed task: {exc}")
         accepted, rejected = self._pool.offer(tasks)
