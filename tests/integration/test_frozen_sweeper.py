@@ -2,8 +2,9 @@
 
 While the coordinator is frozen its heartbeat fails none of its beats, so it cannot learn
 from them that the database went away. Meanwhile every worker's heartbeat goes stale.
-When it resumes, right after the database is back and before the workers have beaten
-again, it must not sweep at once: the silence it sees is its own. The long-running task
+When it resumes, right after the database is back and before the worker (frozen with it,
+as in a host paused whole, and resumed a second later) has beaten again, it must not
+sweep at once: the silence it sees is its own. The long-running task
 on the live worker must stay running through every cycle; and once the worker really
 dies, the same coordinator must still recover its task (the sweep was not simply off).
 
@@ -33,13 +34,15 @@ HEARTBEAT_S = 1.0
 TTL_S = 3.0
 # The database stays down longer than a TTL, so every heartbeat is stale when it returns.
 OUTAGE_S = TTL_S + 2.0
-# Freeze, restart, resume: a single cycle sometimes loses the race against the worker's
-# first beat, a few in a row do not.
+# Freeze, restart, resume, a few times over: each a fresh chance to judge wrongly.
 CYCLES = 3
 # The worker's own TTL, by which it fences itself (chronocore.fence): longer than the
 # outage, so its run lives through it and only a sweeper's verdict could end it. With one
 # TTL everywhere, the worker would kill its run a TTL into the outage by itself.
 WORKER_TTL_S = 60.0
+# How long after the coordinator the worker resumes: well within a TTL of the
+# coordinator's own return, so a coordinator that counts afresh judges no one.
+WORKER_RESUMES_AFTER_S = 1.0
 # After resuming, the coordinator is watched this long: past the gate (a TTL plus the
 # pool's wait of connectivity) with a margin, so a wrongful sweep would have happened.
 WATCH_S = TTL_S + db.POOL_WAIT_S + 2.0
@@ -82,13 +85,22 @@ def test_a_coordinator_frozen_across_a_database_restart_judges_no_live_worker_de
         cluster.wait_task(task_id, ("running",), timeout=30)
 
         for cycle in range(CYCLES):
+            # The worker is frozen too (a host paused whole) and resumes a moment after
+            # the coordinator, well within a TTL: its first beat cannot win the race
+            # against the coordinator's first sweep, so a sweep that trusts connectivity
+            # from before the freeze always finds it stale.
             os.kill(coordinator.pid, signal.SIGSTOP)
+            os.kill(worker.pid, signal.SIGSTOP)
             try:
                 own_pg.stop()
                 time.sleep(OUTAGE_S)  # the outage itself: longer than a TTL
                 own_pg.start()
             finally:
                 os.kill(coordinator.pid, signal.SIGCONT)
+            try:
+                time.sleep(WORKER_RESUMES_AFTER_S)
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
             watch_until = time.monotonic() + WATCH_S
             while time.monotonic() < watch_until:
                 lost = lost_runs(cluster)
