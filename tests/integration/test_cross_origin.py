@@ -323,7 +323,7 @@ def test_a_page_on_another_port_can_neither_create_nor_read_a_task(
     answers = Answers(page)
     page.goto(other_site)
     outcome = page.evaluate(ATTACK, [cluster.url, COMMAND])
-    seen = wait_for(lambda: _both(answers, cluster.url), timeout=30,
+    seen = wait_for(lambda: _both(page, answers, cluster.url), timeout=30,
                     what="the scheduler's answers")
     context.close()
     assert seen == ([403], [403])
@@ -349,7 +349,7 @@ def test_a_rebound_dns_name_gets_nothing_from_a_scheduler_without_a_token(
     answers = Answers(page)
     page.goto(f"{rebound}/")
     outcome = page.evaluate(ATTACK, [rebound, COMMAND])
-    seen = wait_for(lambda: _both(answers, rebound), timeout=30,
+    seen = wait_for(lambda: _both(page, answers, rebound), timeout=30,
                     what="the scheduler's answers")
     context.close()
     assert seen == ([403], [403])
@@ -359,8 +359,12 @@ def test_a_rebound_dns_name_gets_nothing_from_a_scheduler_without_a_token(
     assert curl_post(cluster)[0] == 201
 
 
-def _both(answers: Answers, base: str) -> tuple[list[int], list[int]] | None:
-    """(answers to /schedule, answers to /tasks) once both came."""
+def _both(page: Page, answers: Answers, base: str) -> tuple[list[int], list[int]] | None:
+    """(answers to /schedule, answers to /tasks) once both came. The network log's events
+    reach us only while a call into the browser runs (Playwright's sync API dispatches
+    them then): wait inside one, or an event that came after the page's last answer
+    would never be seen."""
+    page.wait_for_timeout(50)
     schedule, tasks = answers.to(f"{base}/schedule"), answers.to(f"{base}/tasks")
     return (schedule, tasks) if schedule and tasks else None
 
