@@ -4,9 +4,9 @@ real browser does (the dashboard, and what a page on another site may send)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,6 +16,7 @@ except ImportError:  # the tests are skipped, saying what to install
     sync_playwright = None
 
 if TYPE_CHECKING:
+    from harness import Cluster
     from playwright.sync_api import Browser
 
 CHROMIUM = os.environ.get("CHRONOSYNC_CHROMIUM", "/usr/bin/chromium")
@@ -38,3 +39,23 @@ def chromium(*extra_args: str) -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Debian's chromium with no extra flags (a test module may define its own)."""
+    with chromium() as launched:
+        yield launched
+
+
+def signed_in_api(token: str) -> Callable[..., Any]:
+    """``api(cluster, method, path, body=None)``: the API as the signed-in user calls it,
+    failing the test on any answer but a 2xx."""
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def api(cluster: Cluster, method: str, path: str, body: Any = None) -> Any:
+        status, answer = cluster.http(method, path, body, headers=headers)
+        assert 200 <= status < 300, (method, path, status, answer)
+        return answer
+
+    return api

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import browser  # noqa: F401 - the dashboard tests' fixture
 from harness import Cluster, running_cluster
 
 from chronocore.db import open_pool

@@ -12,13 +12,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import pytest
-from browser import chromium
+from browser import signed_in_api
 from harness import Cluster, wait_for
 
 try:
@@ -55,16 +52,7 @@ SCRIPTS = {
 }
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-def api(cluster: Cluster, method: str, path: str, body: Any = None) -> Any:
-    status, answer = cluster.http(method, path, body, headers=AUTH)
-    assert 200 <= status < 300, (method, path, status, answer)
-    return answer
+api = signed_in_api(TOKEN)
 
 
 def _scripts(folder: Path) -> str:

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from browser import chromium
+from browser import signed_in_api
 from harness import Cluster, wait_for
 
 try:
@@ -34,16 +32,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WAIT_MS = 30_000
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-def api(cluster: Cluster, method: str, path: str, body: Any = None) -> Any:
-    status, answer = cluster.http(method, path, body, headers=AUTH)
-    assert 200 <= status < 300, (method, path, status, answer)
-    return answer
+api = signed_in_api(TOKEN)
 
 
 def task_by_command(cluster: Cluster, command: str) -> dict[str, Any] | None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
-from browser import chromium
+from browser import signed_in_api
 from harness import Cluster, node_id, wait_for
 
 try:
@@ -33,16 +32,7 @@ WAIT_MS = 30_000
 FAR_FUTURE = "2099-01-01T00:00:00Z"
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-def api(cluster: Cluster, method: str, path: str, body: Any = None) -> Any:
-    status, answer = cluster.http(method, path, body, headers=AUTH)
-    assert 200 <= status < 300, (method, path, status, answer)
-    return answer
+api = signed_in_api(TOKEN)
 
 
 def _in_browser(browser: Browser, cluster: Cluster, name: str,

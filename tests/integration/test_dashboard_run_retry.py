@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-from browser import chromium
+from browser import signed_in_api
 from harness import Cluster, wait_for
 
 try:
@@ -29,16 +26,7 @@ WAIT_MS = 30_000
 YEARLY = "0 0 1 1 *"
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-def api(cluster: Cluster, method: str, path: str, body: Any = None) -> Any:
-    status, answer = cluster.http(method, path, body, headers=AUTH)
-    assert 200 <= status < 300, (method, path, status, answer)
-    return answer
+api = signed_in_api(TOKEN)
 
 
 def test_the_dashboard_retries_tasks_and_runs_edits_and_deletes_jobs(
