@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from chronocore.db import SessionTimeouts
 from chronocore.labels import LabelError, parse_worker_labels
 from chronocore.prctl import make_undumpable
+from chronocore.webhooks import parse_allowlist
 
 # Variables holding secrets, each with the variable that may name a file holding it.
 SECRET_NAMES = {"CHRONOSYNC_DSN": "CHRONOSYNC_DSN_FILE",
@@ -179,6 +180,11 @@ class Config:
     lock_timeout_s: float = SessionTimeouts.lock_s
     idle_in_transaction_timeout_s: float = SessionTimeouts.idle_in_transaction_s
     statement_timeout_s: float = SessionTimeouts.statement_s
+    # URL prefixes webhooks may call (none: webhooks are refused); checked by the
+    # schedulers at submission and by the coordinators before each attempt.
+    webhook_allow: tuple[str, ...] = ()
+    # Coordinators: how long one webhook request may take.
+    webhook_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -239,6 +245,9 @@ class Config:
                 defaults.idle_in_transaction_timeout_s),
             statement_timeout_s=_seconds_or_off(env, "CHRONOSYNC_STATEMENT_TIMEOUT_S",
                                                 defaults.statement_timeout_s),
+            webhook_allow=_webhook_allow(env),
+            webhook_timeout_s=_float(env, "CHRONOSYNC_WEBHOOK_TIMEOUT_S",
+                                     defaults.webhook_timeout_s),
         )
 
 
@@ -257,6 +266,14 @@ class Config:
     def direct_dsn(self) -> str:
         """Where what needs a session connects."""
         return self.session_dsn or self.dsn
+
+
+def _webhook_allow(env: Mapping[str, str]) -> tuple[str, ...]:
+    try:
+        return parse_allowlist(env.get("CHRONOSYNC_WEBHOOK_ALLOW"))
+    except ValueError as exc:
+        raise ConfigError(f"CHRONOSYNC_WEBHOOK_ALLOW: {exc} (expected comma-separated "
+                          "http:// or https:// URL prefixes)") from None
 
 
 def _paths(env: Mapping[str, str], name: str) -> tuple[str, ...]:

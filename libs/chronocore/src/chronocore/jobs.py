@@ -31,6 +31,7 @@ from chronocore.model import (
     parse_common,
     without_empty_target,
 )
+from chronocore.webhooks import shown
 
 CONCURRENCY_POLICIES = ("allow", "forbid", "replace")
 MISFIRE_POLICIES = ("run_once", "skip", "run_all")
@@ -68,6 +69,7 @@ class JobSpec:
     max_catchup: int = DEFAULT_MAX_CATCHUP
     paused: bool = False
     target: dict[str, Any] | None = None
+    webhooks: list[dict[str, Any]] | None = None
 
     def request_hash(self) -> str:
         return fingerprint(without_empty_target(
@@ -132,7 +134,7 @@ def patched(row: dict[str, Any], patch: object) -> JobSpec:
         "misfire_policy": row["misfire_policy"],
         "starting_deadline_s": row["starting_deadline_s"],
         "max_catchup": row["max_catchup"], "paused": row["paused_at"] is not None,
-        "target": row.get("target"),
+        "target": row.get("target"), "webhooks": row.get("webhooks"),
     }
     if "delivery" in patch and "max_attempts" not in patch:
         current["max_attempts"] = None  # back to the new delivery's default
@@ -188,6 +190,7 @@ def job_resource(row: dict[str, Any], *, now: datetime,
                  "starting_deadline_s", "max_catchup", "idempotency_key"):
         resource[name] = row[name]
     resource["target"] = row.get("target")
+    resource["webhooks"] = shown(row.get("webhooks"))  # never their secrets
     resource["paused"] = row["paused_at"] is not None
     resource["description"] = schedule.describe()
     # A paused job has no next runs: it makes none until it is resumed.

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chronocore.labels import MAX_TARGET_LABELS, LabelError, check_labels
+from chronocore.webhooks import WebhookError, parse_webhooks, shown
 
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_ATTEMPTS_LIMIT = 100
@@ -32,7 +33,7 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 SUBMISSION_FIELDS = frozenset(
     {
         "command", "scheduled_at", "cron", "timezone", "name", "delivery", "max_attempts",
-        "timeout_s", "idempotency_key", "env", "target",
+        "timeout_s", "idempotency_key", "env", "target", "webhooks",
     }
 )
 
@@ -212,6 +213,7 @@ class Submission:
     idempotency_key: str | None
     env: dict[str, str] = field(default_factory=dict)
     target: dict[str, Any] | None = None
+    webhooks: list[dict[str, Any]] | None = None
 
     def request_hash(self) -> str:
         """Fingerprint of what was asked, to tell an idempotent replay from a conflict."""
@@ -222,8 +224,9 @@ class Submission:
 def without_empty_target(data: dict[str, Any]) -> dict[str, Any]:
     """A request without a target hashes as it did before targets existed, so replays of
     older idempotency keys still match."""
-    if data.get("target") is None:
-        data.pop("target", None)
+    for name in ("target", "webhooks"):  # webhooks came later still, likewise
+        if data.get(name) is None:
+            data.pop(name, None)
     return data
 
 
@@ -276,7 +279,15 @@ def parse_common(body: dict[str, Any]) -> dict[str, Any]:
         "idempotency_key": key,
         "env": _env(body),
         "target": parse_target(body.get("target")),
+        "webhooks": _webhooks(body),
     }
+
+
+def _webhooks(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    try:
+        return parse_webhooks(body.get("webhooks"))
+    except WebhookError as exc:
+        raise ValidationError(str(exc), "webhooks") from None
 
 
 def parse_submission(body: object) -> Submission:
@@ -330,6 +341,7 @@ def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None, *,
     group = row.get("broadcast_id")
     resource["broadcast_id"] = None if group is None else str(group)
     resource["waiting"] = waiting
+    resource["webhooks"] = shown(row.get("webhooks"))  # never their secrets
     resource["retry_of"] = row["retry_of"]  # the task this one retries by hand, if any
     if "output_truncated" in row:
         resource["output_truncated"] = bool(row["output_truncated"])

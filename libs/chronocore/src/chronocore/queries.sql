@@ -5,9 +5,10 @@
 -- name: insert_task --
 -- Store one submission; an idempotency key already used inserts nothing.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                   idempotency_key, request_hash, job_id, target)
+                   idempotency_key, request_hash, job_id, target, webhooks)
 VALUES (%(command)s, coalesce(%(scheduled_at)s::timestamptz, now()), %(delivery)s, %(max_attempts)s, %(timeout_s)s,
-        %(env)s, %(name)s, %(idempotency_key)s, %(request_hash)s, %(job_id)s, %(target)s)
+        %(env)s, %(name)s, %(idempotency_key)s, %(request_hash)s, %(job_id)s, %(target)s,
+        %(webhooks)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id;
 
@@ -25,12 +26,13 @@ WITH workers AS (
     SELECT NULL WHERE NOT EXISTS (SELECT 1 FROM workers)
 )
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                   idempotency_key, request_hash, target, pinned_worker, broadcast_id)
+                   idempotency_key, request_hash, target, pinned_worker, broadcast_id,
+                   webhooks)
 SELECT %(command)s, coalesce(%(scheduled_at)s::timestamptz, now()), %(delivery)s,
        %(max_attempts)s, %(timeout_s)s, %(env)s, %(name)s,
        -- the key names the group's first task (the one a replay returns)
        CASE WHEN row_number() OVER (ORDER BY p.id) = 1 THEN %(idempotency_key)s END,
-       %(request_hash)s, %(target)s, p.id, %(broadcast_id)s
+       %(request_hash)s, %(target)s, p.id, %(broadcast_id)s, %(webhooks)s
 FROM pins p
 ORDER BY p.id
 RETURNING id;
@@ -71,7 +73,7 @@ SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.completed_at, t.failed_at, t.cancelled_at, t.created_at, t.delivery, t.attempt,
        t.max_attempts, t.timeout_s, t.exit_code, t.error, t.worker_id, t.job_id,
        t.idempotency_key, t.name, t.env, t.target, t.pinned_worker, t.broadcast_id,
-       t.retry_of,
+       t.retry_of, t.webhooks,
        right(t.output, %(output_chars)s) AS output,
        length(t.output) > %(output_chars)s AS output_truncated,
        task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
@@ -428,12 +430,12 @@ SELECT task_status(%(picked_at)s, %(started_at)s, %(completed_at)s, %(failed_at)
 -- Store a recurring job; an idempotency key already used inserts nothing.
 INSERT INTO jobs (name, command, cron, timezone, delivery, max_attempts, timeout_s, env,
                   concurrency_policy, misfire_policy, starting_deadline_s, max_catchup,
-                  paused_at, next_run_at, idempotency_key, request_hash, target)
+                  paused_at, next_run_at, idempotency_key, request_hash, target, webhooks)
 VALUES (%(name)s, %(command)s, %(cron)s, %(timezone)s, %(delivery)s, %(max_attempts)s,
         %(timeout_s)s, %(env)s, %(concurrency_policy)s, %(misfire_policy)s,
         %(starting_deadline_s)s, %(max_catchup)s,
         CASE WHEN %(paused)s THEN now() END, %(next_run_at)s, %(idempotency_key)s,
-        %(request_hash)s, %(target)s)
+        %(request_hash)s, %(target)s, %(webhooks)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id;
 
@@ -477,7 +479,7 @@ WITH changed AS (
         delivery = %(delivery)s, max_attempts = %(max_attempts)s, timeout_s = %(timeout_s)s,
         env = %(env)s, concurrency_policy = %(concurrency_policy)s,
         misfire_policy = %(misfire_policy)s, starting_deadline_s = %(starting_deadline_s)s,
-        max_catchup = %(max_catchup)s, target = %(target)s,
+        max_catchup = %(max_catchup)s, target = %(target)s, webhooks = %(webhooks)s,
         paused_at = CASE WHEN NOT %(paused)s THEN NULL ELSE coalesce(paused_at, now()) END,
         next_run_at = %(next_run_at)s, updated_at = now(),
         lease_token = NULL, leased_until = NULL
@@ -575,17 +577,17 @@ WITH advanced AS (
                 %(skipped)s::bigint[]) AS a(id, token, next_run_at, skipped)
     WHERE j.id = a.id AND j.lease_token = a.token
     RETURNING j.id, j.command, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name,
-              j.concurrency_policy, j.target
+              j.concurrency_policy, j.target, j.webhooks
 ), made AS (
     -- A job whose target says "all": one task per live matching worker (pinned to it,
     -- grouped by a broadcast id racing schedulers compute alike), or one that waits.
     INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
                        job_id, concurrency_policy, created_at, target, pinned_worker,
-                       broadcast_id)
+                       broadcast_id, webhooks)
     SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
            j.concurrency_policy, %(planned_at)s::timestamptz, j.target, w.id,
            CASE WHEN j.target ? 'all'
-                THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END
+                THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END, j.webhooks
     FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
          AS o(job_id, at, n)
     JOIN advanced j ON j.id = o.job_id
@@ -611,11 +613,12 @@ GROUP BY a.id;
 -- The insert of make_occurrences alone, without the lease (the tests race it to pin the
 -- unique key down): one occurrence already made (by any scheduler) is not made again.
 INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                   job_id, concurrency_policy, target, pinned_worker, broadcast_id)
+                   job_id, concurrency_policy, target, pinned_worker, broadcast_id,
+                   webhooks)
 SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
        j.concurrency_policy, j.target, w.id,
        CASE WHEN j.target ? 'all'
-            THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END
+            THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END, j.webhooks
 FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
      AS o(job_id, at, n)
 JOIN jobs j ON j.id = o.job_id
@@ -739,10 +742,10 @@ FOR SHARE;
 -- A broadcast's task is retried once, on one worker its target's labels match (not
 -- pinned: the worker it was pinned to may be gone).
 INSERT INTO tasks (command, delivery, max_attempts, timeout_s, env, name, job_id,
-                   concurrency_policy, target,
+                   concurrency_policy, target, webhooks,
                    scheduled_at, retry_of, idempotency_key, request_hash)
 SELECT command, delivery, max_attempts, timeout_s, env, name, job_id,
-       concurrency_policy, target - 'all',
+       concurrency_policy, target - 'all', webhooks,
        %(at)s, id, %(idempotency_key)s, %(request_hash)s
 FROM tasks
 WHERE id = %(id)s
@@ -765,6 +768,77 @@ FROM tasks
 WHERE job_id = %(job_id)s AND picked_at IS NULL AND scheduled_at < %(at)s
   AND completed_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
 ORDER BY scheduled_at, id;
+
+-- name: claim_webhook_deliveries --
+-- Webhooks: take up to LIMIT due deliveries no live lease holds, under a lease of LEASE_S
+-- (an attempt is counted as it is taken, so one whose deliverer died still counts; the
+-- count is the fencing token of the attempt's result).
+WITH due AS (
+    SELECT id FROM webhook_deliveries
+    WHERE delivered_at IS NULL AND gave_up_at IS NULL AND due_at <= now()
+      AND (leased_by IS NULL OR leased_until <= now())  -- a dead deliverer's lease ends
+    ORDER BY due_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+SET attempts = d.attempts + 1, last_attempt_at = now(), leased_by = %(owner)s,
+    leased_until = now() + %(lease_s)s * interval '1 second'
+FROM due
+WHERE d.id = due.id
+RETURNING d.id, d.task_id, d.job_id, d.event, d.url, d.secret, d.payload, d.occurred_at,
+          d.attempts;
+
+-- name: finish_webhook_attempt --
+-- Webhooks: how an attempt ended, if the delivery is still this attempt's (same holder,
+-- same count): delivered; or due again after RETRY_IN_S; or given up (GIVE_UP).
+UPDATE webhook_deliveries
+SET last_status = %(status)s, last_error = %(error)s,
+    delivered_at = CASE WHEN %(delivered)s THEN now() END,
+    gave_up_at = CASE WHEN NOT %(delivered)s AND %(give_up)s THEN now() END,
+    due_at = CASE WHEN %(delivered)s OR %(give_up)s THEN due_at
+                  ELSE now() + %(retry_in_s)s * interval '1 second' END,
+    leased_by = NULL, leased_until = NULL
+WHERE id = %(id)s AND leased_by = %(owner)s AND attempts = %(attempt)s
+  AND delivered_at IS NULL AND gave_up_at IS NULL
+RETURNING id;
+
+-- name: task_webhook_deliveries --
+-- Webhooks: the deliveries of one task's events, oldest first (GET /tasks/{id}).
+SELECT id, event, url, occurred_at, attempts, last_attempt_at, last_status, last_error,
+       delivered_at, gave_up_at, due_at
+FROM webhook_deliveries
+WHERE task_id = %(id)s
+ORDER BY id;
+
+-- name: job_webhook_deliveries --
+-- Webhooks: the deliveries of a job's own events (misfires), newest first, at most LIMIT.
+SELECT id, event, url, occurred_at, attempts, last_attempt_at, last_status, last_error,
+       delivered_at, gave_up_at, due_at
+FROM webhook_deliveries
+WHERE job_id = %(id)s AND task_id IS NULL
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: webhook_delivery_counts --
+-- Webhooks, for /metrics: deliveries waiting (due or backing off), and given up so far.
+-- Each count reads its own partial index.
+SELECT (SELECT count(*) FROM webhook_deliveries
+        WHERE delivered_at IS NULL AND gave_up_at IS NULL) AS pending,
+       (SELECT count(*) FROM webhook_deliveries WHERE gave_up_at IS NOT NULL) AS given_up;
+
+-- name: prune_webhook_deliveries --
+-- Retention for deliveries with no task (a job's misfires; a task's go with it): delete up
+-- to LIMIT finished ones older than the retention age.
+DELETE FROM webhook_deliveries
+WHERE id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE task_id IS NULL AND (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL)
+      AND occurred_at < now() - %(retention_s)s * interval '1 second'
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id;
 
 -- name: lock_migrations --
 -- Migrations: one node at a time, for the rest of the transaction (chronocore.migrate).

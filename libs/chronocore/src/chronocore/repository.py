@@ -181,7 +181,8 @@ class TaskRepository:
             env=Jsonb(submission.env), name=submission.name,
             idempotency_key=submission.idempotency_key, request_hash=request_hash,
             job_id=None,
-            target=None if submission.target is None else Jsonb(submission.target))
+            target=None if submission.target is None else Jsonb(submission.target),
+            webhooks=None if submission.webhooks is None else Jsonb(submission.webhooks))
         if row is not None:
             return row["id"], True
         existing = self._db.one("task_by_idempotency_key", key=submission.idempotency_key)
@@ -210,7 +211,8 @@ class TaskRepository:
                 max_attempts=submission.max_attempts, timeout_s=submission.timeout_s,
                 env=Jsonb(submission.env), name=submission.name, idempotency_key=key,
                 request_hash=request_hash, target=Jsonb(submission.target),
-                broadcast_id=uuid.uuid4(), ttl_s=self._node_ttl_s)
+                broadcast_id=uuid.uuid4(), ttl_s=self._node_ttl_s,
+                webhooks=None if submission.webhooks is None else Jsonb(submission.webhooks))
         return min(r["id"] for r in rows), True
 
     def broadcast_tasks(self, broadcast_id: uuid.UUID) -> list[int]:
@@ -624,6 +626,7 @@ class JobRepository:
             "starting_deadline_s": spec.starting_deadline_s,
             "max_catchup": spec.max_catchup, "paused": spec.paused,
             "target": None if spec.target is None else Jsonb(spec.target),
+            "webhooks": None if spec.webhooks is None else Jsonb(spec.webhooks),
         }
 
 

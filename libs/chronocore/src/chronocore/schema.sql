@@ -8,6 +8,37 @@ CREATE FUNCTION public.attempt_retries(delivery text, attempt integer, max_attem
     SELECT delivery = 'at_least_once' AND attempt < max_attempts AND cancelled_at IS NULL
 $$;
 
+CREATE FUNCTION public.enqueue_job_webhooks() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO webhook_deliveries (job_id, event, url, secret, payload)
+    SELECT NEW.id, 'missed', h.hook->>'url', h.hook->>'secret',
+           jsonb_build_object(
+               'job', jsonb_build_object('id', NEW.id, 'name', NEW.name,
+                                         'command', NEW.command, 'cron', NEW.cron,
+                                         'timezone', NEW.timezone),
+               'missed_occurrences', NEW.missed_occurrences - OLD.missed_occurrences,
+               'next_run_at', NEW.next_run_at)
+    FROM jsonb_array_elements(NEW.webhooks) AS h(hook)
+    WHERE h.hook->'events' ? 'missed';
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION public.enqueue_task_webhooks() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO webhook_deliveries (task_id, job_id, event, url, secret, payload)
+    SELECT NEW.id, NEW.job_id, e.event, h.hook->>'url', h.hook->>'secret',
+           task_webhook_payload(NEW)
+    FROM unnest(task_webhook_events(OLD, NEW)) AS e(event)
+    JOIN jsonb_array_elements(NEW.webhooks) AS h(hook) ON h.hook->'events' ? e.event;
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION public.forbid_holds_back(job bigint, task bigint, occurrence timestamp with time zone) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
@@ -59,6 +90,7 @@ CREATE TABLE public.tasks (
     unmatched_at timestamp with time zone,
     pinned_worker text,
     broadcast_id uuid,
+    webhooks jsonb,
     CONSTRAINT tasks_delivery_check CHECK ((delivery = ANY (ARRAY['at_most_once'::text, 'at_least_once'::text]))),
     CONSTRAINT tasks_max_attempts_check CHECK ((max_attempts >= 1)),
     CONSTRAINT tasks_timeout_s_check CHECK ((timeout_s > (0)::double precision))
@@ -103,6 +135,34 @@ CREATE FUNCTION public.task_status(picked_at timestamp with time zone, started_a
     END
 $$;
 
+CREATE FUNCTION public.task_webhook_events(o public.tasks, n public.tasks) RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT array_remove(ARRAY[
+        CASE WHEN o.completed_at IS NULL AND n.completed_at IS NOT NULL
+             THEN 'succeeded' END,
+        CASE WHEN o.failed_at IS NULL AND n.failed_at IS NOT NULL AND n.cancelled_at IS NULL
+                  AND n.completed_at IS NULL
+             THEN 'failed' END,
+        CASE WHEN o.cancelled_at IS NULL AND n.cancelled_at IS NOT NULL
+                  AND n.error LIKE 'skipped:%'
+             THEN 'missed' END,
+        CASE WHEN n.error = 'worker_lost'
+                  AND ((o.failed_at IS NULL AND n.failed_at IS NOT NULL)
+                       OR (o.started_at IS NOT NULL AND n.started_at IS NULL))
+             THEN 'recovered' END], NULL)
+$$;
+
+CREATE FUNCTION public.task_webhook_payload(t public.tasks) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT (to_jsonb(t) - 'webhooks' - 'claim_token' - 'claimed_by' - 'request_hash'
+            - 'unmatched_at')
+           || jsonb_build_object('status', task_status(t.picked_at, t.started_at,
+                                                       t.completed_at, t.failed_at,
+                                                       t.cancelled_at, t.attempt))
+$$;
+
 CREATE TABLE public.jobs (
     id bigint NOT NULL,
     name text,
@@ -128,6 +188,7 @@ CREATE TABLE public.jobs (
     lease_token uuid,
     leased_until timestamp with time zone,
     target jsonb,
+    webhooks jsonb,
     CONSTRAINT jobs_concurrency_policy_check CHECK ((concurrency_policy = ANY (ARRAY['allow'::text, 'forbid'::text, 'replace'::text]))),
     CONSTRAINT jobs_delivery_check CHECK ((delivery = ANY (ARRAY['at_most_once'::text, 'at_least_once'::text]))),
     CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
@@ -188,6 +249,37 @@ ALTER TABLE public.tasks ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE public.webhook_deliveries (
+    id bigint NOT NULL,
+    task_id bigint,
+    job_id bigint,
+    event text NOT NULL,
+    url text NOT NULL,
+    secret text NOT NULL,
+    payload jsonb NOT NULL,
+    occurred_at timestamp with time zone DEFAULT now() NOT NULL,
+    due_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    last_attempt_at timestamp with time zone,
+    last_status integer,
+    last_error text,
+    delivered_at timestamp with time zone,
+    gave_up_at timestamp with time zone,
+    leased_by text,
+    leased_until timestamp with time zone
+);
+
+CREATE SEQUENCE public.webhook_deliveries_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.webhook_deliveries_id_seq OWNED BY public.webhook_deliveries.id;
+
+ALTER TABLE ONLY public.webhook_deliveries ALTER COLUMN id SET DEFAULT nextval('public.webhook_deliveries_id_seq'::regclass);
+
 ALTER TABLE ONLY public.jobs
     ADD CONSTRAINT jobs_idempotency_key_key UNIQUE (idempotency_key);
 
@@ -211,6 +303,9 @@ ALTER TABLE ONLY public.tasks
 
 ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (id);
 
 CREATE INDEX jobs_to_materialize ON public.jobs USING btree (next_run_at) WHERE (paused_at IS NULL);
 
@@ -242,11 +337,26 @@ CREATE INDEX tasks_unmatched ON public.tasks USING btree (id) WHERE ((unmatched_
 
 CREATE INDEX tasks_worker ON public.tasks USING btree (worker_id, id) WHERE (worker_id IS NOT NULL);
 
+CREATE INDEX webhook_deliveries_given_up ON public.webhook_deliveries USING btree (id) WHERE (gave_up_at IS NOT NULL);
+
+CREATE INDEX webhook_deliveries_job ON public.webhook_deliveries USING btree (job_id) WHERE (task_id IS NULL);
+
+CREATE INDEX webhook_deliveries_pending ON public.webhook_deliveries USING btree (due_at) WHERE ((delivered_at IS NULL) AND (gave_up_at IS NULL));
+
+CREATE INDEX webhook_deliveries_task ON public.webhook_deliveries USING btree (task_id);
+
+CREATE TRIGGER jobs_webhooks AFTER UPDATE OF missed_occurrences ON public.jobs FOR EACH ROW WHEN (((new.webhooks IS NOT NULL) AND (new.missed_occurrences > old.missed_occurrences))) EXECUTE FUNCTION public.enqueue_job_webhooks();
+
 CREATE TRIGGER tasks_due_notify AFTER INSERT OR UPDATE OF picked_at, due_at, unmatched_at ON public.tasks FOR EACH ROW WHEN (((new.picked_at IS NULL) AND (new.cancelled_at IS NULL) AND (new.completed_at IS NULL) AND (new.failed_at IS NULL) AND (new.unmatched_at IS NULL))) EXECUTE FUNCTION public.notify_task_due();
 
 CREATE TRIGGER tasks_forbid_released_notify AFTER UPDATE OF completed_at, failed_at, cancelled_at ON public.tasks FOR EACH ROW WHEN (((new.concurrency_policy = 'forbid'::text) AND (old.completed_at IS NULL) AND (old.failed_at IS NULL) AND (old.cancelled_at IS NULL) AND ((new.completed_at IS NOT NULL) OR (new.failed_at IS NOT NULL) OR (new.cancelled_at IS NOT NULL)))) EXECUTE FUNCTION public.notify_task_due();
 
 CREATE TRIGGER tasks_set_due_at BEFORE INSERT ON public.tasks FOR EACH ROW EXECUTE FUNCTION public.set_task_due_at();
 
+CREATE TRIGGER tasks_webhooks AFTER UPDATE OF completed_at, failed_at, cancelled_at, started_at ON public.tasks FOR EACH ROW WHEN ((new.webhooks IS NOT NULL)) EXECUTE FUNCTION public.enqueue_task_webhooks();
+
 ALTER TABLE ONLY public.task_attempts
     ADD CONSTRAINT task_attempts_task_id_fkey FOREIGN KEY (task_id) REFERENCES public.tasks(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_task_id_fkey FOREIGN KEY (task_id) REFERENCES public.tasks(id) ON DELETE CASCADE;
