@@ -9,6 +9,7 @@ import sys
 
 from chronocore.node import CannotStart, Node, Plan, serve_node
 from chronocore.repository import JobRepository, TaskRepository
+from chronocore.webhooks import WebhookRepository
 from chronosync_scheduler.api import Api
 from chronosync_scheduler.http import make_server
 from chronosync_scheduler.materializer import Materializer
@@ -20,7 +21,8 @@ def build(node: Node, listen: Listen) -> Plan:
     node.registry.address = advertised_address(listen.host, listen.port, config.http_addr)
     jobs = JobRepository(node.pool, node_ttl_s=config.node_ttl_s)
     api = Api(repo=TaskRepository(node.pool, node_ttl_s=config.node_ttl_s), jobs=jobs,
-              registry=node.registry, ttl_s=config.node_ttl_s, tls=listen.tls)
+              registry=node.registry, ttl_s=config.node_ttl_s, tls=listen.tls,
+              hooks=WebhookRepository(node.pool), webhook_allow=config.webhook_allow)
     try:
         server = make_server(api, host=listen.host, port=listen.port,
                              api_token=config.api_token)

@@ -36,6 +36,7 @@ from chronocore.repository import (
     TaskRepository,
 )
 from chronocore.tls import TlsFiles
+from chronocore.webhooks import WebhookError, WebhookRepository, check_allowed, parse_webhooks
 from chronocore.workerclient import cancel_on_worker
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,27 @@ class Api:
     registry: NodeRegistry
     ttl_s: float
     tls: TlsFiles | None = None
+    hooks: WebhookRepository | None = None
+    # CHRONOSYNC_WEBHOOK_ALLOW: the URL prefixes a submission's webhooks may name.
+    webhook_allow: tuple[str, ...] = ()
+
+    def _allow_webhooks(self, hooks: list[dict[str, Any]] | None) -> None:
+        try:
+            check_allowed(hooks, self.webhook_allow)
+        except WebhookError as exc:
+            raise ValidationError(str(exc), "webhooks") from None
 
     def schedule(self, body: Any) -> tuple[int, dict[str, Any]]:
         """A one-off task, or a recurring job when the body has ``cron``."""
         try:
             if isinstance(body, dict) and body.get("cron") is not None:
-                job_id, created = self.jobs.create(parse_job(body))
+                spec = parse_job(body)
+                self._allow_webhooks(spec.webhooks)
+                job_id, created = self.jobs.create(spec)
                 return (201 if created else 200), self._job(job_id)
-            task_id, created = self.repo.submit(parse_submission(body))
+            submission = parse_submission(body)
+            self._allow_webhooks(submission.webhooks)
+            task_id, created = self.repo.submit(submission)
         except IdempotencyConflict as exc:
             raise ApiError(409, str(exc), "idempotency_key") from None
         except JobExists as exc:
@@ -158,6 +172,11 @@ class Api:
         return 200, self._job(job_id)
 
     def patch_job(self, job_id: int, body: Any) -> tuple[int, dict[str, Any]]:
+        if isinstance(body, dict) and body.get("webhooks") is not None:
+            try:
+                self._allow_webhooks(parse_webhooks(body["webhooks"]))
+            except WebhookError as exc:
+                raise ValidationError(str(exc), "webhooks") from None
         try:
             row = self.jobs.update(job_id, body)
         except JobExists as exc:
@@ -193,8 +212,11 @@ class Api:
         row = self.jobs.get(job_id)
         if row is None:
             raise ApiError(404, f"no job {job_id}")
-        return job_resource(row, now=self.jobs.database_now(),
-                            recent=self.jobs.recent_outcomes([job_id])[job_id])
+        resource = job_resource(row, now=self.jobs.database_now(),
+                                recent=self.jobs.recent_outcomes([job_id])[job_id])
+        if self.hooks is not None:  # its own events' deliveries (misfires), newest first
+            resource["deliveries"] = self.hooks.for_job(job_id)
+        return resource
 
     def list_tasks(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         status = query.get("status")
@@ -287,6 +309,13 @@ class Api:
                         "draining, dead (heartbeat lapsed) or stopped (cleanly).", count,
                         kind=kind, state=state)
         self._job_health(cluster)
+        if self.hooks is not None:
+            counts = self.hooks.counts()
+            cluster.set("chronosync_webhook_deliveries_pending", "Webhook deliveries not yet "
+                        "made (due, or waiting to be tried again).", counts["pending"])
+            cluster.set("chronosync_webhook_deliveries_given_up_total", "Webhook deliveries "
+                        "given up after every attempt failed.", counts["given_up"],
+                        metric_type="counter")
         snapshot = {k: v for k, v in cluster.snapshot().items() if k.startswith("chronosync")}
         return metrics.render([({}, snapshot), *sources])
 
@@ -336,6 +365,8 @@ class Api:
         resource = task_resource(row, attempts, waiting=self._waiting([row]).get(task_id))
         if row["broadcast_id"] is not None:
             resource["broadcast"] = self.repo.broadcast_tasks(row["broadcast_id"])
+        if self.hooks is not None:  # its webhooks' deliveries and how they went
+            resource["deliveries"] = self.hooks.for_task(task_id)
         return resource
 
     def _waiting(self, rows: list[dict[str, Any]]) -> dict[int, str]:

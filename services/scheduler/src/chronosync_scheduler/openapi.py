@@ -7,6 +7,13 @@ from typing import Any
 
 from chronocore import __version__
 from chronocore.model import DELIVERIES, STATUSES
+from chronocore.webhooks import (
+    EVENTS,
+    MAX_SECRET_CHARS,
+    MAX_URL_CHARS,
+    MAX_WEBHOOKS,
+    MIN_SECRET_CHARS,
+)
 
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
@@ -48,6 +55,26 @@ _TARGET = {
     "properties": {"labels": {**_LABELS, "minProperties": 1, "maxProperties": 16},
                    "all": {"type": "boolean", "default": False}}}
 
+_WEBHOOKS = {
+    "type": "array", "nullable": True, "maxItems": MAX_WEBHOOKS,
+    "description": "HTTP POSTs of the task's JSON on its events, signed in the "
+                   "X-ChronoSync-Signature header (t=<unix seconds>,v1=<hex HMAC-SHA256 of "
+                   "'<t>.<body>' under the secret>), delivered at least once (dedupe on "
+                   "X-ChronoSync-Delivery). URLs must be under a prefix of "
+                   "CHRONOSYNC_WEBHOOK_ALLOW. A job's are copied to each task it makes. "
+                   "Shown with \"secret\": \"set\", never the secret.",
+    "items": {"type": "object", "additionalProperties": False,
+              "required": ["url", "events", "secret"], "properties": {
+                  "url": {"type": "string", "maxLength": MAX_URL_CHARS,
+                          "description": "http:// or https://, no redirects followed"},
+                  "events": {"type": "array", "minItems": 1, "items": {
+                      "type": "string", "enum": list(EVENTS)}, "description":
+                      "failed; succeeded; missed (skipped by concurrency_policy forbid, "
+                      "or occurrences a job's misfire policy dropped); recovered (an "
+                      "attempt taken back from a dead worker: worker_lost)"},
+                  "secret": {"type": "string", "minLength": MIN_SECRET_CHARS,
+                             "maxLength": MAX_SECRET_CHARS, "writeOnly": True}}}}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "field"], "properties": {
         "error": {"type": "string"}, "field": {"type": "string", "nullable": True}}},
@@ -72,8 +99,21 @@ SCHEMAS: dict[str, Any] = {
             "max_catchup": {"type": "integer", "minimum": 1, "maximum": 10000},
             "paused": {"type": "boolean"},
             "target": _TARGET,
+            "webhooks": _WEBHOOKS,
         },
     },
+    "Delivery": {"type": "object", "description": "one webhook notification of an event",
+                 "properties": {
+        "id": {"type": "integer", "description": "also sent as X-ChronoSync-Delivery"},
+        "event": {"type": "string", "enum": list(EVENTS)}, "url": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "delivered", "given_up"]},
+        "occurred_at": _TIME, "attempts": {"type": "integer"},
+        "last_attempt_at": _NULLABLE_TIME,
+        "last_status": {"type": "integer", "nullable": True,
+                        "description": "the HTTP status of the last attempt"},
+        "last_error": {"type": "string", "nullable": True},
+        "delivered_at": _NULLABLE_TIME, "gave_up_at": _NULLABLE_TIME,
+        "next_attempt_at": {**_NULLABLE_TIME, "description": "while pending"}}},
     "Attempt": {"type": "object", "properties": {
         "attempt": {"type": "integer"}, "worker_id": {"type": "string", "nullable": True},
         "started_at": _TIME, "finished_at": _NULLABLE_TIME,
@@ -113,7 +153,10 @@ SCHEMAS: dict[str, Any] = {
                     "zone=eu-1'"},
         "retry_of": {"type": "integer", "nullable": True, "description":
                      "the task this one retries (POST /tasks/{id}/retry); else null"},
-        "attempts": {"type": "array", "items": _ref("Attempt")}}},
+        "attempts": {"type": "array", "items": _ref("Attempt")},
+        "webhooks": _WEBHOOKS,
+        "deliveries": {"type": "array", "items": _ref("Delivery"), "description":
+                       "GET /tasks/{id} only: its webhooks' deliveries, oldest first"}}},
     "Retry": {"type": "object", "additionalProperties": False, "properties": {
         "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200,
                             "description": "a resent request gets the first retry (200)"}}},
@@ -125,7 +168,10 @@ SCHEMAS: dict[str, Any] = {
         "next_runs": {"type": "array", "items": _TIME},
         "paused": {"type": "boolean"},
         "concurrency_policy": {"type": "string"}, "misfire_policy": {"type": "string"},
-        "target": _TARGET}},
+        "target": _TARGET, "webhooks": _WEBHOOKS,
+        "deliveries": {"type": "array", "items": _ref("Delivery"), "description":
+                       "GET /jobs/{id} only: deliveries of the job's own misfire events "
+                       "(newest 20); its tasks' are on each task"}}},
     "Node": {"type": "object", "properties": {
         "id": {"type": "string"},
         "kind": {"type": "string", "enum": ["scheduler", "coordinator", "worker"]},
