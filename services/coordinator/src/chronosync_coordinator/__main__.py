@@ -1,4 +1,5 @@
-"""``chronosync-coordinator``: heartbeat, sweep for dead nodes' work, run the claim loop.
+"""``chronosync-coordinator``: heartbeat, sweep for dead nodes' work, run the claim loop,
+deliver webhooks.
 
 Stops on SIGTERM/SIGINT after its current step, leaving the registry cleanly.
 """
@@ -11,8 +12,10 @@ import threading
 from chronocore.node import Node, Plan, serve_node
 from chronocore.repository import Backoff, TaskRepository
 from chronocore.tls import TlsFiles
+from chronocore.webhooks import WebhookRepository
 from chronosync_coordinator.claim import ClaimLoop
 from chronosync_coordinator.dispatch import Dispatcher
+from chronosync_coordinator.notify import Deliverer
 from chronosync_coordinator.recovery import prune, sweep
 
 
@@ -33,7 +36,10 @@ def build(node: Node, tls: TlsFiles | None) -> Plan:
     loop = ClaimLoop(repo=repo, dispatcher=dispatcher, coordinator_id=node.id,
                      dsn=config.direct_dsn, batch=config.claim_batch,
                      max_idle_s=config.max_idle_s, wake=look_again)
-    return Plan(services=[dispatcher, loop], ready="coordinator running")
+    deliverer = Deliverer(hooks=WebhookRepository(node.pool), owner=node.id,
+                          allow=config.webhook_allow, timeout_s=config.webhook_timeout_s,
+                          retention_s=config.retention_s)
+    return Plan(services=[dispatcher, loop, deliverer], ready="coordinator running")
 
 
 def main() -> int:

@@ -1,0 +1,117 @@
+"""The webhook deliverer: every coordinator runs one (see chronocore.webhooks for the
+whole path of a notification and its guarantees).
+
+Each step (``run_once``) claims the due deliveries no live lease holds, up to one per
+sending thread, under a lease long enough for a request to time out and its result to be
+written; posts them side by side; and records each result, fenced by the attempt. A
+coordinator killed mid-request leaves its lease to expire: another one's step then takes
+the delivery and sends it again (at least once).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+
+from chronocore import metrics
+from chronocore.webhooks import Delivery, WebhookRepository, post
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = metrics.Counter("chronosync_webhook_attempts_total",
+                           "Webhook requests made by this coordinator.")
+FAILED_ATTEMPTS = metrics.Counter("chronosync_webhook_attempts_failed_total",
+                                  "Webhook requests that did not get a 2xx answer.")
+
+# Requests in flight at once per coordinator (and deliveries claimed per step): a slow
+# receiver holds up no more than one of them.
+SENDERS = 4
+# Nothing due: look again after this (with jitter, so coordinators spread out). A
+# notification waits at most this long, plus a request's time.
+POLL_S = 1.0
+POLL_JITTER = 0.2
+# The lease covers the request's timeout plus the writing of its result.
+LEASE_MARGIN_S = 5.0
+ERROR_PAUSE_S = 1.0
+PRUNE_EVERY_S = 600.0
+
+
+class Deliverer:
+    """A service: ``start`` runs the loop on a thread of its own; ``stop`` ends it after
+    the requests in flight (each bounded by the timeout) and waits."""
+
+    def __init__(self, *, hooks: WebhookRepository, owner: str, allow: tuple[str, ...],
+                 timeout_s: float, retention_s: float) -> None:
+        self._hooks = hooks
+        self._owner = owner
+        self._allow = allow
+        self._timeout_s = timeout_s
+        self._retention_s = retention_s
+        self._stop = threading.Event()
+        self._lifecycle = threading.Lock()
+        self._started = False
+        self._senders = ThreadPoolExecutor(SENDERS, thread_name_prefix="webhook")
+        self._thread = threading.Thread(target=self._run, name="webhooks")
+        self._pruned_at = 0.0
+
+    def start(self) -> None:
+        with self._lifecycle:
+            if self._started or self._stop.is_set():
+                return
+            self._started = True
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._lifecycle:
+            self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._senders.shutdown(wait=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except psycopg.Error as exc:
+                log.warning("database error in the webhook deliverer: %s", exc)
+                busy = False
+            except Exception:
+                log.exception("unexpected error in the webhook deliverer")
+                busy = False
+            if not busy:
+                self._stop.wait(POLL_S * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
+
+    def run_once(self) -> bool:
+        """One step; True if it delivered anything (then look again at once)."""
+        if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
+            self._hooks.prune(retention_s=self._retention_s)
+            self._pruned_at = time.monotonic()
+        deliveries = self._hooks.claim(owner=self._owner, limit=SENDERS,
+                                       lease_s=self._timeout_s + LEASE_MARGIN_S)
+        list(self._senders.map(self._deliver, deliveries))  # waits for every request
+        return bool(deliveries)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        ATTEMPTS.inc()
+        # The signature's timestamp is for the receiver's clock to judge (replays), not a
+        # scheduling decision: this host's wall clock is the one to give it.
+        result = post(delivery, allow=self._allow, timeout_s=self._timeout_s,
+                      now=time.time())
+        if not result.delivered:
+            FAILED_ATTEMPTS.inc()
+            log.warning("webhook %s of %s to %s failed (attempt %s): %s", delivery.event,
+                        _about(delivery), delivery.url, delivery.attempts, result.error,
+                        extra={"task_id": delivery.task_id})
+        if not self._hooks.finish(delivery, result, owner=self._owner):
+            log.info("webhook delivery %s was taken over before its result was written",
+                     delivery.id)
+
+
+def _about(delivery: Delivery) -> str:
+    return (f"task {delivery.task_id}" if delivery.task_id is not None
+            else f"job {delivery.job_id}")
