@@ -3,8 +3,9 @@ once, whichever coordinator dies mid-request; and only URLs the operator allows 
 ever called.
 
 The receiver is an ``http.server`` on 127.0.0.1 run by the test; what it answers depends
-on the path: ``/hooks/ok`` 200; ``/hooks/flaky`` 500 the first time, then 200;
-``/hooks/hold`` holds the first request open until the test lets go, then 200.
+on the path: ``/hooks/ok`` 200; ``/hooks/redirect`` 302 to ``/elsewhere/x``;
+``/hooks/flaky`` 500 the first time, then 200; ``/hooks/hold`` holds the first request
+open until the test lets go, then 200.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class Receiver:
                     receiver.received.append(Received(
                         self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 status = 200
+                if self.path == "/hooks/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", receiver.base + "/elsewhere/x")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path == "/hooks/flaky" and seen == 0:
                     status = 500
                 if self.path == "/hooks/hold" and seen == 0:
@@ -285,13 +292,14 @@ def test_only_allowed_urls_are_accepted_or_ever_called(
         assert status == 400 and error["field"] == "webhooks", (url, error)
         assert "not under an allowed prefix" in error["error"]
     task = submit(cluster, {"command": "true", "webhooks": [
-        receiver.hook("/elsewhere/x", ["succeeded"]), receiver.hook("/hooks/ok",
-                                                                    ["succeeded"])]})
+        receiver.hook("/elsewhere/x", ["succeeded"]),
+        receiver.hook("/hooks/ok", ["succeeded"]),
+        receiver.hook("/hooks/redirect", ["succeeded"])]})
 
     def settled() -> list[dict[str, Any]] | None:
         deliveries = cluster.task(task["id"])["deliveries"]
-        done = [d for d in deliveries if d["state"] != "pending"]
-        return deliveries if len(deliveries) == 2 and len(done) == 2 else None
+        done = [d for d in deliveries if d["state"] != "pending" or d["last_status"]]
+        return deliveries if len(deliveries) == 3 and len(done) == 3 else None
 
     by_url = {d["url"]: d for d in wait_for(settled, timeout=30,
                                             what="both deliveries to settle")}
@@ -299,4 +307,8 @@ def test_only_allowed_urls_are_accepted_or_ever_called(
     refused = by_url[receiver.base + "/elsewhere/x"]
     assert refused["state"] == "given_up"
     assert "CHRONOSYNC_WEBHOOK_ALLOW" in refused["last_error"]
+    # A redirect is an answer, not followed: a failed attempt, tried again later.
+    redirected = by_url[receiver.base + "/hooks/redirect"]
+    assert redirected["state"] == "pending" and redirected["last_status"] == 302
+    assert receiver.on("/hooks/redirect")
     assert receiver.on("/elsewhere/x") == []
