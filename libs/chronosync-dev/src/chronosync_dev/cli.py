@@ -87,6 +87,7 @@ WIDE_TASK_COLUMNS = [*TASK_COLUMNS[:-1], "attempt", "next_attempt_at", "job_id",
                      "created_at", "command"]
 ATTEMPT_COLUMNS = ["attempt", "worker_id", "started_at", "finished_at", "exit_code", "error"]
 RECENT_COLUMNS = ["id", "status", "scheduled_at", "error"]
+DELIVERY_COLUMNS = ["id", "event", "url", "state", "attempts", "last_status", "last_error"]
 
 
 def wants_json(args: argparse.Namespace) -> bool:
@@ -106,13 +107,16 @@ def show(args: argparse.Namespace, data: Any, rows_key: str | None,
 
 
 def describe(data: dict[str, Any]) -> str:
-    nested = {"attempts": ATTEMPT_COLUMNS, "recent": RECENT_COLUMNS}
+    nested = {"attempts": ATTEMPT_COLUMNS, "recent": RECENT_COLUMNS,
+              "deliveries": DELIVERY_COLUMNS}
     fields = [(k, v) for k, v in data.items()
               if k not in nested and v not in (None, "", [], {})]
     width = max((len(k) for k, _ in fields), default=0)
     lines = []
     for key, value in fields:
-        if isinstance(value, list):
+        if key == "webhooks":  # their URLs and events (the secret is never shown)
+            value = "; ".join(f"{h['url']} ({', '.join(h['events'])})" for h in value)
+        elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
