@@ -184,6 +184,41 @@ def test_each_event_of_a_task_is_delivered_signed_and_the_secret_never_shown(
     cluster.http("DELETE", f"/jobs/{job['id']}")
 
 
+def test_occurrences_a_misfire_drops_are_told_as_missed_with_the_job(
+    cluster: Cluster, receiver: Receiver
+) -> None:
+    env = {**allow(receiver, "/hooks/"), "CHRONOSYNC_HORIZON_S": "1"}
+    scheduler = cluster.start("scheduler", **env)
+    cluster.start("coordinator", **env)
+    cluster.wait_ready(coordinators=1, workers=0)
+    status, job = cluster.http("POST", "/schedule", {
+        "command": "true", "cron": "* * * * * *", "misfire_policy": "skip",
+        "webhooks": [receiver.hook("/hooks/ok", ["missed"])]})
+    assert status == 201, job
+
+    # Every scheduler down while ticks pass: the one that comes back drops them.
+    scheduler.signal(signal.SIGTERM)
+    wait_for(lambda: not scheduler.alive(), timeout=30, what="the scheduler to stop")
+    wait_for(lambda: cluster.query(
+        "SELECT next_run_at < now() - interval '3 seconds' AS passed FROM jobs"
+        " WHERE id = %s", (job["id"],))[0]["passed"], timeout=30,
+        what="ticks to pass while no scheduler runs")
+    cluster.start("scheduler", **env)
+
+    def told() -> Received | None:
+        return next((r for r in receiver.on("/hooks/ok")
+                     if r.json.get("job", {}).get("id") == job["id"]), None)
+
+    missed = wait_for(told, timeout=30, what="the misfire's missed event")
+    assert missed.signed and missed.json["event"] == "missed"
+    assert missed.json["missed_occurrences"] >= 2
+    assert missed.json["next_run_at"].endswith("Z")
+    status, shown = cluster.http("GET", f"/jobs/{job['id']}")
+    assert status == 200 and shown["deliveries"][0]["event"] == "missed"
+    assert SECRET not in json.dumps(shown)
+    cluster.http("DELETE", f"/jobs/{job['id']}")
+
+
 def test_a_failed_attempt_is_retried_after_a_backoff(
     cluster: Cluster, receiver: Receiver
 ) -> None:

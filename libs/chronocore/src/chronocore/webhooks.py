@@ -242,6 +242,9 @@ def render(delivery: Delivery) -> bytes:
                 payload[name] = datetime.fromisoformat(payload[name])
         body["task"] = task_resource(payload, None)
     else:
+        if payload.get("next_run_at") is not None:
+            payload["next_run_at"] = format_timestamp(
+                datetime.fromisoformat(payload["next_run_at"]))
         body.update(payload)
     return json.dumps(body, sort_keys=True).encode()
 
