@@ -53,6 +53,8 @@ def test_webhooks_are_validated_with_the_field_named() -> None:
         ([hook(url="file:///etc/passwd")], "http:// or https://"),
         ([hook(url="https://hooks.example.com/a b")], "spaces"),
         ([hook(url="https://user:pw@hooks.example.com/")], "user name"),
+        ([hook(url="http://[::1/x")], "not a valid URL"),
+        ([hook(url="http://h:port/x")], "not a valid URL"),
         ([hook(events=["exploded"])], "unknown event"),
         ([hook(events="failed")], "non-empty list"),
         ([hook(secret="short")], "16 to 256"),

@@ -73,7 +73,11 @@ def _check_url(url: object, where: str) -> str:
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
         raise WebhookError(f"{where}.url must not contain spaces, control characters or "
                            "backslashes")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise WebhookError(f"{where}.url is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError(f"{where}.url must be an http:// or https:// URL with a host")
     if "@" in parts.netloc:
