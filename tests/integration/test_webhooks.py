@@ -300,6 +300,38 @@ def test_a_malformed_webhook_is_a_400_naming_the_field(
     assert status == 400 and error["field"] == "webhooks"
 
 
+def test_a_job_s_webhooks_are_edited_by_patch_under_the_same_rules(
+    cluster: Cluster, receiver: Receiver
+) -> None:
+    cluster.start("scheduler", **allow(receiver, "/hooks/"))
+    cluster.wait_ready(coordinators=0, workers=0)
+    status, job = cluster.http("POST", "/schedule", {"command": "true", "cron": "@daily"})
+    assert status == 201 and job["webhooks"] is None, job
+    path = f"/jobs/{job['id']}"
+
+    status, error = cluster.http("PATCH", path, {"webhooks": [receiver.hook("/other")]})
+    assert status == 400 and error["field"] == "webhooks", error
+    status, error = cluster.http("PATCH", path, {"webhooks": [
+        {**receiver.hook("/hooks/ok"), "secret": "set"}]})  # what GET shows, sent back
+    assert status == 400 and error["field"] == "webhooks", error
+
+    status, edited = cluster.http("PATCH", path, {"webhooks": [
+        receiver.hook("/hooks/ok", ["failed"])]})
+    assert status == 200, edited
+    assert edited["webhooks"] == [{"url": receiver.base + "/hooks/ok", "events": ["failed"],
+                                   "secret": "set"}]
+    # Another edit keeps them (with their secret), and runs now carry them to the task.
+    status, edited = cluster.http("PATCH", path, {"name": "nightly"})
+    assert status == 200 and edited["webhooks"][0]["events"] == ["failed"], edited
+    status, made = cluster.http("POST", f"{path}/run")
+    assert status == 201 and made["webhooks"] == edited["webhooks"], made
+    stored = cluster.query("SELECT webhooks FROM tasks WHERE id = %s", (made["id"],))
+    assert stored[0]["webhooks"][0]["secret"] == SECRET
+
+    status, edited = cluster.http("PATCH", path, {"webhooks": None})
+    assert status == 200 and edited["webhooks"] is None, edited
+
+
 def test_only_allowed_urls_are_accepted_or_ever_called(
     cluster: Cluster, receiver: Receiver
 ) -> None:
