@@ -1,0 +1,100 @@
+"""The webhook deliverer's step over the fake seam, posting to a receiver on 127.0.0.1:
+what it records for a success, a failure to try again, the last failure, and a URL no
+longer allowed (never requested)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from chronocore.testing import FakeQueries
+from chronocore.webhooks import MAX_ATTEMPTS, SIGNATURE_HEADER, WebhookRepository, verify
+from chronosync_coordinator.notify import Deliverer
+
+SECRET = "a-secret-of-16-chars"
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[tuple[str, Message, bytes]]]]:
+    seen: list[tuple[str, Message, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers, body))  # names case-insensitive
+            self.send_response(500 if self.path.endswith("/broken") else 204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def step(url: str, *, attempts: int = 1, allow: tuple[str, ...]) -> dict[str, Any]:
+    """One step over one claimed delivery; the parameters its result was written with."""
+    claimed = {"id": 7, "task_id": None, "job_id": 3, "event": "missed", "url": url,
+               "secret": SECRET, "payload": {"job": {"id": 3}, "missed_occurrences": 2},
+               "occurred_at": NOW, "attempts": attempts}
+    fake = FakeQueries({"claim_webhook_deliveries": [claimed],
+                        "finish_webhook_attempt": [{"id": 7}]})
+    deliverer = Deliverer(hooks=WebhookRepository(fake), owner="coordinator-1",
+                          allow=allow, timeout_s=5, retention_s=86400)
+    assert deliverer.run_once()
+    deliverer.stop()
+    [claim] = fake.called("claim_webhook_deliveries")
+    assert claim["owner"] == "coordinator-1" and claim["lease_s"] > 5  # outlives a request
+    [finish] = fake.called("finish_webhook_attempt")
+    assert (finish["owner"], finish["attempt"]) == ("coordinator-1", attempts)
+    return finish
+
+
+def test_a_2xx_is_recorded_as_delivered_and_the_request_is_signed(receiver: Any) -> None:
+    base, seen = receiver
+    finish = step(base + "/hooks/ok", allow=(base + "/hooks/",))
+    assert finish["delivered"] and finish["status"] == 204
+    [(path, headers, body)] = seen
+    assert path == "/hooks/ok" and headers["X-ChronoSync-Delivery"] == "7"
+    assert verify(SECRET, headers[SIGNATURE_HEADER], body,
+                  now=datetime.now(UTC).timestamp())
+
+
+def test_a_failure_is_tried_again_after_the_backoff_until_the_last_attempt(
+    receiver: Any
+) -> None:
+    base, _ = receiver
+    finish = step(base + "/hooks/broken", attempts=3, allow=(base + "/hooks/",))
+    assert (finish["delivered"], finish["give_up"], finish["status"]) == (False, False, 500)
+    assert finish["retry_in_s"] == 4.0
+    finish = step(base + "/hooks/broken", attempts=MAX_ATTEMPTS, allow=(base + "/hooks/",))
+    assert finish["give_up"] and not finish["delivered"]
+
+
+def test_a_url_no_longer_allowed_is_given_up_without_a_request(receiver: Any) -> None:
+    base, seen = receiver
+    finish = step(base + "/old/x", allow=(base + "/hooks/",))
+    assert finish["give_up"] and "CHRONOSYNC_WEBHOOK_ALLOW" in finish["error"]
+    assert seen == []
+
+
+def test_stop_is_safe_before_start_and_twice() -> None:
+    deliverer = Deliverer(hooks=WebhookRepository(FakeQueries()), owner="c", allow=(),
+                          timeout_s=1, retention_s=1)
+    deliverer.stop()
+    deliverer.stop()
+    deliverer.start()  # after stop: does nothing
+    assert not deliverer.run_once()
