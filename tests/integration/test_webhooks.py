@@ -236,6 +236,8 @@ def test_a_failed_attempt_is_retried_after_a_backoff(
 
     delivery = wait_for(delivered, timeout=30, what="the delivery after a 500")
     assert delivery["attempts"] == 2 and delivery["last_status"] == 200
+    assert [(h["attempt"], h["status"], h["error"]) for h in delivery["history"]] == [
+        (1, 500, "HTTP 500"), (2, 200, None)]
     first, second = receiver.on("/hooks/flaky")
     assert first.body == second.body  # the same notification, sent again
     assert first.signed and second.signed
@@ -271,6 +273,9 @@ def test_a_coordinator_killed_mid_request_loses_no_notification(
                         and cluster.task(task["id"])["deliveries"][0], timeout=30,
                         what="the delivery to be recorded")
     assert delivery["attempts"] == 2
+    # The killed coordinator's attempt ended nowhere; the survivor's is the one recorded.
+    [ended] = delivery["history"]
+    assert ended["attempt"] == 2 and ended["status"] == 200 and ended["by"] != holder
     row = cluster.query("SELECT leased_by FROM webhook_deliveries WHERE id = %s",
                         (delivery["id"],))[0]
     assert row["leased_by"] is None  # written by the survivor, not the dead holder

@@ -794,6 +794,9 @@ RETURNING d.id, d.task_id, d.job_id, d.event, d.url, d.secret, d.payload, d.occu
 -- same count): delivered; or due again after RETRY_IN_S; or given up (GIVE_UP).
 UPDATE webhook_deliveries
 SET last_status = %(status)s, last_error = %(error)s,
+    history = history || jsonb_build_array(jsonb_build_object(
+        'attempt', attempts, 'started_at', last_attempt_at, 'finished_at', now(),
+        'status', %(status)s::integer, 'error', %(error)s::text, 'by', %(owner)s::text)),
     delivered_at = CASE WHEN %(delivered)s THEN now() END,
     gave_up_at = CASE WHEN NOT %(delivered)s AND %(give_up)s THEN now() END,
     due_at = CASE WHEN %(delivered)s OR %(give_up)s THEN due_at
@@ -806,7 +809,7 @@ RETURNING id;
 -- name: task_webhook_deliveries --
 -- Webhooks: the deliveries of one task's events, oldest first (GET /tasks/{id}).
 SELECT id, event, url, occurred_at, attempts, last_attempt_at, last_status, last_error,
-       delivered_at, gave_up_at, due_at
+       history, delivered_at, gave_up_at, due_at
 FROM webhook_deliveries
 WHERE task_id = %(id)s
 ORDER BY id;
@@ -814,7 +817,7 @@ ORDER BY id;
 -- name: job_webhook_deliveries --
 -- Webhooks: the deliveries of a job's own events (misfires), newest first, at most LIMIT.
 SELECT id, event, url, occurred_at, attempts, last_attempt_at, last_status, last_error,
-       delivered_at, gave_up_at, due_at
+       history, delivered_at, gave_up_at, due_at
 FROM webhook_deliveries
 WHERE job_id = %(id)s AND task_id IS NULL
 ORDER BY id DESC

@@ -263,6 +263,7 @@ CREATE TABLE public.webhook_deliveries (
     last_attempt_at timestamp with time zone,
     last_status integer,
     last_error text,
+    history jsonb DEFAULT '[]'::jsonb NOT NULL,
     delivered_at timestamp with time zone,
     gave_up_at timestamp with time zone,
     leased_by text,

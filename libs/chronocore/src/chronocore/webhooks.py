@@ -314,6 +314,10 @@ def delivery_resource(row: dict[str, Any]) -> dict[str, Any]:
         "delivered_at": format_timestamp(row["delivered_at"]),
         "gave_up_at": format_timestamp(row["gave_up_at"]),
         "next_attempt_at": format_timestamp(row["due_at"]) if pending else None,
+        # Each attempt that ended; one whose coordinator died mid-request has none.
+        "history": [{**entry, **{name: format_timestamp(datetime.fromisoformat(
+            entry[name])) for name in ("started_at", "finished_at")}}
+            for entry in row["history"]],
     }
 
 

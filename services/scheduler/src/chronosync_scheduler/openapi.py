@@ -113,7 +113,15 @@ SCHEMAS: dict[str, Any] = {
                         "description": "the HTTP status of the last attempt"},
         "last_error": {"type": "string", "nullable": True},
         "delivered_at": _NULLABLE_TIME, "gave_up_at": _NULLABLE_TIME,
-        "next_attempt_at": {**_NULLABLE_TIME, "description": "while pending"}}},
+        "next_attempt_at": {**_NULLABLE_TIME, "description": "while pending"},
+        "history": {"type": "array", "description": "each attempt that ended (one whose "
+                    "coordinator died mid-request has none)", "items": {
+                        "type": "object", "properties": {
+                            "attempt": {"type": "integer"}, "started_at": _TIME,
+                            "finished_at": _TIME,
+                            "status": {"type": "integer", "nullable": True},
+                            "error": {"type": "string", "nullable": True},
+                            "by": {"type": "string", "description": "the coordinator"}}}}}},
     "Attempt": {"type": "object", "properties": {
         "attempt": {"type": "integer"}, "worker_id": {"type": "string", "nullable": True},
         "started_at": _TIME, "finished_at": _NULLABLE_TIME,

@@ -23,6 +23,9 @@ CREATE TABLE webhook_deliveries (
     last_attempt_at timestamptz,
     last_status integer,  -- the HTTP status of the last attempt, if it got an answer
     last_error text,
+    -- Each attempt that ended: {attempt, started_at, finished_at, status, error, by}. One
+    -- whose deliverer died mid-request has no entry (it still counts in attempts).
+    history jsonb NOT NULL DEFAULT '[]',
     delivered_at timestamptz,
     gave_up_at timestamptz,
     leased_by text,
