@@ -357,7 +357,7 @@ def test_only_allowed_urls_are_accepted_or_ever_called(
     cluster.start("worker")
     cluster.wait_ready(coordinators=1, workers=1)
     for url in (receiver.base + "/other", receiver.base + "/hooks",
-                receiver.base + ".evil.example/hooks/", "http://10.0.0.1/hooks/"):
+                receiver.base.replace("127.0.0.1", "127.0.0.1.evil.example") + "/hooks/", "http://10.0.0.1/hooks/"):
         status, error = cluster.http("POST", "/schedule", {
             "command": "true",
             "webhooks": [{"url": url, "events": ["succeeded"], "secret": SECRET}]})
