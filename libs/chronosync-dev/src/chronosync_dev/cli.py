@@ -2,8 +2,8 @@
 
     chronosync schedule [--at TIME] [--delivery D] [--timeout S] -- COMMAND...
     chronosync schedule --cron EXPR [--tz ZONE] [--name N] -- COMMAND...
-    chronosync tasks [--status S] [--job ID] [--limit N]   chronosync task ID
-    chronosync cancel ID                          chronosync nodes
+    chronosync tasks [--status S] [--job ID] [--worker NODE] [--text T] [--limit N]
+    chronosync task ID      chronosync cancel ID      chronosync nodes
     chronosync retry ID [--idempotency-key K]     chronosync run JOB
     chronosync jobs      chronosync job ID        chronosync pause|resume|delete ID
     chronosync migrate                            chronosync dev
@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
@@ -159,9 +160,9 @@ def cmd_schedule(args: argparse.Namespace) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
-    if args.job:
-        query += f"&job_id={args.job}"
+    filters = {"limit": args.limit, "status": args.status, "job_id": args.job,
+               "worker": args.worker, "text": args.text}
+    query = "?" + urllib.parse.urlencode({k: v for k, v in filters.items() if v is not None})
     if not args.watch:
         show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS,
              WIDE_TASK_COLUMNS)
@@ -536,7 +537,8 @@ EXAMPLES = {
                  "chronosync schedule --at 2026-12-25T22:34:00+05:30 -- ./backup.sh",
                  "chronosync schedule --cron '*/15 * * * MON-FRI' --tz Europe/Berlin "
                  "--name report -- ./report.sh"],
-    "tasks": ["chronosync tasks --status failed -o wide", "chronosync tasks --watch"],
+    "tasks": ["chronosync tasks --status failed -o wide", "chronosync tasks --watch",
+              "chronosync tasks --text pg_dump --worker worker-db-3-1234-ab12"],
     "task": ["chronosync task 17 -o json"],
     "cancel": ["chronosync cancel 17"],
     "retry": ["chronosync retry 17", "chronosync retry 17 --idempotency-key retry-17-once"],
@@ -591,6 +593,8 @@ def parser() -> argparse.ArgumentParser:
     t = command("tasks", "list tasks, newest first", cmd_tasks)
     t.add_argument("--status")
     t.add_argument("--job", type=int, help="only this job's tasks")
+    t.add_argument("--worker", help="only the tasks this worker ran (its node id)")
+    t.add_argument("--text", help="only tasks whose command contains this, ignoring case")
     t.add_argument("--limit", type=int, default=20)
     t.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
