@@ -101,6 +101,7 @@ class _Slot:
     # Monotonic instant the start (or its latest confirmation) was sent: the worker
     # counts as alive in the database from then on, for a TTL.
     lease_from: float = 0.0
+    ended: bool = False  # the command exited; its outcome is being recorded
 
 
 class SlotPool:
@@ -243,7 +244,8 @@ class SlotPool:
         """Stop runs that were cancelled or whose claim was taken from us (we were paused
         or cut off long enough to be declared dead). Called on every heartbeat."""
         with self._lock:
-            running = {tid: slot.task.token for tid, slot in self._slots.items()}
+            running = {tid: slot.task.token for tid, slot in self._slots.items()
+                       if not slot.ended}  # a recorded outcome is no revocation
         for task_id, reason in self._repo.revoked_among(running).items():
             log.info("task %s: stopping its run (%s)", task_id, reason,
                      extra={"task_id": task_id})
@@ -317,6 +319,7 @@ class SlotPool:
             if started is not None:
                 failpoints.pause(failpoints.AFTER_START)
                 result = self._execute(slot, started.attempt)
+                slot.ended = True
                 self._record(task, result)
         except Exception:
             log.exception("task %s: unexpected error in its run", task.id,
