@@ -18,6 +18,7 @@ from chronocore.jobs import job_resource, parse_job
 from chronocore.labels import describe, matches
 from chronocore.model import (
     STATUSES,
+    TaskRow,
     ValidationError,
     check_fields,
     format_timestamp,
@@ -149,9 +150,9 @@ class Api:
         limit = _limit(query)
         rows = self.jobs.list(before=_int_param(query, "before"), limit=limit)
         now = self.jobs.database_now()
-        recent = self.jobs.recent_outcomes([r["id"] for r in rows])
-        next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
-        return 200, {"jobs": [job_resource(r, now=now, recent=recent[r["id"]]) for r in rows],
+        recent = self.jobs.recent_outcomes([r.id for r in rows])
+        next_cursor = str(rows[-1].id) if len(rows) == limit else None
+        return 200, {"jobs": [job_resource(r, now=now, recent=recent[r.id]) for r in rows],
                      "next": next_cursor}
 
     def get_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
@@ -204,9 +205,9 @@ class Api:
         rows = self.repo.list(status=status, job_id=_int_param(query, "job_id"),
                               worker=_worker_param(query), text=_text_param(query),
                               before=_int_param(query, "before"), limit=limit)
-        next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
+        next_cursor = str(rows[-1].id) if len(rows) == limit else None
         waiting = self._waiting(rows)
-        return 200, {"tasks": [task_resource(r, None, waiting=waiting.get(r["id"]))
+        return 200, {"tasks": [task_resource(r, None, waiting=waiting.get(r.id))
                                for r in rows],
                      "next": next_cursor}
 
@@ -334,21 +335,21 @@ class Api:
             raise ApiError(404, f"no task {task_id}")
         row, attempts = found
         resource = task_resource(row, attempts, waiting=self._waiting([row]).get(task_id))
-        if row["broadcast_id"] is not None:
-            resource["broadcast"] = self.repo.broadcast_tasks(row["broadcast_id"])
+        if row.broadcast_id is not None:
+            resource["broadcast"] = self.repo.broadcast_tasks(row.broadcast_id)
         return resource
 
-    def _waiting(self, rows: list[dict[str, Any]]) -> dict[int, str]:
+    def _waiting(self, rows: list[TaskRow]) -> dict[int, str]:
         """Why due targeted tasks still wait, by id: no live worker has their labels
         (judged now, by the database clock, as the claim does)."""
-        targeted = [r for r in rows if r["target"] is not None
-                    and r["status"] in ("scheduled", "retrying")]
+        targeted = [r for r in rows if r.target is not None
+                    and r.status in ("scheduled", "retrying")]
         if not targeted:
             return {}
         now = self.jobs.database_now()
         live = [w.labels for w in self.registry.live_workers(ttl_s=self.ttl_s)]
-        return {r["id"]: f"no live worker matches {describe(r['target']['labels'])}"
+        return {r.id: f"no live worker matches {describe(r.target['labels'])}"
                 for r in targeted
-                if r["due_at"] <= now
-                and not any(matches(labels, r["target"]["labels"]) for labels in live)}
+                if r.due_at <= now
+                and not any(matches(labels, r.target["labels"]) for labels in live)}
 
