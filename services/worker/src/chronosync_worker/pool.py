@@ -41,6 +41,7 @@ from chronocore import failpoints, metrics
 from chronocore.fence import Leases
 from chronocore.groupcommit import GroupCommit
 from chronocore.model import format_timestamp
+from chronocore.node import Lifecycle
 from chronocore.reaper import Reaper
 from chronocore.repository import ClaimedTask, Outcome, Started, TaskRepository
 from chronocore.runner import (
@@ -136,8 +137,7 @@ class SlotPool:
         self._slots: dict[int, _Slot] = {}
         self._grace_s = grace_s
         self._on_drain = on_drain
-        self._started = False
-        self._stop_asked = False
+        self._life = Lifecycle(self._lock)
         self._draining = True  # until started: no work is taken before the threads run
         self._idle = threading.Condition(self._lock)
         self._version = 0  # bumped whenever a slot is freed, and when draining starts
@@ -155,26 +155,20 @@ class SlotPool:
             self._write_outcomes, name="record-outcomes")
 
     def start(self) -> None:
-        with self._lock:
-            if self._started or self._stop_asked:
-                return
-            self._started = True
+        if not self._life.begin():
+            return
         self._starts.start()
         self._outcomes.start()
         self._watchdog.start()
         with self._lock:
-            self._draining = self._stop_asked
+            self._draining = self._life.stopped
             self._version += 1  # slot watchers learn we take work
             self._idle.notify_all()
 
     def stop(self) -> None:
         """Say we drain (``on_drain``), then ``drain`` with the grace given."""
-        with self._lock:
-            if self._stop_asked:
-                return
-            self._stop_asked = True
-            if not self._started:
-                return
+        if not self._life.end():
+            return
         log.info("draining: waiting up to %.0fs for %d running commands", self._grace_s,
                  self.running)
         try:
