@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from chronocore import metrics
 from chronocore.cron import Schedule
@@ -47,6 +49,7 @@ MAX_ID = 2**63 - 1
 MAX_TEXT = 200  # GET /tasks?text=: a search, not a command
 MAX_NODE_ID = 255
 NODE_ID = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_NODE_ID}}}")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,28 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.field = field
+
+
+# What the repositories refuse, each a 409 naming the field at fault (if one is).
+REFUSED_FIELDS: dict[type[Exception], str | None] = {
+    IdempotencyConflict: "idempotency_key", JobExists: "name", JobBusy: None,
+    RunRefused: None}
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """A repository's refusal, as the API answers it (``REFUSED_FIELDS``)."""
+    try:
+        yield
+    except tuple(REFUSED_FIELDS) as exc:
+        raise ApiError(409, str(exc), REFUSED_FIELDS[type(exc)]) from None
+
+
+def found(value: T | None, what: str) -> T:
+    """``value``, or a 404 saying there is no ``what`` ("job 7")."""
+    if value is None:
+        raise ApiError(404, f"no {what}")
+    return value
 
 
 def is_decimal(text: str) -> bool:
@@ -135,15 +160,11 @@ class Api:
 
     def schedule(self, body: Any) -> tuple[int, dict[str, Any]]:
         """A one-off task, or a recurring job when the body has ``cron``."""
-        try:
+        with refusals():
             if isinstance(body, dict) and body.get("cron") is not None:
                 job_id, created = self.jobs.create(parse_job(body))
                 return (201 if created else 200), self._job(job_id)
             task_id, created = self.repo.submit(parse_submission(body))
-        except IdempotencyConflict as exc:
-            raise ApiError(409, str(exc), "idempotency_key") from None
-        except JobExists as exc:
-            raise ApiError(409, str(exc), "name") from None
         return (201 if created else 200), self._task(task_id)
 
     def list_jobs(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -159,21 +180,13 @@ class Api:
         return 200, self._job(job_id)
 
     def patch_job(self, job_id: int, body: Any) -> tuple[int, dict[str, Any]]:
-        try:
-            row = self.jobs.update(job_id, body)
-        except JobExists as exc:
-            raise ApiError(409, str(exc), "name") from None
-        except JobBusy as exc:
-            raise ApiError(409, str(exc)) from None
-        if row is None:
-            raise ApiError(404, f"no job {job_id}")
+        with refusals():
+            row = found(self.jobs.update(job_id, body), f"job {job_id}")
         return 200, job_resource(row, now=self.jobs.database_now())
 
     def delete_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
-        try:
+        with refusals():
             deleted = self.jobs.delete(job_id)
-        except JobBusy as exc:
-            raise ApiError(409, str(exc)) from None
         if not deleted:
             raise ApiError(404, f"no job {job_id}")
         return 204, {}
@@ -182,18 +195,12 @@ class Api:
         """An extra occurrence due now (the body, if any, is ``{}``)."""
         if body is not None:
             check_fields(body, frozenset())
-        try:
-            made = self.jobs.run_now(job_id)
-        except RunRefused as exc:
-            raise ApiError(409, str(exc)) from None
-        if made is None:
-            raise ApiError(404, f"no job {job_id}")
+        with refusals():
+            made = found(self.jobs.run_now(job_id), f"job {job_id}")
         return self._made_by_hand(made)
 
     def _job(self, job_id: int) -> dict[str, Any]:
-        row = self.jobs.get(job_id)
-        if row is None:
-            raise ApiError(404, f"no job {job_id}")
+        row = found(self.jobs.get(job_id), f"job {job_id}")
         return job_resource(row, now=self.jobs.database_now(),
                             recent=self.jobs.recent_outcomes([job_id])[job_id])
 
@@ -228,14 +235,8 @@ class Api:
     def retry_task(self, task_id: int, body: Any) -> tuple[int, dict[str, Any]]:
         """A new task from a finished one; 200 for an idempotent replay."""
         key = parse_retry(body)
-        try:
-            made = self.repo.retry(task_id, idempotency_key=key)
-        except RunRefused as exc:
-            raise ApiError(409, str(exc)) from None
-        except IdempotencyConflict as exc:
-            raise ApiError(409, str(exc), "idempotency_key") from None
-        if made is None:
-            raise ApiError(404, f"no task {task_id}")
+        with refusals():
+            made = found(self.repo.retry(task_id, idempotency_key=key), f"task {task_id}")
         return self._made_by_hand(made)
 
     def _made_by_hand(self, made: HandRun) -> tuple[int, dict[str, Any]]:
@@ -330,10 +331,7 @@ class Api:
         return 200, {"status": "ready"}
 
     def _task(self, task_id: int) -> dict[str, Any]:
-        found = self.repo.get(task_id)
-        if found is None:
-            raise ApiError(404, f"no task {task_id}")
-        row, attempts = found
+        row, attempts = found(self.repo.get(task_id), f"task {task_id}")
         resource = task_resource(row, attempts, waiting=self._waiting([row]).get(task_id))
         if row.broadcast_id is not None:
             resource["broadcast"] = self.repo.broadcast_tasks(row.broadcast_id)
