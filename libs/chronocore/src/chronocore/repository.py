@@ -63,6 +63,16 @@ class IdempotencyConflict(Exception):
         self.task_id = task_id
 
 
+def replayed(existing: dict[str, Any] | None, request_hash: str) -> tuple[int, bool] | None:
+    """``(id, False)`` for a replay of the request that made ``existing`` (the row its
+    idempotency key names, or None); ``IdempotencyConflict`` if another request made it."""
+    if existing is None:
+        return None
+    if existing["request_hash"] != request_hash:
+        raise IdempotencyConflict(existing["id"])
+    return existing["id"], False
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClaimedTask:
     id: int
@@ -191,12 +201,10 @@ class TaskRepository:
             target=None if submission.target is None else Jsonb(submission.target))
         if row is not None:
             return row["id"], True
-        existing = self._db.one("task_by_idempotency_key", key=submission.idempotency_key)
-        if existing is None:  # the conflicting row vanished in between: try once more
-            return self.submit(submission)
-        if existing["request_hash"] != request_hash:
-            raise IdempotencyConflict(existing["id"])
-        return existing["id"], False
+        replay = replayed(self._db.one("task_by_idempotency_key",
+                                       key=submission.idempotency_key), request_hash)
+        # None: the conflicting row vanished in between: try once more.
+        return self.submit(submission) if replay is None else replay
 
     def _submit_broadcast(self, submission: Submission,
                           request_hash: str) -> tuple[int, bool]:
@@ -206,11 +214,9 @@ class TaskRepository:
         with self._db.transaction() as tx:
             if key is not None:
                 tx.run("lock_idempotency_key", key=key)
-                existing = tx.one("task_by_idempotency_key", key=key)
-                if existing is not None:
-                    if existing["request_hash"] != request_hash:
-                        raise IdempotencyConflict(existing["id"])
-                    return existing["id"], False
+                replay = replayed(tx.one("task_by_idempotency_key", key=key), request_hash)
+                if replay is not None:
+                    return replay
             rows = tx.all(
                 "insert_broadcast", command=submission.command,
                 scheduled_at=submission.scheduled_at, delivery=submission.delivery,
@@ -294,12 +300,9 @@ class TaskRepository:
 
     def _replay(self, key: str | None, request_hash: str) -> HandRun | None:
         """The task an idempotency key already names, if it was made by the same request."""
-        existing = self._db.one("task_by_idempotency_key", key=key)
-        if existing is None:
-            return None
-        if existing["request_hash"] != request_hash:
-            raise IdempotencyConflict(existing["id"])
-        return HandRun(task_id=existing["id"], created=False, replaced=[])
+        replay = replayed(self._db.one("task_by_idempotency_key", key=key), request_hash)
+        return None if replay is None else HandRun(task_id=replay[0], created=False,
+                                                   replaced=[])
 
     # --- the coordinator's side -----------------------------------------------------
 
@@ -459,11 +462,8 @@ class JobRepository:
             if row is not None:
                 return row["id"], True
             existing = db.one("job_by_idempotency_key", key=spec.idempotency_key)
-        if existing is None:
-            return self.create(spec)
-        if existing["request_hash"] != request_hash:
-            raise IdempotencyConflict(existing["id"])
-        return existing["id"], False
+        replay = replayed(existing, request_hash)
+        return self.create(spec) if replay is None else replay
 
     def get(self, job_id: int) -> JobRow | None:
         row = self._db.one("get_job", id=job_id)
