@@ -219,30 +219,22 @@ def cmd_jobs(args: argparse.Namespace) -> None:
          [*columns[:-1], "concurrency_policy", "misfire_policy", "command"])
 
 
-def cmd_job(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "GET", f"/jobs/{args.id}"), None, [])
+# Commands that make one request about one task or job and show what it answers.
+ONE_REQUEST = {"task": ("GET", "/tasks/{}", None), "cancel": ("POST", "/tasks/{}/cancel", {}),
+               "job": ("GET", "/jobs/{}", None),
+               "pause": ("PATCH", "/jobs/{}", {"paused": True}),
+               "resume": ("PATCH", "/jobs/{}", {"paused": False})}
 
 
-def cmd_pause(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "PATCH", f"/jobs/{args.id}", {"paused": True}), None, [])
-
-
-def cmd_resume(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "PATCH", f"/jobs/{args.id}", {"paused": False}), None, [])
+def cmd_one_request(args: argparse.Namespace) -> None:
+    method, path, body = ONE_REQUEST[args.cmd]
+    show(args, request(args.url, method, path.format(args.id), body), None, [])
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
     request(args.url, "DELETE", f"/jobs/{args.id}")
     if not wants_json(args):
         print(f"deleted job {args.id}")
-
-
-def cmd_task(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "GET", f"/tasks/{args.id}"), None, [])
-
-
-def cmd_cancel(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "POST", f"/tasks/{args.id}/cancel", {}), None, [])
 
 
 def cmd_retry(args: argparse.Namespace) -> None:
@@ -599,12 +591,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     command("jobs", "recurring jobs", cmd_jobs)
-    for name, func, text in (("task", cmd_task, "one task with its attempts"),
-                             ("cancel", cmd_cancel, "cancel a task"),
+    for name, func, text in (("task", cmd_one_request, "one task with its attempts"),
+                             ("cancel", cmd_one_request, "cancel a task"),
                              ("logs", cmd_logs, "a task's output"),
-                             ("job", cmd_job, "one job with its next and recent runs"),
-                             ("pause", cmd_pause, "pause a job"),
-                             ("resume", cmd_resume, "resume a job"),
+                             ("job", cmd_one_request, "one job with its next and recent runs"),
+                             ("pause", cmd_one_request, "pause a job"),
+                             ("resume", cmd_one_request, "resume a job"),
                              ("delete", cmd_delete, "delete a job (its tasks stay)")):
         command(name, text, func).add_argument("id", type=int)
     r = command("retry", "run a finished task again: a new task, due now, with the same "

@@ -91,17 +91,13 @@ def found(value: T | None, what: str) -> T:
     return value
 
 
-def is_decimal(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
-    return text.isascii() and text.isdigit()
-
-
 def whole_number(text: str, *, maximum: int = MAX_ID) -> int | None:
     """``text`` as a whole number up to ``maximum``; None if it is anything else.
 
-    The length is checked before ``int()``: Python refuses to convert more than 4,300
-    digits (a ValueError, which would otherwise surface as a 500)."""
-    if not is_decimal(text):
+    ASCII digits only: str.isdigit() also accepts '²', which int() refuses. The length is
+    checked before ``int()``: Python refuses to convert more than 4,300 digits (a
+    ValueError, which would otherwise surface as a 500)."""
+    if not (text.isascii() and text.isdigit()):
         return None
     digits = text.lstrip("0") or "0"
     if len(digits) > len(str(maximum)) or int(digits) > maximum:
