@@ -60,7 +60,9 @@ def test_metrics_gather_every_node_s_figures_and_the_database_s(cluster: Cluster
         cluster.wait_task(task_id, ("succeeded", "failed"))
 
     # Every node's figures arrive with its heartbeat, each in its own time: wait for all
-    # the counts these tasks make.
+    # the counts these tasks make, and for every slot freed (a run is counted when its
+    # command ends, its slot freed once its outcome is written: a heartbeat between the
+    # two shows the count with the slot still taken).
     wanted = {("chronosync_runs_total", ("outcome", "succeeded")): 6,
               ("chronosync_runs_total", ("outcome", "exit")): 1,
               ("chronosync_http_requests_total", ("status", "201")): 8,
@@ -74,7 +76,8 @@ def test_metrics_gather_every_node_s_figures_and_the_database_s(cluster: Cluster
         samples = scrape(cluster)
         return samples if all(
             total(samples, name, **dict([label] if label else [])) >= least
-            for (name, label), least in wanted.items()) else None
+            for (name, label), least in wanted.items()) and total(
+                samples, "chronosync_worker_slots", state="free") >= 16 else None
 
     samples = wait_for(counted, timeout=30, what="every node's counts in /metrics")
     assert total(samples, "chronosync_queue_depth", state="later") == 1 and far

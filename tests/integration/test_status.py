@@ -109,14 +109,14 @@ def test_listing_by_status_agrees_with_the_derivation(dsn: str, repo: TaskReposi
 
     everything = repo.list(status=None, job_id=None, before=None, limit=100)
     assert len(everything) == len(COMBINATIONS)
-    assert {r["id"]: r["status"] for r in everything} == expected
+    assert {r.id: r.status for r in everything} == expected
     for status in STATUSES:
         rows = repo.list(status=status, job_id=None, before=None, limit=100)
         want = sorted((i for i, s in expected.items() if s == status), reverse=True)
-        assert [r["id"] for r in rows] == want, f"list(status={status!r})"
-        assert {r["status"] for r in rows} == {status}
+        assert [r.id for r in rows] == want, f"list(status={status!r})"
+        assert {r.status for r in rows} == {status}
     assert repo.list(status="no-such-status", job_id=None, before=None, limit=100) == []
     for task_id, status in expected.items():
         found = repo.get(task_id)
         assert found is not None
-        assert found[0]["status"] == status, f"get({task_id})"
+        assert found[0].status == status, f"get({task_id})"

@@ -6,6 +6,10 @@ worker's tasks are read through their own index, not a walk of everyone's."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -15,12 +19,21 @@ from harness import Cluster, node_id, wait_for
 from chronocore.queries import QUERIES
 
 FAR_FUTURE = "2099-01-01T00:00:00Z"
+CHRONOSYNC = str(Path(sys.executable).parent / "chronosync")
 
 
 def _ids(cluster: Cluster, query: str) -> list[int]:
     status, body = cluster.http("GET", f"/tasks?{query}")
     assert status == 200, (query, status, body)
     return [t["id"] for t in body["tasks"]]
+
+
+def _cli_ids(cluster: Cluster, *filters: str) -> list[int]:
+    """The same list through `chronosync tasks`, as a script reads it."""
+    done = subprocess.run([CHRONOSYNC, "--url", cluster.url, "--json", "tasks", *filters],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return [t["id"] for t in json.loads(done.stdout)["tasks"]]
 
 
 def _submit(cluster: Cluster, body: dict[str, Any]) -> int:
@@ -62,6 +75,9 @@ def test_tasks_filter_by_the_worker_that_ran_them(cluster: Cluster) -> None:
         assert _ids(cluster, f"worker={quote(worker)}&before={max(on[zone])}") == sorted(
             on[zone], reverse=True)[1:]
     assert waiting not in _ids(cluster, f"worker={quote(node_id(cluster, east))}")
+    # The command line's --worker, with --status beside it.
+    assert _cli_ids(cluster, "--worker", node_id(cluster, west), "--status", "succeeded") \
+        == sorted(on["west"], reverse=True)
     assert _ids(cluster, "worker=worker-nowhere-1-abcd") == []
 
     # The list's own statement reads a worker's tasks by their index (the planner told
@@ -99,6 +115,8 @@ def test_tasks_filter_by_text_in_the_command_with_wildcards_matching_themselves(
     assert found("BACKUP") == ["rsync -a /srv/ backup:/srv/",
                                "pg_dump -Fc app > /backups/app.dump"]
     assert found("no such command") == []
+    # The command line's --text: the wildcard and the space reach the API as they are.
+    assert _cli_ids(cluster, "--text", "100% done") == [ids["echo 100% done"]]
     # With the cursor and another filter.
     assert _ids(cluster, "text=pg&limit=1") == [ids["pgxdump nothing"]]
     assert _ids(cluster, f"text=pg&before={ids['pgxdump nothing']}&status=scheduled") == [

@@ -11,7 +11,7 @@ from harness import query, wait_for
 from psycopg.types.json import Jsonb
 
 from chronocore.db import open_pool
-from chronocore.webhooks import Result, WebhookRepository
+from chronocore.webhooks import Result, WebhookRepository, delivery_resource
 
 HOOK = {"url": "http://127.0.0.1:9/hooks/x", "events": ["succeeded", "failed"],
         "secret": "a-secret-of-16-chars"}
@@ -39,8 +39,8 @@ def test_the_event_s_own_statement_writes_its_delivery(
     dsn: str, hooks: WebhookRepository
 ) -> None:
     succeeded, failed = finished_task(dsn, "completed_at"), finished_task(dsn, "failed_at")
-    assert [d["event"] for d in hooks.for_task(succeeded)] == ["succeeded"]
-    assert [d["event"] for d in hooks.for_task(failed)] == ["failed"]
+    assert [d.event for d in hooks.for_task(succeeded)] == ["succeeded"]
+    assert [d.event for d in hooks.for_task(failed)] == ["failed"]
     row = query(dsn, "SELECT payload FROM webhook_deliveries WHERE task_id = %s",
                 (succeeded,))[0]
     assert row["payload"]["status"] == "succeeded" and "webhooks" not in row["payload"]
@@ -64,6 +64,6 @@ def test_a_result_is_written_only_by_the_attempt_holding_the_delivery(
                             owner="a")
     assert hooks.finish(second, Result(delivered=False, status=503, error="HTTP 503"),
                         owner="b")
-    [shown] = hooks.for_task(task_id)
+    [shown] = [delivery_resource(d) for d in hooks.for_task(task_id)]
     assert (shown["state"], shown["attempts"], shown["last_status"]) == ("pending", 2, 503)
     assert shown["next_attempt_at"] is not None

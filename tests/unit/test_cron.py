@@ -23,6 +23,7 @@ from chronocore.jobs import (
     DEFAULT_MAX_CATCHUP,
     MAX_CATCHUP_LIMIT,
     MISFIRE_TOLERANCE,
+    JobRow,
     JobSpec,
     Plan,
     parse_job,
@@ -30,6 +31,7 @@ from chronocore.jobs import (
     plan,
 )
 from chronocore.model import ValidationError
+from chronocore.queries import row_as
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -590,7 +592,7 @@ def test_it_rejects_a_job_body_that_is_not_an_object(body: object) -> None:
 # --- patched -------------------------------------------------------------------------------
 
 
-def job_row(**overrides: Any) -> dict[str, Any]:
+def job_row(**overrides: Any) -> JobRow:
     """A row with every column of the jobs table, as ``SELECT * FROM jobs`` returns it."""
     created = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
     row = {
@@ -602,10 +604,10 @@ def job_row(**overrides: Any) -> dict[str, Any]:
         "created_at": created, "updated_at": created, "idempotency_key": "job-1",
         "request_hash": "ab" * 32,
     }
-    return {**row, **overrides}
+    return row_as(JobRow, {**row, **overrides})
 
 
-def assert_patch_rejected(row: dict[str, Any], patch: object,
+def assert_patch_rejected(row: JobRow, patch: object,
                           field: str | None) -> ValidationError:
     return assert_rejected_by(lambda: patched(row, patch), field, given=patch)
 

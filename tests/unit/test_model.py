@@ -19,13 +19,16 @@ from rejection import assert_rejected_by, assert_wordy
 from chronocore.model import (
     MAX_COMMAND_BYTES,
     MAX_TIMEOUT_S,
+    Attempt,
     Submission,
+    TaskRow,
     ValidationError,
     format_timestamp,
     parse_submission,
     parse_timestamp,
     task_resource,
 )
+from chronocore.queries import row_as
 
 SEED_TIMESTAMP = "2026-12-25T22:34:00+05:30"
 SEED_INSTANT = datetime(2026, 12, 25, 17, 4, tzinfo=UTC)
@@ -746,12 +749,13 @@ def test_the_request_hash_of_a_run_now_submission_is_stable() -> None:
 # --- task_resource -------------------------------------------------------------------------
 
 
-def make_row(**overrides: Any) -> dict[str, Any]:
+def make_row(**overrides: Any) -> TaskRow:
     row: dict[str, Any] = {
         "id": 42,
         "command": "echo hello",
         "status": "succeeded",
         "scheduled_at": datetime(2026, 12, 25, 22, 34, tzinfo=IST),
+        "due_at": datetime(2026, 12, 25, 22, 34, tzinfo=IST),
         "picked_at": datetime(2026, 12, 25, 17, 4, 0, 250_000, tzinfo=UTC),
         "started_at": datetime(2026, 12, 25, 12, 4, 1, tzinfo=timezone(timedelta(hours=-5))),
         "completed_at": datetime(2026, 12, 25, 17, 4, 2, tzinfo=UTC),
@@ -771,12 +775,13 @@ def make_row(**overrides: Any) -> dict[str, Any]:
         "name": "greeting",
         "env": {"A": "1"},
         "retry_of": 7,
+        "request_hash": "ab" * 32,  # columns the API does not show are left out
     }
     row.update(overrides)
-    return row
+    return row_as(TaskRow, row)
 
 
-ATTEMPTS = [
+ATTEMPTS = [row_as(Attempt, a) for a in [
     {
         "attempt": 1,
         "worker_id": "worker-b",
@@ -795,7 +800,7 @@ ATTEMPTS = [
         "error": None,
         "task_id": 42,
     },
-]
+]]
 
 
 def test_a_task_resource_has_kind_task_and_every_documented_field() -> None:
@@ -827,7 +832,7 @@ def test_a_task_resource_passes_the_other_columns_through() -> None:
     for name in ("id", "command", "status", "delivery", "attempt", "max_attempts",
                  "timeout_s", "exit_code", "error", "output", "worker_id", "job_id",
                  "idempotency_key", "name", "env", "retry_of"):
-        assert resource[name] == row[name], name
+        assert resource[name] == getattr(row, name), name
 
 
 def test_a_task_resource_of_a_scheduled_task_has_null_timestamps() -> None:
@@ -867,7 +872,7 @@ def test_a_task_resource_without_attempt_history_has_no_attempts_key() -> None:
 
 
 def test_a_task_resource_of_a_listed_row_says_whether_its_output_was_cut() -> None:
-    row = {**make_row(), "output": "the end", "output_truncated": True}
+    row = make_row(output="the end", output_truncated=True)
     resource = task_resource(row, None)
     assert (resource["output"], resource["output_truncated"]) == ("the end", True)
     assert "output_truncated" not in task_resource(make_row(), None)

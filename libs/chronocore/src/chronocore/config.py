@@ -17,6 +17,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from chronocore.db import SessionTimeouts
 from chronocore.labels import LabelError, parse_worker_labels
@@ -33,27 +34,20 @@ class ConfigError(ValueError):
     """A configuration variable is missing or malformed."""
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+N = TypeVar("N", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: N) -> N:
+    """A positive number, whole if ``default`` is (an ``int``)."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
+    kind = type(default)
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {raw!r}")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive, got {raw!r}")
     return value
@@ -67,7 +61,7 @@ def _seconds_or_none(env: Mapping[str, str], name: str, default: float) -> float
             return 0.0
     except ValueError:
         pass
-    return _float(env, name, default)
+    return _number(env, name, default)
 
 
 def _seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
@@ -75,7 +69,7 @@ def _seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw == "0":
         return 0.0
-    return _float(env, name, default)
+    return _number(env, name, default)
 
 
 def _allowlist(raw: str | None) -> tuple[str, ...] | None:
@@ -210,23 +204,23 @@ class Config:
             api_token=_secret(env, "CHRONOSYNC_API_TOKEN"),
             worker_addr=env.get("CHRONOSYNC_WORKER_ADDR") or defaults.worker_addr,
             worker_advertise_addr=env.get("CHRONOSYNC_WORKER_ADVERTISE_ADDR") or None,
-            worker_capacity=_int(env, "CHRONOSYNC_WORKER_CAPACITY", defaults.worker_capacity),
+            worker_capacity=_number(env, "CHRONOSYNC_WORKER_CAPACITY", defaults.worker_capacity),
             worker_labels=_labels(env),
             workdir=env.get("CHRONOSYNC_WORKDIR") or None,
-            heartbeat_s=_float(env, "CHRONOSYNC_HEARTBEAT_S", defaults.heartbeat_s),
-            node_ttl_s=_float(env, "CHRONOSYNC_NODE_TTL_S", defaults.node_ttl_s),
-            max_idle_s=_float(env, "CHRONOSYNC_MAX_IDLE_S", defaults.max_idle_s),
-            claim_batch=_int(env, "CHRONOSYNC_CLAIM_BATCH", defaults.claim_batch),
-            kill_grace_s=_float(env, "CHRONOSYNC_KILL_GRACE_S", defaults.kill_grace_s),
+            heartbeat_s=_number(env, "CHRONOSYNC_HEARTBEAT_S", defaults.heartbeat_s),
+            node_ttl_s=_number(env, "CHRONOSYNC_NODE_TTL_S", defaults.node_ttl_s),
+            max_idle_s=_number(env, "CHRONOSYNC_MAX_IDLE_S", defaults.max_idle_s),
+            claim_batch=_number(env, "CHRONOSYNC_CLAIM_BATCH", defaults.claim_batch),
+            kill_grace_s=_number(env, "CHRONOSYNC_KILL_GRACE_S", defaults.kill_grace_s),
             shutdown_grace_s=_seconds_or_none(env, "CHRONOSYNC_SHUTDOWN_GRACE_S",
                                               defaults.shutdown_grace_s),
-            retry_backoff_s=_float(env, "CHRONOSYNC_RETRY_BACKOFF_S", defaults.retry_backoff_s),
-            retry_backoff_max_s=_float(
+            retry_backoff_s=_number(env, "CHRONOSYNC_RETRY_BACKOFF_S", defaults.retry_backoff_s),
+            retry_backoff_max_s=_number(
                 env, "CHRONOSYNC_RETRY_BACKOFF_MAX_S", defaults.retry_backoff_max_s
             ),
-            pool_size=_int(env, "CHRONOSYNC_POOL_SIZE", defaults.pool_size),
-            horizon_s=_float(env, "CHRONOSYNC_HORIZON_S", defaults.horizon_s),
-            retention_s=_float(env, "CHRONOSYNC_RETENTION_DAYS", defaults.retention_s / 86400)
+            pool_size=_number(env, "CHRONOSYNC_POOL_SIZE", defaults.pool_size),
+            horizon_s=_number(env, "CHRONOSYNC_HORIZON_S", defaults.horizon_s),
+            retention_s=_number(env, "CHRONOSYNC_RETENTION_DAYS", defaults.retention_s / 86400)
             * 86400,
             tls_ca=env.get("CHRONOSYNC_TLS_CA") or None,
             tls_cert=env.get("CHRONOSYNC_TLS_CERT") or None,
@@ -239,15 +233,15 @@ class Config:
             env_allowlist=_names(env.get("CHRONOSYNC_ENV_ALLOWLIST")),
             pass_env=_names(env.get("CHRONOSYNC_PASS_ENV")),
             insecure=env.get("CHRONOSYNC_INSECURE") == "1",
-            lock_timeout_s=_float(env, "CHRONOSYNC_LOCK_TIMEOUT_S", defaults.lock_timeout_s),
-            idle_in_transaction_timeout_s=_float(
+            lock_timeout_s=_number(env, "CHRONOSYNC_LOCK_TIMEOUT_S", defaults.lock_timeout_s),
+            idle_in_transaction_timeout_s=_number(
                 env, "CHRONOSYNC_IDLE_IN_TRANSACTION_TIMEOUT_S",
                 defaults.idle_in_transaction_timeout_s),
             statement_timeout_s=_seconds_or_off(env, "CHRONOSYNC_STATEMENT_TIMEOUT_S",
                                                 defaults.statement_timeout_s),
             webhook_allow=_webhook_allow(env),
-            webhook_timeout_s=_float(env, "CHRONOSYNC_WEBHOOK_TIMEOUT_S",
-                                     defaults.webhook_timeout_s),
+            webhook_timeout_s=_number(env, "CHRONOSYNC_WEBHOOK_TIMEOUT_S",
+                                      defaults.webhook_timeout_s),
         )
 
 

@@ -123,23 +123,46 @@ def parse_job(body: object, *, fields: frozenset[str] = JOB_FIELDS) -> JobSpec:
     )
 
 
-def patched(row: dict[str, Any], patch: object) -> JobSpec:
+@dataclass(frozen=True, kw_only=True)
+class JobRow:
+    """A job as stored (the columns the API shows and a PATCH starts from)."""
+
+    id: int
+    name: str | None
+    command: str
+    cron: str
+    timezone: str
+    delivery: str
+    max_attempts: int
+    timeout_s: float | None
+    env: dict[str, str]
+    concurrency_policy: str
+    misfire_policy: str
+    starting_deadline_s: float | None
+    max_catchup: int
+    idempotency_key: str | None
+    paused_at: datetime | None
+    next_run_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    target: dict[str, Any] | None = None
+    webhooks: list[dict[str, Any]] | None = None  # with their secrets: never shown
+
+
+# What a PATCH starts from: the row's submitted fields, as a submission names them.
+SUBMITTED = ("command", "cron", "timezone", "name", "delivery", "max_attempts", "timeout_s",
+             "env", "concurrency_policy", "misfire_policy", "starting_deadline_s",
+             "max_catchup", "target", "webhooks")
+
+
+def patched(row: JobRow, patch: object) -> JobSpec:
     """A job row with a PATCH body applied, validated as a whole."""
     patch = check_fields(patch, PATCHABLE_FIELDS)
-    current = {
-        "command": row["command"], "cron": row["cron"], "timezone": row["timezone"],
-        "name": row["name"], "delivery": row["delivery"],
-        "max_attempts": row["max_attempts"], "timeout_s": row["timeout_s"],
-        "env": row["env"], "concurrency_policy": row["concurrency_policy"],
-        "misfire_policy": row["misfire_policy"],
-        "starting_deadline_s": row["starting_deadline_s"],
-        "max_catchup": row["max_catchup"], "paused": row["paused_at"] is not None,
-        "target": row.get("target"), "webhooks": row.get("webhooks"),
-    }
+    current = {name: getattr(row, name) for name in SUBMITTED}
+    current["paused"] = row.paused_at is not None
     if "delivery" in patch and "max_attempts" not in patch:
         current["max_attempts"] = None  # back to the new delivery's default
-    spec = parse_job({**current, **patch}, fields=PATCHABLE_FIELDS)
-    return spec
+    return parse_job({**current, **patch}, fields=PATCHABLE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -181,23 +204,22 @@ def plan(*, schedule: Schedule, next_run_at: datetime, now: datetime, horizon: t
     return Plan(occurrences=occurrences, next_run_at=following, skipped=skipped)
 
 
-def job_resource(row: dict[str, Any], *, now: datetime,
+def job_resource(row: JobRow, *, now: datetime,
                  recent: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    schedule = Schedule(row["cron"], row["timezone"])
-    resource: dict[str, Any] = {"id": row["id"], "kind": "job"}
+    schedule = Schedule(row.cron, row.timezone)
+    resource: dict[str, Any] = {"id": row.id, "kind": "job"}
     for name in ("name", "command", "cron", "timezone", "delivery", "max_attempts",
                  "timeout_s", "env", "concurrency_policy", "misfire_policy",
-                 "starting_deadline_s", "max_catchup", "idempotency_key"):
-        resource[name] = row[name]
-    resource["target"] = row.get("target")
-    resource["webhooks"] = shown(row.get("webhooks"))  # never their secrets
-    resource["paused"] = row["paused_at"] is not None
+                 "starting_deadline_s", "max_catchup", "idempotency_key", "target"):
+        resource[name] = getattr(row, name)
+    resource["webhooks"] = shown(row.webhooks)  # never their secrets
+    resource["paused"] = row.paused_at is not None
     resource["description"] = schedule.describe()
     # A paused job has no next runs: it makes none until it is resumed.
-    resource["next_runs"] = ([] if row["paused_at"] is not None
+    resource["next_runs"] = ([] if row.paused_at is not None
                              else [format_timestamp(t) for t in schedule.next_runs(now, 5)])
     for name in ("paused_at", "next_run_at", "created_at", "updated_at"):
-        resource[name] = format_timestamp(row[name])
+        resource[name] = format_timestamp(getattr(row, name))
     if recent is not None:
         resource["recent"] = [{**r, "scheduled_at": format_timestamp(r["scheduled_at"])}
                               for r in recent]

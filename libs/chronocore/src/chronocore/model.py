@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -319,42 +320,82 @@ def parse_retry(body: object) -> str | None:
     return key
 
 
-def task_resource(row: dict[str, Any], attempts: list[dict[str, Any]] | None, *,
+@dataclass(frozen=True, kw_only=True)
+class TaskRow:
+    """A task as the API reads it: its columns and its derived ``status``. A row read for
+    a list has only the end of its output, and ``output_truncated`` says whether that is
+    all of it (None: a row read whole)."""
+
+    id: int
+    command: str
+    status: str
+    scheduled_at: datetime
+    due_at: datetime
+    picked_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    cancelled_at: datetime | None
+    created_at: datetime
+    delivery: str
+    attempt: int
+    max_attempts: int
+    timeout_s: float | None
+    exit_code: int | None
+    error: str | None
+    output: str | None
+    worker_id: str | None
+    job_id: int | None
+    idempotency_key: str | None
+    name: str | None
+    env: dict[str, str]
+    retry_of: int | None
+    target: dict[str, Any] | None = None
+    # A broadcast ("all"): the worker this task of the group runs on, and the group.
+    pinned_worker: str | None = None
+    broadcast_id: uuid.UUID | None = None
+    output_truncated: bool | None = None
+    webhooks: list[dict[str, Any]] | None = None  # with their secrets: never shown
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a task, as its history shows it."""
+
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    error: str | None
+
+
+def task_resource(row: TaskRow, attempts: list[Attempt] | None, *,
                   waiting: str | None = None) -> dict:
-    """A task row (with its derived ``status``) as the API shows it. A row read for a
-    list has only the end of its output (``output_truncated`` says whether that is all of
-    it) and no attempts. ``waiting`` says why a due task is not running yet."""
+    """A task as the API shows it; a listed one (no attempts) says whether its output
+    was cut. ``waiting`` says why a due task is not running yet."""
     times = ("scheduled_at", "picked_at", "started_at", "completed_at", "failed_at",
              "cancelled_at", "created_at")
-    resource: dict[str, Any] = {"id": row["id"], "kind": "task", "command": row["command"],
-                                "status": row["status"]}
-    resource.update({name: format_timestamp(row[name]) for name in times})
+    resource: dict[str, Any] = {"id": row.id, "kind": "task", "command": row.command,
+                                "status": row.status}
+    resource.update({name: format_timestamp(getattr(row, name)) for name in times})
     # Waiting for its next at_least_once attempt: when that attempt becomes due.
-    resource["next_attempt_at"] = (format_timestamp(row["due_at"])
-                                   if row["status"] == "retrying" else None)
+    resource["next_attempt_at"] = (format_timestamp(row.due_at)
+                                   if row.status == "retrying" else None)
     for name in ("delivery", "attempt", "max_attempts", "timeout_s", "exit_code", "error",
-                 "output", "worker_id", "job_id", "idempotency_key", "name", "env"):
-        resource[name] = row[name]
-    resource["target"] = row.get("target")
-    # A broadcast ("all"): the worker this task of the group runs on, and the group.
-    resource["pinned_worker"] = row.get("pinned_worker")
-    group = row.get("broadcast_id")
-    resource["broadcast_id"] = None if group is None else str(group)
+                 "output", "worker_id", "job_id", "idempotency_key", "name", "env",
+                 "target", "pinned_worker"):
+        resource[name] = getattr(row, name)
+    resource["broadcast_id"] = None if row.broadcast_id is None else str(row.broadcast_id)
     resource["waiting"] = waiting
-    resource["webhooks"] = shown(row.get("webhooks"))  # never their secrets
-    resource["retry_of"] = row["retry_of"]  # the task this one retries by hand, if any
-    if "output_truncated" in row:
-        resource["output_truncated"] = bool(row["output_truncated"])
+    resource["webhooks"] = shown(row.webhooks)  # never their secrets
+    resource["retry_of"] = row.retry_of  # the task this one retries by hand, if any
+    if row.output_truncated is not None:
+        resource["output_truncated"] = row.output_truncated
     if attempts is not None:
         resource["attempts"] = [
-            {
-                "attempt": a["attempt"],
-                "worker_id": a["worker_id"],
-                "started_at": format_timestamp(a["started_at"]),
-                "finished_at": format_timestamp(a["finished_at"]),
-                "exit_code": a["exit_code"],
-                "error": a["error"],
-            }
+            {**asdict(a), "started_at": format_timestamp(a.started_at),
+             "finished_at": format_timestamp(a.finished_at)}
             for a in attempts
         ]
     return resource

@@ -122,6 +122,32 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
 
+class Lifecycle:
+    """The guard of a service's ``start`` and ``stop``: ``begin()`` is True for the first
+    start only, and never once a stop came; ``end()`` is None for every stop but the
+    first, else whether the service was started (one never started has nothing to stop).
+    ``lock``: the service's own, when its state changes with these under one lock."""
+
+    def __init__(self, lock: threading.Lock | None = None) -> None:
+        self._lock = lock or threading.Lock()
+        self.started = False
+        self.stopped = False
+
+    def begin(self) -> bool:
+        with self._lock:
+            if self.started or self.stopped:
+                return False
+            self.started = True
+            return True
+
+    def end(self) -> bool | None:
+        with self._lock:
+            if self.stopped:
+                return None
+            self.stopped = True
+            return self.started
+
+
 class Hooks:
     """A ``Service`` made of two plain calls, for a part with no thread of its own (a gRPC
     server, a directory to remove). ``stop`` calls ``on_stop`` once, and only if started."""
@@ -130,25 +156,15 @@ class Hooks:
                  on_stop: Callable[[], None] = lambda: None) -> None:
         self._on_start = on_start
         self._on_stop = on_stop
-        self._lock = threading.Lock()
-        self._started = False
-        self._stopped = False
+        self._life = Lifecycle()
 
     def start(self) -> None:
-        with self._lock:
-            if self._started or self._stopped:
-                return
-            self._started = True
-        self._on_start()
+        if self._life.begin():
+            self._on_start()
 
     def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            if not self._started:
-                return
-        self._on_stop()
+        if self._life.end():
+            self._on_stop()
 
 
 def run_services(services: Sequence[Service], stop: threading.Event, *,

@@ -75,7 +75,7 @@ SELECT t.id, t.command, t.scheduled_at, t.due_at, t.picked_at, t.started_at,
        t.idempotency_key, t.name, t.env, t.target, t.pinned_worker, t.broadcast_id,
        t.retry_of, t.webhooks,
        right(t.output, %(output_chars)s) AS output,
-       length(t.output) > %(output_chars)s AS output_truncated,
+       coalesce(length(t.output) > %(output_chars)s, false) AS output_truncated,
        task_status(t.picked_at, t.started_at, t.completed_at, t.failed_at,
                    t.cancelled_at, t.attempt) AS status
 FROM tasks t

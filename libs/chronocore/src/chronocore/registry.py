@@ -102,7 +102,7 @@ class NodeRegistry:
     def leave(self) -> None:
         """Say we stopped cleanly (best effort: the TTL says it anyway)."""
         try:
-            self.mark_stopped()
+            self._db.run("mark_node_stopped", id=self.node_id)
         except psycopg.Error as exc:
             log.warning("could not mark stopped: %s", exc)
 
@@ -113,9 +113,6 @@ class NodeRegistry:
 
     def mark_draining(self) -> None:
         self._db.run("mark_node_draining", id=self.node_id)
-
-    def mark_stopped(self) -> None:
-        self._db.run("mark_node_stopped", id=self.node_id)
 
     def prune_nodes(self, *, retention_s: float, limit: int) -> int:
         """Delete up to ``limit`` rows of nodes stopped or dead longer than the retention

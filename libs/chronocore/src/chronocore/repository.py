@@ -42,8 +42,15 @@ from psycopg_pool import ConnectionPool
 
 from chronocore import failpoints
 from chronocore.cron import Schedule
-from chronocore.jobs import JobSpec, Plan, patched, plan
-from chronocore.model import TERMINAL_STATUSES, Submission, fingerprint, format_timestamp
+from chronocore.jobs import JobRow, JobSpec, Plan, patched, plan
+from chronocore.model import (
+    TERMINAL_STATUSES,
+    Attempt,
+    Submission,
+    TaskRow,
+    fingerprint,
+    format_timestamp,
+)
 from chronocore.queries import Queries, row_as
 from chronocore.rpc import worker_pb2
 
@@ -54,6 +61,16 @@ class IdempotencyConflict(Exception):
     def __init__(self, task_id: int) -> None:
         super().__init__(f"idempotency key already used by task {task_id} with another payload")
         self.task_id = task_id
+
+
+def replayed(existing: dict[str, Any] | None, request_hash: str) -> tuple[int, bool] | None:
+    """``(id, False)`` for a replay of the request that made ``existing`` (the row its
+    idempotency key names, or None); ``IdempotencyConflict`` if another request made it."""
+    if existing is None:
+        return None
+    if existing["request_hash"] != request_hash:
+        raise IdempotencyConflict(existing["id"])
+    return existing["id"], False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,12 +202,10 @@ class TaskRepository:
             webhooks=None if submission.webhooks is None else Jsonb(submission.webhooks))
         if row is not None:
             return row["id"], True
-        existing = self._db.one("task_by_idempotency_key", key=submission.idempotency_key)
-        if existing is None:  # the conflicting row vanished in between: try once more
-            return self.submit(submission)
-        if existing["request_hash"] != request_hash:
-            raise IdempotencyConflict(existing["id"])
-        return existing["id"], False
+        replay = replayed(self._db.one("task_by_idempotency_key",
+                                       key=submission.idempotency_key), request_hash)
+        # None: the conflicting row vanished in between: try once more.
+        return self.submit(submission) if replay is None else replay
 
     def _submit_broadcast(self, submission: Submission,
                           request_hash: str) -> tuple[int, bool]:
@@ -200,11 +215,9 @@ class TaskRepository:
         with self._db.transaction() as tx:
             if key is not None:
                 tx.run("lock_idempotency_key", key=key)
-                existing = tx.one("task_by_idempotency_key", key=key)
-                if existing is not None:
-                    if existing["request_hash"] != request_hash:
-                        raise IdempotencyConflict(existing["id"])
-                    return existing["id"], False
+                replay = replayed(tx.one("task_by_idempotency_key", key=key), request_hash)
+                if replay is not None:
+                    return replay
             rows = tx.all(
                 "insert_broadcast", command=submission.command,
                 scheduled_at=submission.scheduled_at, delivery=submission.delivery,
@@ -218,18 +231,21 @@ class TaskRepository:
     def broadcast_tasks(self, broadcast_id: uuid.UUID) -> list[int]:
         return [r["id"] for r in self._db.all("broadcast_tasks", id=broadcast_id)]
 
-    def get(self, task_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    def get(self, task_id: int) -> tuple[TaskRow, list[Attempt]] | None:
         """A task and its attempts, or None."""
         with self._db.session() as db:
             row = db.one("get_task", id=task_id)
-            return None if row is None else (row, db.all("task_attempts", id=task_id))
+            if row is None:
+                return None
+            return row_as(TaskRow, row), [row_as(Attempt, a)
+                                          for a in db.all("task_attempts", id=task_id)]
 
     def list(self, *, status: str | None, job_id: int | None, before: int | None,
              limit: int, worker: str | None = None,
-             text: str | None = None) -> list[dict[str, Any]]:
-        return self._db.all("list_tasks", status=status, job_id=job_id, before=before,
-                            limit=limit, worker=worker, text=text,
-                            output_chars=LISTED_OUTPUT_CHARS)
+             text: str | None = None) -> list[TaskRow]:
+        return [row_as(TaskRow, r) for r in self._db.all(
+            "list_tasks", status=status, job_id=job_id, before=before, limit=limit,
+            worker=worker, text=text, output_chars=LISTED_OUTPUT_CHARS)]
 
     def queue_depth(self) -> dict[str, float]:
         row = self._db.one("queue_depth")
@@ -286,12 +302,9 @@ class TaskRepository:
 
     def _replay(self, key: str | None, request_hash: str) -> HandRun | None:
         """The task an idempotency key already names, if it was made by the same request."""
-        existing = self._db.one("task_by_idempotency_key", key=key)
-        if existing is None:
-            return None
-        if existing["request_hash"] != request_hash:
-            raise IdempotencyConflict(existing["id"])
-        return HandRun(task_id=existing["id"], created=False, replaced=[])
+        replay = replayed(self._db.one("task_by_idempotency_key", key=key), request_hash)
+        return None if replay is None else HandRun(task_id=replay[0], created=False,
+                                                   replaced=[])
 
     # --- the coordinator's side -----------------------------------------------------
 
@@ -451,19 +464,18 @@ class JobRepository:
             if row is not None:
                 return row["id"], True
             existing = db.one("job_by_idempotency_key", key=spec.idempotency_key)
-        if existing is None:
-            return self.create(spec)
-        if existing["request_hash"] != request_hash:
-            raise IdempotencyConflict(existing["id"])
-        return existing["id"], False
+        replay = replayed(existing, request_hash)
+        return self.create(spec) if replay is None else replay
 
-    def get(self, job_id: int) -> dict[str, Any] | None:
-        return self._db.one("get_job", id=job_id)
+    def get(self, job_id: int) -> JobRow | None:
+        row = self._db.one("get_job", id=job_id)
+        return None if row is None else row_as(JobRow, row)
 
-    def list(self, *, before: int | None, limit: int) -> list[dict[str, Any]]:
-        return self._db.all("list_jobs", before=before, limit=limit)
+    def list(self, *, before: int | None, limit: int) -> list[JobRow]:
+        return [row_as(JobRow, r) for r in self._db.all("list_jobs", before=before,
+                                                        limit=limit)]
 
-    def update(self, job_id: int, patch: object) -> dict[str, Any] | None:
+    def update(self, job_id: int, patch: object) -> JobRow | None:
         """Apply a PATCH; None if there is no such job.
 
         A new schedule takes effect from the first occurrence after both now and the last
@@ -480,11 +492,12 @@ class JobRepository:
                 row = db.one("job_to_update", id=job_id)
                 if row is None:
                     return None
-                spec = patched(row, patch)
-                next_run_at = row["next_run_at"]
+                job = row_as(JobRow, row)
+                spec = patched(job, patch)
+                next_run_at = job.next_run_at
                 rescheduled = (spec.schedule.expression, spec.schedule.timezone) != (
-                    row["cron"], row["timezone"])
-                resumed = row["paused_at"] is not None and not spec.paused
+                    job.cron, job.timezone)
+                resumed = job.paused_at is not None and not spec.paused
                 if rescheduled or resumed:
                     last = row["last_occurrence"]
                     start = row["now"] if last is None else max(row["now"], last)
@@ -494,11 +507,11 @@ class JobRepository:
                         "update_job", **self._columns(spec), id=job_id,
                         next_run_at=next_run_at, row_version=row["row_version"],
                         reason=PAUSED_REASON, restore=resumed and not rescheduled,
-                        cancel=spec.paused and row["paused_at"] is None)
+                        cancel=spec.paused and job.paused_at is None)
                 except psycopg.errors.UniqueViolation:
                     raise JobExists(f"a job named {spec.name!r} exists already") from None
             if changed is not None:
-                return changed
+                return row_as(JobRow, changed)
         raise JobBusy(f"job {job_id} kept changing while being updated; try again")
 
     def recent_outcomes(self, job_ids: list[int], *, count: int = 10

@@ -235,7 +235,7 @@ def render(delivery: Delivery) -> bytes:
     """The body posted: the event, and the task as GET /tasks/{id} shows it (without its
     attempts) at the moment of the event; for a job's misfire, the job and the count."""
     # Imported here: chronocore.model imports this module (to validate submissions).
-    from chronocore.model import format_timestamp, task_resource
+    from chronocore.model import TaskRow, format_timestamp, task_resource
 
     body: dict[str, Any] = {"event": delivery.event, "delivery_id": delivery.id,
                             "occurred_at": format_timestamp(delivery.occurred_at)}
@@ -244,7 +244,7 @@ def render(delivery: Delivery) -> bytes:
         for name in _TASK_TIMES:
             if payload.get(name) is not None:
                 payload[name] = datetime.fromisoformat(payload[name])
-        body["task"] = task_resource(payload, None)
+        body["task"] = task_resource(row_as(TaskRow, payload), None)
     else:
         if payload.get("next_run_at") is not None:
             payload["next_run_at"] = format_timestamp(
@@ -299,25 +299,43 @@ def backoff_s(attempts: int) -> float:
     return min(BACKOFF_BASE_S * 2 ** (attempts - 1), BACKOFF_MAX_S)
 
 
-def delivery_resource(row: dict[str, Any]) -> dict[str, Any]:
-    """A delivery as the API shows it (never its secret)."""
+@dataclass(frozen=True, kw_only=True)
+class DeliveryRow:
+    """A delivery as the API reads it (never its secret)."""
+
+    id: int
+    event: str
+    url: str
+    occurred_at: datetime
+    attempts: int
+    last_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    # Each attempt that ended: {attempt, started_at, finished_at, status, error, by}.
+    history: list[dict[str, Any]]
+    delivered_at: datetime | None
+    gave_up_at: datetime | None
+    due_at: datetime
+
+
+def delivery_resource(row: DeliveryRow) -> dict[str, Any]:
+    """A delivery as the API shows it."""
     from chronocore.model import format_timestamp
 
-    pending = row["delivered_at"] is None and row["gave_up_at"] is None
-    state = "pending" if pending else ("delivered" if row["delivered_at"] else "given_up")
+    pending = row.delivered_at is None and row.gave_up_at is None
+    state = "pending" if pending else ("delivered" if row.delivered_at else "given_up")
     return {
-        "id": row["id"], "event": row["event"], "url": row["url"], "state": state,
-        "occurred_at": format_timestamp(row["occurred_at"]),
-        "attempts": row["attempts"], "last_attempt_at": format_timestamp(
-            row["last_attempt_at"]),
-        "last_status": row["last_status"], "last_error": row["last_error"],
-        "delivered_at": format_timestamp(row["delivered_at"]),
-        "gave_up_at": format_timestamp(row["gave_up_at"]),
-        "next_attempt_at": format_timestamp(row["due_at"]) if pending else None,
-        # Each attempt that ended; one whose coordinator died mid-request has none.
+        "id": row.id, "event": row.event, "url": row.url, "state": state,
+        "occurred_at": format_timestamp(row.occurred_at), "attempts": row.attempts,
+        "last_attempt_at": format_timestamp(row.last_attempt_at),
+        "last_status": row.last_status, "last_error": row.last_error,
+        "delivered_at": format_timestamp(row.delivered_at),
+        "gave_up_at": format_timestamp(row.gave_up_at),
+        "next_attempt_at": format_timestamp(row.due_at) if pending else None,
+        # One whose coordinator died mid-request has no entry.
         "history": [{**entry, **{name: format_timestamp(datetime.fromisoformat(
             entry[name])) for name in ("started_at", "finished_at")}}
-            for entry in row["history"]],
+            for entry in row.history],
     }
 
 
@@ -343,12 +361,12 @@ class WebhookRepository:
             retry_in_s=backoff_s(delivery.attempts))
         return row is not None
 
-    def for_task(self, task_id: int) -> list[dict[str, Any]]:
-        return [delivery_resource(r)
+    def for_task(self, task_id: int) -> list[DeliveryRow]:
+        return [row_as(DeliveryRow, r)
                 for r in self._db.all("task_webhook_deliveries", id=task_id)]
 
-    def for_job(self, job_id: int, *, limit: int = 20) -> list[dict[str, Any]]:
-        return [delivery_resource(r)
+    def for_job(self, job_id: int, *, limit: int = 20) -> list[DeliveryRow]:
+        return [row_as(DeliveryRow, r)
                 for r in self._db.all("job_webhook_deliveries", id=job_id, limit=limit)]
 
     def counts(self) -> dict[str, int]:

@@ -2,8 +2,8 @@
 
     chronosync schedule [--at TIME] [--delivery D] [--timeout S] -- COMMAND...
     chronosync schedule --cron EXPR [--tz ZONE] [--name N] -- COMMAND...
-    chronosync tasks [--status S] [--job ID] [--limit N]   chronosync task ID
-    chronosync cancel ID                          chronosync nodes
+    chronosync tasks [--status S] [--job ID] [--worker NODE] [--text T] [--limit N]
+    chronosync task ID      chronosync cancel ID      chronosync nodes
     chronosync retry ID [--idempotency-key K]     chronosync run JOB
     chronosync jobs      chronosync job ID        chronosync pause|resume|delete ID
     chronosync migrate                            chronosync dev
@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
@@ -163,9 +164,9 @@ def cmd_schedule(args: argparse.Namespace) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
-    if args.job:
-        query += f"&job_id={args.job}"
+    filters = {"limit": args.limit, "status": args.status, "job_id": args.job,
+               "worker": args.worker, "text": args.text}
+    query = "?" + urllib.parse.urlencode({k: v for k, v in filters.items() if v is not None})
     if not args.watch:
         show(args, request(args.url, "GET", "/tasks" + query), "tasks", TASK_COLUMNS,
              WIDE_TASK_COLUMNS)
@@ -222,30 +223,22 @@ def cmd_jobs(args: argparse.Namespace) -> None:
          [*columns[:-1], "concurrency_policy", "misfire_policy", "command"])
 
 
-def cmd_job(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "GET", f"/jobs/{args.id}"), None, [])
+# Commands that make one request about one task or job and show what it answers.
+ONE_REQUEST = {"task": ("GET", "/tasks/{}", None), "cancel": ("POST", "/tasks/{}/cancel", {}),
+               "job": ("GET", "/jobs/{}", None),
+               "pause": ("PATCH", "/jobs/{}", {"paused": True}),
+               "resume": ("PATCH", "/jobs/{}", {"paused": False})}
 
 
-def cmd_pause(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "PATCH", f"/jobs/{args.id}", {"paused": True}), None, [])
-
-
-def cmd_resume(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "PATCH", f"/jobs/{args.id}", {"paused": False}), None, [])
+def cmd_one_request(args: argparse.Namespace) -> None:
+    method, path, body = ONE_REQUEST[args.cmd]
+    show(args, request(args.url, method, path.format(args.id), body), None, [])
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
     request(args.url, "DELETE", f"/jobs/{args.id}")
     if not wants_json(args):
         print(f"deleted job {args.id}")
-
-
-def cmd_task(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "GET", f"/tasks/{args.id}"), None, [])
-
-
-def cmd_cancel(args: argparse.Namespace) -> None:
-    show(args, request(args.url, "POST", f"/tasks/{args.id}/cancel", {}), None, [])
 
 
 def cmd_retry(args: argparse.Namespace) -> None:
@@ -540,7 +533,8 @@ EXAMPLES = {
                  "chronosync schedule --at 2026-12-25T22:34:00+05:30 -- ./backup.sh",
                  "chronosync schedule --cron '*/15 * * * MON-FRI' --tz Europe/Berlin "
                  "--name report -- ./report.sh"],
-    "tasks": ["chronosync tasks --status failed -o wide", "chronosync tasks --watch"],
+    "tasks": ["chronosync tasks --status failed -o wide", "chronosync tasks --watch",
+              "chronosync tasks --text pg_dump --worker worker-db-3-1234-ab12"],
     "task": ["chronosync task 17 -o json"],
     "cancel": ["chronosync cancel 17"],
     "retry": ["chronosync retry 17", "chronosync retry 17 --idempotency-key retry-17-once"],
@@ -595,16 +589,18 @@ def parser() -> argparse.ArgumentParser:
     t = command("tasks", "list tasks, newest first", cmd_tasks)
     t.add_argument("--status")
     t.add_argument("--job", type=int, help="only this job's tasks")
+    t.add_argument("--worker", help="only the tasks this worker ran (its node id)")
+    t.add_argument("--text", help="only tasks whose command contains this, ignoring case")
     t.add_argument("--limit", type=int, default=20)
     t.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     command("jobs", "recurring jobs", cmd_jobs)
-    for name, func, text in (("task", cmd_task, "one task with its attempts"),
-                             ("cancel", cmd_cancel, "cancel a task"),
+    for name, func, text in (("task", cmd_one_request, "one task with its attempts"),
+                             ("cancel", cmd_one_request, "cancel a task"),
                              ("logs", cmd_logs, "a task's output"),
-                             ("job", cmd_job, "one job with its next and recent runs"),
-                             ("pause", cmd_pause, "pause a job"),
-                             ("resume", cmd_resume, "resume a job"),
+                             ("job", cmd_one_request, "one job with its next and recent runs"),
+                             ("pause", cmd_one_request, "pause a job"),
+                             ("resume", cmd_one_request, "resume a job"),
                              ("delete", cmd_delete, "delete a job (its tasks stay)")):
         command(name, text, func).add_argument("id", type=int)
     r = command("retry", "run a finished task again: a new task, due now, with the same "

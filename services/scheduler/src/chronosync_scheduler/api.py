@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from chronocore import metrics
 from chronocore.cron import Schedule
@@ -18,6 +20,7 @@ from chronocore.jobs import job_resource, parse_job
 from chronocore.labels import describe, matches
 from chronocore.model import (
     STATUSES,
+    TaskRow,
     ValidationError,
     check_fields,
     format_timestamp,
@@ -36,7 +39,13 @@ from chronocore.repository import (
     TaskRepository,
 )
 from chronocore.tls import TlsFiles
-from chronocore.webhooks import WebhookError, WebhookRepository, check_allowed, parse_webhooks
+from chronocore.webhooks import (
+    WebhookError,
+    WebhookRepository,
+    check_allowed,
+    delivery_resource,
+    parse_webhooks,
+)
 from chronocore.workerclient import cancel_on_worker
 
 log = logging.getLogger(__name__)
@@ -47,6 +56,7 @@ MAX_ID = 2**63 - 1
 MAX_TEXT = 200  # GET /tasks?text=: a search, not a command
 MAX_NODE_ID = 255
 NODE_ID = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_NODE_ID}}}")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,17 +76,35 @@ class ApiError(Exception):
         self.field = field
 
 
-def is_decimal(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
-    return text.isascii() and text.isdigit()
+# What the repositories refuse, each a 409 naming the field at fault (if one is).
+REFUSED_FIELDS: dict[type[Exception], str | None] = {
+    IdempotencyConflict: "idempotency_key", JobExists: "name", JobBusy: None,
+    RunRefused: None}
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """A repository's refusal, as the API answers it (``REFUSED_FIELDS``)."""
+    try:
+        yield
+    except tuple(REFUSED_FIELDS) as exc:
+        raise ApiError(409, str(exc), REFUSED_FIELDS[type(exc)]) from None
+
+
+def found(value: T | None, what: str) -> T:
+    """``value``, or a 404 saying there is no ``what`` ("job 7")."""
+    if value is None:
+        raise ApiError(404, f"no {what}")
+    return value
 
 
 def whole_number(text: str, *, maximum: int = MAX_ID) -> int | None:
     """``text`` as a whole number up to ``maximum``; None if it is anything else.
 
-    The length is checked before ``int()``: Python refuses to convert more than 4,300
-    digits (a ValueError, which would otherwise surface as a 500)."""
-    if not is_decimal(text):
+    ASCII digits only: str.isdigit() also accepts '²', which int() refuses. The length is
+    checked before ``int()``: Python refuses to convert more than 4,300 digits (a
+    ValueError, which would otherwise surface as a 500)."""
+    if not (text.isascii() and text.isdigit()):
         return None
     digits = text.lstrip("0") or "0"
     if len(digits) > len(str(maximum)) or int(digits) > maximum:
@@ -144,7 +172,7 @@ class Api:
 
     def schedule(self, body: Any) -> tuple[int, dict[str, Any]]:
         """A one-off task, or a recurring job when the body has ``cron``."""
-        try:
+        with refusals():
             if isinstance(body, dict) and body.get("cron") is not None:
                 spec = parse_job(body)
                 self._allow_webhooks(spec.webhooks)
@@ -153,19 +181,15 @@ class Api:
             submission = parse_submission(body)
             self._allow_webhooks(submission.webhooks)
             task_id, created = self.repo.submit(submission)
-        except IdempotencyConflict as exc:
-            raise ApiError(409, str(exc), "idempotency_key") from None
-        except JobExists as exc:
-            raise ApiError(409, str(exc), "name") from None
         return (201 if created else 200), self._task(task_id)
 
     def list_jobs(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         limit = _limit(query)
         rows = self.jobs.list(before=_int_param(query, "before"), limit=limit)
         now = self.jobs.database_now()
-        recent = self.jobs.recent_outcomes([r["id"] for r in rows])
-        next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
-        return 200, {"jobs": [job_resource(r, now=now, recent=recent[r["id"]]) for r in rows],
+        recent = self.jobs.recent_outcomes([r.id for r in rows])
+        next_cursor = str(rows[-1].id) if len(rows) == limit else None
+        return 200, {"jobs": [job_resource(r, now=now, recent=recent[r.id]) for r in rows],
                      "next": next_cursor}
 
     def get_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
@@ -177,21 +201,13 @@ class Api:
                 self._allow_webhooks(parse_webhooks(body["webhooks"]))
             except WebhookError as exc:
                 raise ValidationError(str(exc), "webhooks") from None
-        try:
-            row = self.jobs.update(job_id, body)
-        except JobExists as exc:
-            raise ApiError(409, str(exc), "name") from None
-        except JobBusy as exc:
-            raise ApiError(409, str(exc)) from None
-        if row is None:
-            raise ApiError(404, f"no job {job_id}")
+        with refusals():
+            row = found(self.jobs.update(job_id, body), f"job {job_id}")
         return 200, job_resource(row, now=self.jobs.database_now())
 
     def delete_job(self, job_id: int) -> tuple[int, dict[str, Any]]:
-        try:
+        with refusals():
             deleted = self.jobs.delete(job_id)
-        except JobBusy as exc:
-            raise ApiError(409, str(exc)) from None
         if not deleted:
             raise ApiError(404, f"no job {job_id}")
         return 204, {}
@@ -200,22 +216,17 @@ class Api:
         """An extra occurrence due now (the body, if any, is ``{}``)."""
         if body is not None:
             check_fields(body, frozenset())
-        try:
-            made = self.jobs.run_now(job_id)
-        except RunRefused as exc:
-            raise ApiError(409, str(exc)) from None
-        if made is None:
-            raise ApiError(404, f"no job {job_id}")
+        with refusals():
+            made = found(self.jobs.run_now(job_id), f"job {job_id}")
         return self._made_by_hand(made)
 
     def _job(self, job_id: int) -> dict[str, Any]:
-        row = self.jobs.get(job_id)
-        if row is None:
-            raise ApiError(404, f"no job {job_id}")
+        row = found(self.jobs.get(job_id), f"job {job_id}")
         resource = job_resource(row, now=self.jobs.database_now(),
                                 recent=self.jobs.recent_outcomes([job_id])[job_id])
         if self.hooks is not None:  # its own events' deliveries (misfires), newest first
-            resource["deliveries"] = self.hooks.for_job(job_id)
+            resource["deliveries"] = [delivery_resource(d)
+                                      for d in self.hooks.for_job(job_id)]
         return resource
 
     def list_tasks(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -226,9 +237,9 @@ class Api:
         rows = self.repo.list(status=status, job_id=_int_param(query, "job_id"),
                               worker=_worker_param(query), text=_text_param(query),
                               before=_int_param(query, "before"), limit=limit)
-        next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
+        next_cursor = str(rows[-1].id) if len(rows) == limit else None
         waiting = self._waiting(rows)
-        return 200, {"tasks": [task_resource(r, None, waiting=waiting.get(r["id"]))
+        return 200, {"tasks": [task_resource(r, None, waiting=waiting.get(r.id))
                                for r in rows],
                      "next": next_cursor}
 
@@ -249,14 +260,8 @@ class Api:
     def retry_task(self, task_id: int, body: Any) -> tuple[int, dict[str, Any]]:
         """A new task from a finished one; 200 for an idempotent replay."""
         key = parse_retry(body)
-        try:
-            made = self.repo.retry(task_id, idempotency_key=key)
-        except RunRefused as exc:
-            raise ApiError(409, str(exc)) from None
-        except IdempotencyConflict as exc:
-            raise ApiError(409, str(exc), "idempotency_key") from None
-        if made is None:
-            raise ApiError(404, f"no task {task_id}")
+        with refusals():
+            made = found(self.repo.retry(task_id, idempotency_key=key), f"task {task_id}")
         return self._made_by_hand(made)
 
     def _made_by_hand(self, made: HandRun) -> tuple[int, dict[str, Any]]:
@@ -358,28 +363,26 @@ class Api:
         return 200, {"status": "ready"}
 
     def _task(self, task_id: int) -> dict[str, Any]:
-        found = self.repo.get(task_id)
-        if found is None:
-            raise ApiError(404, f"no task {task_id}")
-        row, attempts = found
+        row, attempts = found(self.repo.get(task_id), f"task {task_id}")
         resource = task_resource(row, attempts, waiting=self._waiting([row]).get(task_id))
-        if row["broadcast_id"] is not None:
-            resource["broadcast"] = self.repo.broadcast_tasks(row["broadcast_id"])
+        if row.broadcast_id is not None:
+            resource["broadcast"] = self.repo.broadcast_tasks(row.broadcast_id)
         if self.hooks is not None:  # its webhooks' deliveries and how they went
-            resource["deliveries"] = self.hooks.for_task(task_id)
+            resource["deliveries"] = [delivery_resource(d)
+                                      for d in self.hooks.for_task(task_id)]
         return resource
 
-    def _waiting(self, rows: list[dict[str, Any]]) -> dict[int, str]:
+    def _waiting(self, rows: list[TaskRow]) -> dict[int, str]:
         """Why due targeted tasks still wait, by id: no live worker has their labels
         (judged now, by the database clock, as the claim does)."""
-        targeted = [r for r in rows if r["target"] is not None
-                    and r["status"] in ("scheduled", "retrying")]
+        targeted = [r for r in rows if r.target is not None
+                    and r.status in ("scheduled", "retrying")]
         if not targeted:
             return {}
         now = self.jobs.database_now()
         live = [w.labels for w in self.registry.live_workers(ttl_s=self.ttl_s)]
-        return {r["id"]: f"no live worker matches {describe(r['target']['labels'])}"
+        return {r.id: f"no live worker matches {describe(r.target['labels'])}"
                 for r in targeted
-                if r["due_at"] <= now
-                and not any(matches(labels, r["target"]["labels"]) for labels in live)}
+                if r.due_at <= now
+                and not any(matches(labels, r.target["labels"]) for labels in live)}
 

@@ -152,18 +152,17 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _task_id(raw: str) -> int:
-    task_id = whole_number(raw)
-    if task_id is None:
-        raise ApiError(404, f"no task {raw[:40]}")
-    return task_id
+def _id_of(kind: str) -> Callable[[str], int]:
+    """The id in a path: ``/tasks/abc`` names no task (404), as ``/tasks/0`` does."""
+    def parse(raw: str) -> int:
+        value = whole_number(raw)
+        if value is None:
+            raise ApiError(404, f"no {kind} {raw[:40]}")
+        return value
+    return parse
 
 
-def _job_id(raw: str) -> int:
-    job_id = whole_number(raw)
-    if job_id is None:
-        raise ApiError(404, f"no job {raw[:40]}")
-    return job_id
+_task_id, _job_id = _id_of("task"), _id_of("job")
 
 
 class BadHead(Exception):

@@ -41,6 +41,7 @@ from chronocore import failpoints, metrics
 from chronocore.fence import Leases
 from chronocore.groupcommit import GroupCommit
 from chronocore.model import format_timestamp
+from chronocore.node import Lifecycle
 from chronocore.reaper import Reaper
 from chronocore.repository import ClaimedTask, Outcome, Started, TaskRepository
 from chronocore.runner import (
@@ -101,6 +102,7 @@ class _Slot:
     # Monotonic instant the start (or its latest confirmation) was sent: the worker
     # counts as alive in the database from then on, for a TTL.
     lease_from: float = 0.0
+    ended: bool = False  # the command exited; its outcome is being recorded
 
 
 class SlotPool:
@@ -135,8 +137,7 @@ class SlotPool:
         self._slots: dict[int, _Slot] = {}
         self._grace_s = grace_s
         self._on_drain = on_drain
-        self._started = False
-        self._stop_asked = False
+        self._life = Lifecycle(self._lock)
         self._draining = True  # until started: no work is taken before the threads run
         self._idle = threading.Condition(self._lock)
         self._version = 0  # bumped whenever a slot is freed, and when draining starts
@@ -154,26 +155,20 @@ class SlotPool:
             self._write_outcomes, name="record-outcomes")
 
     def start(self) -> None:
-        with self._lock:
-            if self._started or self._stop_asked:
-                return
-            self._started = True
+        if not self._life.begin():
+            return
         self._starts.start()
         self._outcomes.start()
         self._watchdog.start()
         with self._lock:
-            self._draining = self._stop_asked
+            self._draining = self._life.stopped
             self._version += 1  # slot watchers learn we take work
             self._idle.notify_all()
 
     def stop(self) -> None:
         """Say we drain (``on_drain``), then ``drain`` with the grace given."""
-        with self._lock:
-            if self._stop_asked:
-                return
-            self._stop_asked = True
-            if not self._started:
-                return
+        if not self._life.end():
+            return
         log.info("draining: waiting up to %.0fs for %d running commands", self._grace_s,
                  self.running)
         try:
@@ -243,7 +238,8 @@ class SlotPool:
         """Stop runs that were cancelled or whose claim was taken from us (we were paused
         or cut off long enough to be declared dead). Called on every heartbeat."""
         with self._lock:
-            running = {tid: slot.task.token for tid, slot in self._slots.items()}
+            running = {tid: slot.task.token for tid, slot in self._slots.items()
+                       if not slot.ended}  # a recorded outcome is no revocation
         for task_id, reason in self._repo.revoked_among(running).items():
             log.info("task %s: stopping its run (%s)", task_id, reason,
                      extra={"task_id": task_id})
@@ -317,6 +313,7 @@ class SlotPool:
             if started is not None:
                 failpoints.pause(failpoints.AFTER_START)
                 result = self._execute(slot, started.attempt)
+                slot.ended = True
                 self._record(task, result)
         except Exception:
             log.exception("task %s: unexpected error in its run", task.id,

@@ -3,13 +3,13 @@ and the server it runs in."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
 
 from chronocore import failpoints
+from chronocore.node import Hooks
 from chronocore.repository import ClaimedTask
 from chronocore.rpc import worker_pb2, worker_pb2_grpc
 from chronocore.tls import TlsFiles
@@ -63,32 +63,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         )
 
 
-class RpcServer:
+class RpcServer(Hooks):
     """The worker's gRPC server, as a service. It binds once made (``port`` is then
     known, for the registry's address); ``start`` serves, ``stop`` ends the calls in
-    flight after ``STOP_GRACE_S``. Safe to stop twice, or unstarted."""
+    flight after ``STOP_GRACE_S``."""
 
     def __init__(self, servicer: WorkerServicer, *, addr: str, tls: TlsFiles | None) -> None:
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS))
-        worker_pb2_grpc.add_WorkerServicer_to_server(servicer, self._server)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS))
+        worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
         if tls is None:
-            self.port = self._server.add_insecure_port(addr)
+            self.port = server.add_insecure_port(addr)
         else:
-            self.port = self._server.add_secure_port(addr, tls.server_credentials())
-        self._lock = threading.Lock()
-        self._started = False
-        self._stopped = False
-
-    def start(self) -> None:
-        with self._lock:
-            if self._started or self._stopped:
-                return
-            self._started = True
-        self._server.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self._server.stop(grace=STOP_GRACE_S).wait()
+            self.port = server.add_secure_port(addr, tls.server_credentials())
+        super().__init__(on_start=server.start,
+                         on_stop=lambda: server.stop(grace=STOP_GRACE_S).wait())
