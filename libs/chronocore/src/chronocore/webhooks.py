@@ -16,10 +16,10 @@ How a notification travels (at least once, whatever node dies):
 3. A 2xx ends the delivery; anything else (a status, a refused connection, a timeout, a
    redirect, which is never followed) makes it due again after an exponential backoff,
    until ``MAX_ATTEMPTS``, when it is given up (at once if its URL is no longer
-   allowed). The result is written only if the row is
-   still the attempt's (same holder, same attempt count): a deliverer that died leaves its
-   lease to expire, and another coordinator sends the event again. Receivers dedupe on
-   the ``X-ChronoSync-Delivery`` header, which is the same for every attempt.
+   allowed). The result is written only if the row is still the attempt's (same
+   holder, same attempt count): a deliverer that died leaves its lease to expire, and
+   another coordinator sends the event again. Receivers dedupe on the
+   ``X-ChronoSync-Delivery`` header, which is the same for every attempt.
 
 Targets are limited to URL prefixes the operator allows (``CHRONOSYNC_WEBHOOK_ALLOW``):
 checked at submission and again before every attempt, so a narrowed allowlist stops
@@ -51,7 +51,8 @@ MIN_SECRET_CHARS = 16
 MAX_SECRET_CHARS = 256
 WEBHOOK_FIELDS = frozenset({"url", "events", "secret"})
 SIGNATURE_HEADER = "X-ChronoSync-Signature"
-# Attempts before a delivery is given up: with the backoff below, about 2 hours.
+# Attempts before a delivery is given up: with the backoff below, over about 35 minutes
+# (1 s, 2 s, ... 1024 s between them).
 MAX_ATTEMPTS = 12
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 1800.0
