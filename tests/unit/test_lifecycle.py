@@ -19,6 +19,7 @@ from chronocore.reaper import Reaper
 from chronocore.registry import Heartbeat
 from chronosync_coordinator.claim import ClaimLoop
 from chronosync_coordinator.dispatch import Dispatcher
+from chronosync_coordinator.notify import Deliverer
 from chronosync_scheduler.http import make_server
 from chronosync_scheduler.materializer import Materializer
 from chronosync_worker.pool import SlotPool
@@ -76,6 +77,16 @@ class NoFreeSlots:
         return 0
 
 
+class NoDeliveries:
+    """Webhook deliveries of which none is ever due."""
+
+    def prune(self, *, retention_s: float) -> None:
+        pass
+
+    def claim(self, *, owner: str, limit: int, lease_s: float) -> list:
+        return []
+
+
 def heartbeat() -> Heartbeat:
     return Heartbeat(StandInRegistry(), interval_s=0.05)  # type: ignore[arg-type]
 
@@ -92,6 +103,11 @@ def dispatcher() -> Dispatcher:
 
 def materializer() -> Materializer:
     return Materializer(jobs=None, registry=None, horizon_s=1, tls=None)  # type: ignore[arg-type]
+
+
+def deliverer() -> Deliverer:
+    return Deliverer(hooks=NoDeliveries(), owner="coordinator-test",  # type: ignore[arg-type]
+                     allow=(), timeout_s=1, retention_s=60)
 
 
 def api_server() -> Service:
@@ -117,6 +133,7 @@ SERVICES: dict[str, Callable[[], Service]] = {
     "claim loop": claim_loop,
     "dispatcher": dispatcher,
     "materializer": materializer,
+    "webhook deliverer": deliverer,
     "http server": api_server,
     "group commit": group_commit,
     "slot pool": slot_pool,
@@ -128,7 +145,8 @@ SERVICES: dict[str, Callable[[], Service]] = {
 # The threads each service runs while started: none may outlive its stop. (The claim
 # loop's LISTEN thread is left to end by itself, within a second: nothing waits for it.)
 THREADS = ("heartbeat", "claim-loop", "materializer", "http", "http-watchdog",
-           "test-writes", "fence", "record-starts", "record-outcomes", "orphans")
+           "test-writes", "fence", "record-starts", "record-outcomes", "orphans", "webhooks",
+           "webhook")
 
 
 @pytest.fixture(autouse=True)

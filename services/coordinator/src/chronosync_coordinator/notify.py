@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 
 from chronocore import metrics
+from chronocore.node import Lifecycle
 from chronocore.webhooks import Delivery, WebhookRepository, post
 
 log = logging.getLogger(__name__)
@@ -53,23 +54,19 @@ class Deliverer:
         self._timeout_s = timeout_s
         self._retention_s = retention_s
         self._stop = threading.Event()
-        self._lifecycle = threading.Lock()
-        self._started = False
+        self._life = Lifecycle()
         self._senders = ThreadPoolExecutor(SENDERS, thread_name_prefix="webhook")
         self._thread = threading.Thread(target=self._run, name="webhooks")
         self._pruned_at = 0.0
 
     def start(self) -> None:
-        with self._lifecycle:
-            if self._started or self._stop.is_set():
-                return
-            self._started = True
+        if self._life.begin():
             self._thread.start()
 
     def stop(self) -> None:
-        with self._lifecycle:
-            self._stop.set()
-        if self._thread.is_alive():
+        started = self._life.end()
+        self._stop.set()
+        if started:
             self._thread.join()
         self._senders.shutdown(wait=True)
 
