@@ -55,6 +55,8 @@ def test_webhooks_are_validated_with_the_field_named() -> None:
         ([hook(url="https://user:pw@hooks.example.com/")], "user name"),
         ([hook(url="http://[::1/x")], "not a valid URL"),
         ([hook(url="http://h:port/x")], "not a valid URL"),
+        ([hook(url="https://hooks.example.com/cs/../admin")], r"\. or \.\. path"),
+        ([hook(url="https://hooks.example.com/cs/%2E%2e/admin")], r"\. or \.\. path"),
         ([hook(events=["exploded"])], "unknown event"),
         ([hook(events="failed")], "non-empty list"),
         ([hook(secret="short")], "16 to 256"),
@@ -76,7 +78,9 @@ def test_the_allowlist_matches_prefixes_on_the_same_host_only() -> None:
     assert allowed("http://127.0.0.1:9000/in/x?y=1", allow)
     for url in ("https://hooks.example.com.evil.net/cs", "https://hooks.example.com:444/",
                 "http://hooks.example.com/cs", "http://127.0.0.1:9000/out",
-                "http://127.0.0.1:9000/in", "http://169.254.169.254/latest"):
+                "http://127.0.0.1:9000/in", "http://169.254.169.254/latest",
+                # Under the prefix as text, outside it once a receiver resolves the path.
+                "http://127.0.0.1:9000/in/../admin", "http://127.0.0.1:9000/in/./%2e%2E/x"):
         assert not allowed(url, allow), url
     with pytest.raises(WebhookError, match=r"not enabled.*CHRONOSYNC_WEBHOOK_ALLOW"):
         check_allowed([hook()], ())

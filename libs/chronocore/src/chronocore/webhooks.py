@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from psycopg_pool import ConnectionPool
 
@@ -85,7 +85,15 @@ def _check_url(url: object, where: str) -> str:
         raise WebhookError(f"{where}.url must not carry a user name or password")
     if parts.fragment or url.endswith("#"):
         raise WebhookError(f"{where}.url must not have a #fragment")
+    if _climbs(parts.path):
+        raise WebhookError(f"{where}.url must not have . or .. path segments")
     return url
+
+
+def _climbs(path: str) -> bool:
+    """Whether a path has a ``.`` or ``..`` segment (percent-encoded too): a receiver
+    resolving it would leave the allowed prefix the URL's text starts with."""
+    return any(segment in (".", "..") for segment in unquote(path).split("/"))
 
 
 def parse_webhooks(value: object) -> list[dict[str, Any]] | None:
@@ -153,9 +161,10 @@ def parse_allowlist(raw: str | None) -> tuple[str, ...]:
 
 def allowed(url: str, allow: Sequence[str]) -> bool:
     """Whether ``url`` is under one of the ``allow`` prefixes (and names the same host)."""
-    host = urlsplit(url).netloc
-    return any(url.startswith(prefix) and urlsplit(prefix).netloc == host
-               for prefix in allow)
+    parts = urlsplit(url)
+    return not _climbs(parts.path) and any(
+        url.startswith(prefix) and urlsplit(prefix).netloc == parts.netloc
+        for prefix in allow)
 
 
 def check_allowed(hooks: Sequence[dict[str, Any]] | None, allow: Sequence[str]) -> None:
