@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import Cluster, wait_for
+from harness import Cluster, free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
@@ -276,6 +276,32 @@ def test_the_alerts_fire_on_what_a_real_cluster_s_metrics_show(cluster: Cluster,
         "ChronoSyncFailureRateHigh": [{}],
         "ChronoSyncLatenessHigh": [{}],
         "ChronoSyncJobNotSucceeded": [broken]})
+
+
+def test_the_webhook_alert_fires_when_a_delivery_is_given_up(cluster: Cluster,
+                                                              tmp_path: Path) -> None:
+    # Submissions may name the receiver; the coordinator no longer allows it, so the
+    # delivery is given up at its first attempt (nothing listens there either).
+    receiver = f"http://127.0.0.1:{free_port()}/"
+    cluster.start("scheduler", CHRONOSYNC_WEBHOOK_ALLOW=receiver)
+    cluster.start("coordinator", CHRONOSYNC_WEBHOOK_ALLOW=receiver + "elsewhere/")
+    cluster.start("worker")
+    cluster.wait_ready(coordinators=1, workers=1)
+    given_up = "chronosync_webhook_deliveries_given_up_total"
+    before = scrape_when(cluster, lambda s: s.value(given_up) == 0,
+                         "the coordinator's give-ups at 0 in /metrics")
+    steady = scrape_when(cluster, lambda s: s.at > before.at + 1, "a second scrape")
+    check_alerts(tmp_path, "webhooks-healthy", before, steady, {})
+    status, task = cluster.http("POST", "/schedule", {"command": "true", "webhooks": [
+        {"url": receiver + "hooks", "events": ["succeeded"], "secret": "s" * 16}]})
+    assert status == 201, task
+    cluster.wait_task(task["id"], ("succeeded",))
+    after = scrape_when(cluster, lambda s: s.value(given_up) == 1,
+                        "the give-up counted in /metrics")
+    assert after.value("chronosync_webhook_deliveries_given_up") == 1
+    assert after.value("chronosync_webhook_deliveries_pending") == 0
+    check_alerts(tmp_path, "webhooks-given-up", steady, after,
+                 {"ChronoSyncWebhooksGivenUp": [{}]})
 
 
 def dashboard_exprs() -> list[str]:

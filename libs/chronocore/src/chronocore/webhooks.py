@@ -237,6 +237,12 @@ class Result:
     final: bool = False
 
 
+def gives_up(delivery: Delivery, result: Result) -> bool:
+    """Whether this attempt's result ends the delivery unsent: its last attempt failed, or
+    its URL is no longer allowed."""
+    return not result.delivered and (result.final or delivery.attempts >= MAX_ATTEMPTS)
+
+
 _TASK_TIMES = ("scheduled_at", "due_at", "picked_at", "started_at", "completed_at",
                "failed_at", "cancelled_at", "created_at")
 
@@ -362,11 +368,10 @@ class WebhookRepository:
     def finish(self, delivery: Delivery, result: Result, *, owner: str) -> bool:
         """Record an attempt's result; False if the delivery is no longer this attempt's
         (its lease expired and another deliverer took it)."""
-        give_up = not result.delivered and (result.final
-                                            or delivery.attempts >= MAX_ATTEMPTS)
         row = self._db.one(
             "finish_webhook_attempt", id=delivery.id, owner=owner,
-            attempt=delivery.attempts, delivered=result.delivered, give_up=give_up,
+            attempt=delivery.attempts, delivered=result.delivered,
+            give_up=gives_up(delivery, result),
             status=result.status, error=result.error,
             retry_in_s=backoff_s(delivery.attempts))
         return row is not None

@@ -20,7 +20,7 @@ import psycopg
 
 from chronocore import metrics
 from chronocore.node import Lifecycle
-from chronocore.webhooks import Delivery, WebhookRepository, post
+from chronocore.webhooks import Delivery, WebhookRepository, gives_up, post
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ ATTEMPTS = metrics.Counter("chronosync_webhook_attempts_total",
                            "Webhook requests made by this coordinator.")
 FAILED_ATTEMPTS = metrics.Counter("chronosync_webhook_attempts_failed_total",
                                   "Webhook requests that did not get a 2xx answer.")
+GIVEN_UP = metrics.Counter("chronosync_webhook_deliveries_given_up_total",
+                           "Webhook deliveries this coordinator gave up (every attempt "
+                           "failed, or the URL is no longer allowed).")
 
 # Requests in flight at once per coordinator (and deliveries claimed per step): a slow
 # receiver holds up no more than one of them.
@@ -107,6 +110,11 @@ class Deliverer:
         if not self._hooks.finish(delivery, result, owner=self._owner):
             log.info("webhook delivery %s was taken over before its result was written",
                      delivery.id)
+        elif gives_up(delivery, result):
+            GIVEN_UP.inc()
+            log.error("webhook %s of %s to %s given up after %s attempts", delivery.event,
+                      _about(delivery), delivery.url, delivery.attempts,
+                      extra={"task_id": delivery.task_id})
 
 
 def _about(delivery: Delivery) -> str:

@@ -318,9 +318,9 @@ class Api:
             counts = self.hooks.counts()
             cluster.set("chronosync_webhook_deliveries_pending", "Webhook deliveries not yet "
                         "made (due, or waiting to be tried again).", counts["pending"])
-            cluster.set("chronosync_webhook_deliveries_given_up_total", "Webhook deliveries "
-                        "given up after every attempt failed.", counts["given_up"],
-                        metric_type="counter")
+            # A gauge: the history is pruned (the coordinators count give-ups as they go).
+            cluster.set("chronosync_webhook_deliveries_given_up", "Webhook deliveries "
+                        "given up, in the retained history.", counts["given_up"])
         snapshot = {k: v for k, v in cluster.snapshot().items() if k.startswith("chronosync")}
         return metrics.render([({}, snapshot), *sources])
 
