@@ -4,6 +4,7 @@ longer allowed (never requested)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -98,3 +99,38 @@ def test_stop_is_safe_before_start_and_twice() -> None:
     deliverer.stop()
     deliverer.start()  # after stop: does nothing
     assert not deliverer.run_once()
+
+
+@pytest.fixture
+def not_http() -> Iterator[str]:
+    """A receiver that answers anything but HTTP: a bad status line."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"garbage\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_an_answer_that_is_not_http_is_a_failed_attempt_recorded(not_http: str) -> None:
+    finish = step(not_http + "/hooks/x", attempts=2, allow=(not_http + "/hooks/",))
+    assert (finish["delivered"], finish["give_up"]) == (False, False)
+    assert "BadStatusLine" in finish["error"] and finish["retry_in_s"] == 2.0
+
+
+def test_a_delivery_whose_last_attempt_never_ended_is_given_up_unsent(receiver: Any) -> None:
+    base, seen = receiver
+    finish = step(base + "/hooks/ok", attempts=MAX_ATTEMPTS + 1, allow=(base + "/hooks/",))
+    assert finish["give_up"] and "never ended" in finish["error"]
+    assert seen == []

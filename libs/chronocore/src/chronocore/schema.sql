@@ -145,7 +145,7 @@ CREATE FUNCTION public.task_webhook_events(o public.tasks, n public.tasks) RETUR
                   AND n.completed_at IS NULL
              THEN 'failed' END,
         CASE WHEN o.cancelled_at IS NULL AND n.cancelled_at IS NOT NULL
-                  AND n.error LIKE 'skipped:%'
+                  AND n.error = 'skipped: concurrency_policy forbid'
              THEN 'missed' END,
         CASE WHEN n.error = 'worker_lost'
                   AND ((o.failed_at IS NULL AND n.failed_at IS NOT NULL)
@@ -156,8 +156,8 @@ $$;
 CREATE FUNCTION public.task_webhook_payload(t public.tasks) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
-    SELECT (to_jsonb(t) - 'webhooks' - 'claim_token' - 'claimed_by' - 'request_hash'
-            - 'unmatched_at')
+    SELECT (to_jsonb(t) - 'webhooks' - 'env' - 'claim_token' - 'claimed_by'
+            - 'request_hash' - 'unmatched_at')
            || jsonb_build_object('status', task_status(t.picked_at, t.started_at,
                                                        t.completed_at, t.failed_at,
                                                        t.cancelled_at, t.attempt))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -37,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from psycopg_pool import ConnectionPool
 
@@ -71,6 +72,9 @@ def _check_url(url: object, where: str) -> str:
         raise WebhookError(f"{where}.url must be a non-empty string")
     if len(url) > MAX_URL_CHARS:
         raise WebhookError(f"{where}.url is longer than {MAX_URL_CHARS} characters")
+    if not url.isascii():
+        raise WebhookError(f"{where}.url must be ASCII (percent-encode a path, punycode a "
+                           "host)")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
         raise WebhookError(f"{where}.url must not contain spaces, control characters or "
                            "backslashes")
@@ -86,14 +90,19 @@ def _check_url(url: object, where: str) -> str:
     if parts.fragment or url.endswith("#"):
         raise WebhookError(f"{where}.url must not have a #fragment")
     if _climbs(parts.path):
-        raise WebhookError(f"{where}.url must not have . or .. path segments")
+        raise WebhookError(f"{where}.url must not have . or .. path segments, nor a "
+                           "percent-encoded '.', '/', '\\' or '%'")
     return url
 
 
 def _climbs(path: str) -> bool:
-    """Whether a path has a ``.`` or ``..`` segment (percent-encoded too): a receiver
-    resolving it would leave the allowed prefix the URL's text starts with."""
-    return any(segment in (".", "..") for segment in unquote(path).split("/"))
+    """Whether a path may leave the allowed prefix its text starts with once a receiver
+    resolves it: a ``.`` or ``..`` segment (``..;x`` too, as some servers read it), or a
+    percent-encoded dot, slash, backslash or percent (decoded once or twice, as some
+    servers and proxies do)."""
+    if any(code in path.lower() for code in ("%2e", "%2f", "%5c", "%25")):
+        return True
+    return any(segment.split(";", 1)[0] in (".", "..") for segment in path.split("/"))
 
 
 def parse_webhooks(value: object) -> list[dict[str, Any]] | None:
@@ -249,7 +258,7 @@ _TASK_TIMES = ("scheduled_at", "due_at", "picked_at", "started_at", "completed_a
 
 def render(delivery: Delivery) -> bytes:
     """The body posted: the event, and the task as GET /tasks/{id} shows it (without its
-    attempts) at the moment of the event; for a job's misfire, the job and the count."""
+    attempts and env) at the moment of the event; for a job's misfire, the job and the count."""
     # Imported here: chronocore.model imports this module (to validate submissions).
     from chronocore.model import TaskRow, format_timestamp, task_resource
 
@@ -260,7 +269,9 @@ def render(delivery: Delivery) -> bytes:
         for name in _TASK_TIMES:
             if payload.get(name) is not None:
                 payload[name] = datetime.fromisoformat(payload[name])
-        body["task"] = task_resource(row_as(TaskRow, payload), None)
+        # Its env stays in the cluster (values may be credentials): not in the payload.
+        body["task"] = task_resource(row_as(TaskRow, {**payload, "env": {}}), None)
+        del body["task"]["env"]
     else:
         if payload.get("next_run_at") is not None:
             payload["next_run_at"] = format_timestamp(
@@ -287,24 +298,30 @@ def post(delivery: Delivery, *, allow: Sequence[str], timeout_s: float,
     if not allowed(delivery.url, allow):
         return Result(delivered=False, status=None, final=True,
                       error="url not under CHRONOSYNC_WEBHOOK_ALLOW; not sent")
-    body = render(delivery)
-    timestamp = int(now)
-    request = urllib.request.Request(delivery.url, data=body, method="POST", headers={
-        "Content-Type": "application/json",
-        "User-Agent": "ChronoSync-Webhook/1",
-        "X-ChronoSync-Event": delivery.event,
-        "X-ChronoSync-Delivery": str(delivery.id),
-        "X-ChronoSync-Attempt": str(delivery.attempts),
-        SIGNATURE_HEADER: sign(delivery.secret, timestamp, body),
-    })
+    if delivery.attempts > MAX_ATTEMPTS:
+        # Its last attempt never ended (its deliverer died, again and again): give up.
+        return Result(delivered=False, status=None, final=True,
+                      error=f"given up: attempt {MAX_ATTEMPTS} never ended")
     try:
+        body = render(delivery)
+        request = urllib.request.Request(delivery.url, data=body, method="POST", headers={
+            "Content-Type": "application/json",
+            "User-Agent": "ChronoSync-Webhook/1",
+            "X-ChronoSync-Event": delivery.event,
+            "X-ChronoSync-Delivery": str(delivery.id),
+            "X-ChronoSync-Attempt": str(delivery.attempts),
+            SIGNATURE_HEADER: sign(delivery.secret, int(now), body),
+        })
         with _OPENER.open(request, timeout=timeout_s) as answer:
             status = answer.status
     except urllib.error.HTTPError as exc:
         exc.close()
         return Result(delivered=False, status=exc.code, error=f"HTTP {exc.code}")
-    except (OSError, ValueError, urllib.error.URLError) as exc:
-        return Result(delivered=False, status=None, error=str(exc)[:MAX_ERROR_CHARS])
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        # Refused, timed out, not HTTP at all (a bad status line, too many headers), or a
+        # body that cannot be rendered: a failed attempt like any other.
+        error = f"{type(exc).__name__}: {exc}"
+        return Result(delivered=False, status=None, error=error[:MAX_ERROR_CHARS])
     if 200 <= status < 300:
         return Result(delivered=True, status=status, error=None)
     return Result(delivered=False, status=status, error=f"HTTP {status}")

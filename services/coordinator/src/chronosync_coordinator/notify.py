@@ -20,7 +20,7 @@ import psycopg
 
 from chronocore import metrics
 from chronocore.node import Lifecycle
-from chronocore.webhooks import Delivery, WebhookRepository, gives_up, post
+from chronocore.webhooks import Delivery, Result, WebhookRepository, gives_up, post
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,10 @@ SENDERS = 4
 # notification waits at most this long, plus a request's time.
 POLL_S = 1.0
 POLL_JITTER = 0.2
-# The lease covers the request's timeout plus the writing of its result.
+# The lease covers the request plus the writing of its result. The timeout bounds each
+# socket operation (a connection per address, each read), not the whole request: a
+# request may take a few of them before the lease lets another coordinator send it again.
+LEASE_TIMEOUTS = 3
 LEASE_MARGIN_S = 5.0
 ERROR_PAUSE_S = 1.0
 PRUNE_EVERY_S = 600.0
@@ -92,7 +95,7 @@ class Deliverer:
             self._hooks.prune(retention_s=self._retention_s)
             self._pruned_at = time.monotonic()
         deliveries = self._hooks.claim(owner=self._owner, limit=SENDERS,
-                                       lease_s=self._timeout_s + LEASE_MARGIN_S)
+                                       lease_s=LEASE_TIMEOUTS * self._timeout_s + LEASE_MARGIN_S)
         list(self._senders.map(self._deliver, deliveries))  # waits for every request
         return bool(deliveries)
 
@@ -100,8 +103,13 @@ class Deliverer:
         ATTEMPTS.inc()
         # The signature's timestamp is for the receiver's clock to judge (replays), not a
         # scheduling decision: this host's wall clock is the one to give it.
-        result = post(delivery, allow=self._allow, timeout_s=self._timeout_s,
-                      now=time.time())
+        try:
+            result = post(delivery, allow=self._allow, timeout_s=self._timeout_s,
+                          now=time.time())
+        except Exception as exc:  # a defect, not the network: still an attempt, recorded
+            log.exception("webhook delivery %s: unexpected error", delivery.id)
+            result = Result(delivered=False, status=None,
+                            error=f"unexpected error: {type(exc).__name__}")
         if not result.delivered:
             FAILED_ATTEMPTS.inc()
             log.warning("webhook %s of %s to %s failed (attempt %s): %s", delivery.event,

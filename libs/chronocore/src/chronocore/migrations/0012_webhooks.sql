@@ -42,7 +42,8 @@ CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id) WHERE task_id
 -- The events of a task's update, by its timestamps (the status is derived from them):
 --   succeeded: completed_at set;
 --   failed: failed_at set, not cancelled (a cancelled run that ends is a cancel);
---   missed: cancelled as skipped by a policy (error 'skipped: ...');
+--   missed: skipped by concurrency_policy forbid (a pause or a delete skips ticks too,
+--           as the user asked: not told);
 --   recovered: an attempt taken back from a dead worker (error 'worker_lost'), retried
 --              (started_at cleared) or failed (failed_at set).
 CREATE FUNCTION task_webhook_events(o tasks, n tasks) RETURNS text[]
@@ -55,7 +56,7 @@ CREATE FUNCTION task_webhook_events(o tasks, n tasks) RETURNS text[]
                   AND n.completed_at IS NULL
              THEN 'failed' END,
         CASE WHEN o.cancelled_at IS NULL AND n.cancelled_at IS NOT NULL
-                  AND n.error LIKE 'skipped:%'
+                  AND n.error = 'skipped: concurrency_policy forbid'
              THEN 'missed' END,
         CASE WHEN n.error = 'worker_lost'
                   AND ((o.failed_at IS NULL AND n.failed_at IS NOT NULL)
@@ -63,13 +64,14 @@ CREATE FUNCTION task_webhook_events(o tasks, n tasks) RETURNS text[]
              THEN 'recovered' END], NULL)
 $$;
 
--- The task as a webhook shows it: its columns less what is internal or secret, with its
+-- The task as a webhook shows it: its columns less what is internal or secret (its env
+-- too: values may be credentials, and the receiver is outside the cluster), with its
 -- derived status.
 CREATE FUNCTION task_webhook_payload(t tasks) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
-    SELECT (to_jsonb(t) - 'webhooks' - 'claim_token' - 'claimed_by' - 'request_hash'
-            - 'unmatched_at')
+    SELECT (to_jsonb(t) - 'webhooks' - 'env' - 'claim_token' - 'claimed_by'
+            - 'request_hash' - 'unmatched_at')
            || jsonb_build_object('status', task_status(t.picked_at, t.started_at,
                                                        t.completed_at, t.failed_at,
                                                        t.cancelled_at, t.attempt))
