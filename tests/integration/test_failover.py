@@ -304,6 +304,34 @@ def test_a_worker_paused_between_start_and_spawn_never_runs_the_recovered_attemp
     assert "confirming the claim" in log_of(doomed)
 
 
+def test_a_worker_frozen_between_its_last_check_and_the_spawn_never_runs_the_attempt(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Frozen (SIGSTOP) after its last check that the claim holds and before the spawn:
+    no check in the worker can see that coming. Resumed after its attempt was recovered
+    and retried elsewhere, it spawns all the same, and the command's gate (in the child,
+    just before the command) must refuse to run it."""
+    start_base(cluster)
+    doomed = cluster.start("worker", **{failpoints.BEFORE_SPAWN: "2"})
+    cluster.wait_ready(coordinators=1, workers=1)
+    marker = tmp_path / "attempts"
+    _, body = cluster.http("POST", "/schedule", {
+        "command": f'echo "$CHRONOSYNC_ATTEMPT" >> {marker}', "delivery": "at_least_once"})
+    wait_for(lambda: "failpoint" in log_of(doomed), timeout=20,
+             what="the worker to check its claim and pause before the spawn")
+    doomed.signal(signal.SIGSTOP)
+    try:
+        cluster.start("worker")
+        task = cluster.wait_task(body["id"], ("succeeded",), timeout=20)
+        assert task["attempt"] == 2
+    finally:
+        doomed.signal(signal.SIGCONT)
+    wait_for(lambda: f"task {body['id']}: attempt 1 ended" in log_of(doomed),
+             timeout=10, what="the resumed worker to be done with the recovered attempt")
+    assert read_ints(marker) == [2], "the recovered attempt ran beside its retry"
+    assert f"task {body['id']}: attempt 1 ended: worker_lost" in log_of(doomed)
+
+
 def test_a_spawn_late_for_its_start_still_runs_once_the_claim_is_confirmed(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -8,6 +8,8 @@ Off unless the environment names them; production never sets these variables.
   recording its start.
 - CHRONOSYNC_FAILPOINT_AFTER_START_S: a worker pauses between recording a start and
   spawning the command.
+- CHRONOSYNC_FAILPOINT_BEFORE_SPAWN_S: a worker pauses between its last check that the
+  claim is still its own and the spawn (the command's gate must then refuse to run).
 - CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S: a worker pauses between spawning a command and
   reporting its process group to the reaper.
 - CHRONOSYNC_FAILPOINT_MID_MATERIALIZE_S: a scheduler pauses inside a materialization
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 AFTER_CLAIM = "CHRONOSYNC_FAILPOINT_AFTER_CLAIM_S"
 BEFORE_START = "CHRONOSYNC_FAILPOINT_BEFORE_START_S"
 AFTER_START = "CHRONOSYNC_FAILPOINT_AFTER_START_S"
+BEFORE_SPAWN = "CHRONOSYNC_FAILPOINT_BEFORE_SPAWN_S"
 AFTER_SPAWN = "CHRONOSYNC_FAILPOINT_AFTER_SPAWN_S"
 MID_MATERIALIZE = "CHRONOSYNC_FAILPOINT_MID_MATERIALIZE_S"
 DISPATCH_REPLY = "CHRONOSYNC_FAILPOINT_DISPATCH_REPLY_S"
@@ -35,7 +38,7 @@ DISPATCH_REPLY = "CHRONOSYNC_FAILPOINT_DISPATCH_REPLY_S"
 # Read once: a process's failpoints are fixed when it starts, and pause() is on every
 # task's path.
 _SECONDS = {name: float(os.environ.get(name) or 0)
-            for name in (AFTER_CLAIM, BEFORE_START, AFTER_START, AFTER_SPAWN,
+            for name in (AFTER_CLAIM, BEFORE_START, AFTER_START, BEFORE_SPAWN, AFTER_SPAWN,
                          MID_MATERIALIZE, DISPATCH_REPLY)}
 
 

@@ -7,6 +7,12 @@ One ``CommandRun`` is driven by one pool thread: ``wait()`` polls the output pip
 threads (``poll``, not an epoll selector: no descriptor of its own to create per run).
 When the shell exits, whatever it left behind in its group is killed, so nothing
 outlives the run unattended and the pipe reaches EOF.
+
+A run with a spawn deadline is gated in the child: the shell itself reads the clock
+just before the command and refuses to run it past the deadline (``gated``). A check in
+the worker alone cannot close the window between that check and the spawn: a worker
+frozen there (SIGSTOP, a starved host) would start the command when it thaws, after
+its attempt may have been recovered and retried elsewhere.
 """
 
 from __future__ import annotations
@@ -32,6 +38,29 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 _READ_CHUNK = 64 * 1024
 _DRAIN_S = 1.0
 _NEVER = float("inf")
+
+# How many times a run gated off by its deadline is asked about again (the guard
+# confirms the claim with the database, which renews the deadline) and spawned anew.
+SPAWN_TRIES = 3
+
+# The gate in front of a command, in the same shell (no exec of its own, and one line,
+# so a syntax error in the command is reported as without it: on line 1, nothing run).
+# /proc/uptime is CLOCK_BOOTTIME in hundredths of a second, which never runs slower than
+# the worker's monotonic clock. Past the deadline the shell writes a byte on its stdin,
+# the write end of the gate's pipe, and exits; otherwise the command gets /dev/null as
+# its stdin, as any run does, and the variable is gone before it starts.
+_GATE = ('read -r _chronosync_up _ </proc/uptime; '
+         '_chronosync_up=${{_chronosync_up%.*}}${{_chronosync_up#*.}}; '
+         '[ "$_chronosync_up" -lt {deadline} ] || {{ echo >&0; exit 125; }}; '
+         'unset _chronosync_up; exec </dev/null; ')
+
+
+def gated(command: str, deadline: float) -> str:
+    """``command`` behind a gate that refuses to run it at or after ``deadline`` (an
+    instant of ``time.monotonic()``, which all processes of the host share)."""
+    boot = time.clock_gettime(time.CLOCK_BOOTTIME)  # first: a pause in between only
+    left = deadline - time.monotonic()  # makes the deadline earlier
+    return _GATE.format(deadline=math.floor((boot + left) * 100)) + command
 
 
 def output_text(tail: bytes) -> str:
@@ -80,7 +109,8 @@ class RunAs:
 # nested user namespace that gives the worker's own uid back (no capability left to lift
 # the covers: mounts made in a more privileged namespace are locked), with a PID
 # namespace and its own /proc. There the second is process 1 and waits for the command:
-# process 1 ignores every signal it has no handler for, and the command must not.
+# process 1 ignores every signal it has no handler for, and the command must not. The
+# command keeps the run's stdin (the gate's pipe): an asynchronous list's is /dev/null.
 _SANDBOX_COVER = """uid=$1 gid=$2 unshare=$3 n=$4; shift 4
 while [ "$n" -gt 0 ]; do
   mount -t tmpfs -o ro,size=4k,mode=0 chronosync-hidden "$1" || exit 125
@@ -89,7 +119,7 @@ done
 exec "$unshare" --user --map-user="$uid" --map-group="$gid" --pid --fork --mount-proc \\
   -- /bin/sh -c "$0" chronosync-init "$@"
 """
-_SANDBOX_INIT = '"$@" & wait $! 2>/dev/null'
+_SANDBOX_INIT = 'exec 3<&0; "$@" <&3 3<&- & wait $! 2>/dev/null'
 
 
 @dataclass(frozen=True)
@@ -185,6 +215,14 @@ class RunResult:
     output: str
 
 
+def _gated_off(gate: int) -> bool:
+    """Whether the shell wrote its refusal on the gate's pipe (it has exited by now)."""
+    try:
+        return os.read(gate, 1) != b""
+    except BlockingIOError:
+        return False
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -199,12 +237,17 @@ class CommandRun:
                  timeout_s: float | None, kill_grace_s: float,
                  reaper: Reaper | None = None, run_as: RunAs | None = None,
                  sandbox: Sandbox | None = None, identity: tuple[str, ...] = (),
-                 guard: Callable[[], str | None] | None = None) -> None:
+                 guard: Callable[[], str | None] | None = None,
+                 spawn_by: Callable[[], float] | None = None) -> None:
         """``identity``: names of ``env`` only this run's processes carry; the reaper finds
         them by it should the worker die between the spawn and reporting its group.
         ``guard``: asked right before the spawn and right after it; None while the run may
-        go on, else why it must not (before: it never spawns; after: it is stopped)."""
+        go on, else why it must not (before: it never spawns; after: it is stopped).
+        ``spawn_by``: the monotonic instant after which the command must not start, as
+        the guard last found it; the child checks it itself (``gated``), and a run gated
+        off asks the guard again and is spawned anew (at most SPAWN_TRIES times)."""
         self._command = command
+        self._spawn_by = spawn_by
         self._reaper = reaper
         self._identity = tuple(f"{name}={env[name]}" for name in identity)
         self._guard = guard
@@ -252,52 +295,83 @@ class CommandRun:
     def run(self) -> RunResult:
         """Spawn the command and wait for it; never raises for the command's failures."""
         try:
-            # Asked outside the lock: it may take a round trip, and cancel() must not wait.
-            refused = self._guard() if self._guard is not None else None
+            for _ in range(SPAWN_TRIES):
+                result = self._spawn_and_wait()
+                if result is not None:
+                    return result
+                # Gated off (the child found the deadline past): ask the guard again once
+                # this clock agrees (the gate's rounds to a hundredth of a second).
+                assert self._spawn_by is not None
+                time.sleep(min(0.02, max(0.0, self._spawn_by() - time.monotonic())))
+            return RunResult(succeeded=False, exit_code=None,
+                             error="spawn: claim not confirmed in time", output="")
+        finally:
             with self._lock:
-                self._stop_reason = self._stop_reason or refused
-                if self._stop_reason is not None:
-                    return RunResult(succeeded=False, exit_code=None,
-                                     error=self._stop_reason, output="")
-                ticket = (self._reaper.expect(self._identity)
-                          if self._reaper is not None else None)
-                try:
-                    argv = ["/bin/sh", "-c", self._command]
-                    if self._sandbox is not None:
-                        argv = self._sandbox.wrap(argv)
-                    if self._run_as is not None:
-                        argv = self._run_as.wrap(argv)
-                    self._proc = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        cwd=self._cwd,
-                        env=self._env,
-                        start_new_session=True,
-                        close_fds=True,
-                    )
-                except OSError as exc:
-                    if self._reaper is not None and ticket is not None:
-                        self._reaper.forget(ticket, self._identity)
-                    return RunResult(succeeded=False, exit_code=None,
-                                     error=f"spawn: {exc}", output="")
+                self._closed = True
+                os.close(self._wake)
+
+    def _spawn_and_wait(self) -> RunResult | None:
+        """One spawn and its wait; None when its gate refused the command (nothing ran)."""
+        # Asked outside the lock: it may take a round trip, and cancel() must not wait.
+        refused = self._guard() if self._guard is not None else None
+        gate = None  # the read end of the gate's pipe
+        with self._lock:
+            self._stop_reason = self._stop_reason or refused
+            if self._stop_reason is not None:
+                return RunResult(succeeded=False, exit_code=None,
+                                 error=self._stop_reason, output="")
+            ticket = (self._reaper.expect(self._identity)
+                      if self._reaper is not None else None)
+            # The window the gate closes: checked, not spawned, nothing can stop it now.
+            failpoints.pause(failpoints.BEFORE_SPAWN)
+            stdin: int = subprocess.DEVNULL
+            try:
+                command = self._command
+                if self._spawn_by is not None:
+                    gate, stdin = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                    command = gated(command, self._spawn_by())
+                argv = ["/bin/sh", "-c", command]
+                if self._sandbox is not None:
+                    argv = self._sandbox.wrap(argv)
+                if self._run_as is not None:
+                    argv = self._run_as.wrap(argv)
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    cwd=self._cwd,
+                    env=self._env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                if gate is not None:
+                    os.close(gate)
                 if self._reaper is not None and ticket is not None:
-                    self._reaper.spawned(ticket, self._proc.pid, self._identity)
+                    self._reaper.forget(ticket, self._identity)
+                return RunResult(succeeded=False, exit_code=None,
+                                 error=f"spawn: {exc}", output="")
+            finally:
+                if stdin != subprocess.DEVNULL:
+                    os.close(stdin)
+            if self._reaper is not None and ticket is not None:
+                self._reaper.spawned(ticket, self._proc.pid, self._identity)
+        try:
             failpoints.pause(failpoints.AFTER_SPAWN)
             if self._reaper is not None:
                 self._reaper.watch(self._proc.pid, self._identity)
             if self._guard is not None and (reason := self._guard()) is not None:
                 self.cancel(reason)  # paused between the guard and the spawn
             try:
-                return self._wait(self._proc)
+                result = self._wait(self._proc)
             finally:
                 if self._reaper is not None:
                     self._reaper.unwatch(self._proc.pid)
+            return None if gate is not None and _gated_off(gate) else result
         finally:
-            with self._lock:
-                self._closed = True
-                os.close(self._wake)
+            if gate is not None:
+                os.close(gate)
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> RunResult:
         assert proc.stdout is not None

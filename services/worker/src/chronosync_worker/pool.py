@@ -387,6 +387,7 @@ class SlotPool:
                 sandbox=self._sandbox,
                 identity=RUN_IDENTITY,
                 guard=lambda: self._still_ours(slot),
+                spawn_by=lambda: slot.lease_from + self._lease_s,
             )
             with self._lock:
                 slot.run = run

@@ -1,0 +1,108 @@
+"""The spawn gate (``chronocore.runner.gated``): the child itself refuses to start a
+command past its spawn deadline, in every shape a worker spawns commands (beside the
+worker, as another user through setpriv, in the sandbox), and a gated command runs as
+the plain one would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from harness import as_unprivileged_user, unprivileged_user
+
+from chronocore.runner import SPAWN_TRIES, CommandRun
+
+# Run in a process of its own (as the test's user for the sandbox): a command past its
+# deadline, then one whose deadline the guard renews on its second call, as the
+# worker's does once the database confirms the claim. Prints what happened as JSON.
+TRIAL = r"""
+import json, os, sys, time
+from chronocore.runner import CommandRun, RunAs, Sandbox
+
+shape, marker = sys.argv[1], sys.argv[2]
+extra = {}
+if shape == "run_as":
+    extra["run_as"] = RunAs.lookup(sys.argv[3])
+elif shape == "sandboxed":
+    extra["sandbox"] = Sandbox.lookup(())
+
+def trial(renew_on_call):
+    deadline = [time.monotonic() - 0.5]
+    calls = []
+    def guard():
+        calls.append(time.monotonic())
+        if len(calls) == renew_on_call:
+            deadline[0] = time.monotonic() + 30
+    run = CommandRun(command=f"echo ran >> {marker}; echo done", env=dict(os.environ),
+                     cwd="/", timeout_s=30, kill_grace_s=1, guard=guard,
+                     spawn_by=lambda: deadline[0], **extra)
+    result = run.run()
+    try:
+        with open(marker) as f:
+            lines = f.read().split()
+        os.unlink(marker)
+    except FileNotFoundError:
+        lines = []
+    return {"error": result.error, "output": result.output, "ran": lines,
+            "guard_calls": len(calls)}
+
+print(json.dumps({"past": trial(renew_on_call=0), "renewed": trial(renew_on_call=2)}))
+"""
+
+
+def _run_trial(shape: str) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="chronosync-gate-"))
+    base.chmod(0o777)
+    marker = base / "ran"
+    prefix: list[str] = []
+    args = [shape, str(marker)]
+    if shape == "sandboxed":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to run the trial as a user of the test's own")
+        prefix = as_unprivileged_user()
+    elif shape == "run_as":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to run commands as another user")
+        unprivileged_user()
+        args.append("chronosync-test-node")
+    done = subprocess.run([*prefix, sys.executable, "-c", TRIAL, *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("shape", ["beside", "run_as", "sandboxed"])
+def test_a_command_past_its_spawn_deadline_never_runs(shape: str) -> None:
+    result = _run_trial(shape)
+    past, renewed = result["past"], result["renewed"]
+    # Past its deadline every time: spawned SPAWN_TRIES times, run never.
+    assert past["ran"] == [], past
+    assert past["error"] == "spawn: claim not confirmed in time", past
+    assert past["guard_calls"] >= SPAWN_TRIES, past
+    # The guard renews the deadline on its second call (the first gated spawn's
+    # after-spawn check): the next spawn runs the command, once.
+    assert renewed["ran"] == ["ran"], renewed
+    assert (renewed["error"], renewed["output"]) == (None, "done\n"), renewed
+
+
+@pytest.mark.parametrize("command", [
+    "echo out; echo err >&2; exit 3",
+    "echo a; if",  # a syntax error: reported on line 1, nothing run
+    'read -r line; echo "[$line] $?"; readlink /proc/$$/fd/0',  # stdin is /dev/null
+    'echo "[$_chronosync_up]"; ls /proc/self/fd | wc -l',  # nothing of the gate left
+    "kill -TERM $$",
+])
+def test_a_gated_command_runs_as_the_plain_one_would(command: str) -> None:
+    def run(gated: bool) -> tuple[object, ...]:
+        far = (lambda: time.monotonic() + 60) if gated else None
+        result = CommandRun(command=command, env={"PATH": os.environ["PATH"]}, cwd="/",
+                            timeout_s=30, kill_grace_s=1, spawn_by=far).run()
+        return result.succeeded, result.exit_code, result.error, result.output
+
+    assert run(gated=True) == run(gated=False)
