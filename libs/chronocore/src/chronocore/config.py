@@ -145,7 +145,8 @@ class Config:
     shutdown_grace_s: float = 30.0
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 300.0
-    pool_size: int = 4
+    # Database connections per node, at most; 0: the node's own default (serve_node).
+    pool_size: int = 0
     # Schedulers make a recurring job's tasks this far ahead of their time.
     horizon_s: float = 5.0
     # Finished tasks older than this are pruned (in small batches, by every coordinator),

@@ -88,9 +88,11 @@ def _mark_used(conn: _Connection) -> None:
 
 
 def open_pool(dsn: str, *, size: int, name: str, pooled: bool = False,
-              timeouts: SessionTimeouts | None = None) -> ConnectionPool:
+              timeouts: SessionTimeouts | None = None,
+              application_name: str | None = None) -> ConnectionPool:
     """A pool of autocommit connections returning rows as dicts, each session bounded by
-    ``timeouts`` (the defaults unless given).
+    ``timeouts`` (the defaults unless given). ``application_name``: what
+    pg_stat_activity shows for them (a node's id: whose connections are whose).
 
     Autocommit because every statement in queries.sql is one atomic unit on its own; the
     few places needing a transaction open one explicitly. ``pooled``: ``dsn`` goes through
@@ -98,7 +100,9 @@ def open_pool(dsn: str, *, size: int, name: str, pooled: bool = False,
     is unknown on the next, so none is prepared; nor are the timeouts sent (a pooler
     refuses or drops startup options: set them on the database role instead).
     """
-    prepare = {"prepare_threshold": None} if pooled else {}
+    prepare: dict[str, object] = {"prepare_threshold": None} if pooled else {}
+    if application_name is not None:
+        prepare["application_name"] = application_name
     if not pooled:
         prepare.update(_with_options(dsn, timeouts or SessionTimeouts()))
     pool = ConnectionPool(

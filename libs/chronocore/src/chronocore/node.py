@@ -215,13 +215,13 @@ P = TypeVar("P")
 
 
 def serve_node(kind: str, *, prepare: Callable[[Config], P],
-               build: Callable[[Node, P], Plan], extra_connections: int = 0) -> int:
+               build: Callable[[Node, P], Plan], connections: int = 4) -> int:
     """Run one node until SIGTERM or SIGINT; returns the process's exit code.
 
     ``prepare`` checks what the configuration alone decides (raising ``ConfigError``:
     exit 2) before anything waits for the database; ``build`` makes the node's services
-    once the database is migrated and the pool open. ``extra_connections``: beyond
-    CHRONOSYNC_POOL_SIZE, for the node's own dedicated writers."""
+    once the database is migrated and the pool open. ``connections``: the most the node
+    opens unless CHRONOSYNC_POOL_SIZE says otherwise."""
     node_id = new_node_id(kind)
     setup_logging(node_id)
     node_log = logging.getLogger(f"chronosync.{kind}")
@@ -234,8 +234,9 @@ def serve_node(kind: str, *, prepare: Callable[[Config], P],
     stop = stop_event_on_signals()
     if not migrate_when_reachable(config, stop):
         return 0
-    pool = db.open_pool(config.dsn, size=config.pool_size + extra_connections, name=kind,
-                        pooled=config.pooled, timeouts=config.session_timeouts)
+    pool = db.open_pool(config.dsn, size=config.pool_size or connections, name=kind,
+                        pooled=config.pooled, timeouts=config.session_timeouts,
+                        application_name=node_id)
     registry = NodeRegistry(pool, node_id=node_id, kind=kind)
     heartbeat = Heartbeat(registry, interval_s=config.heartbeat_s)
     try:

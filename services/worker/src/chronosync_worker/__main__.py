@@ -18,9 +18,11 @@ from chronosync_worker.pool import SlotPool
 from chronosync_worker.server import RpcServer, WorkerServicer
 from chronosync_worker.settings import Checked, advertised_address, prepare
 
-# Slots record starts and outcomes through two group-commit writers, one connection
-# each; the rest of the pool is heartbeats, revocation checks and hand-backs.
-WRITER_CONNECTIONS = 2
+# A worker's connections: its slots record starts and outcomes through two group-commit
+# writers, which take one each only while a batch is in flight; heartbeats, revocation
+# checks and hand-backs are single statements between them. Two, so a fleet of a
+# hundred workers needs two hundred (or a pooler: README, Deployment).
+CONNECTIONS = 2
 
 
 def build(node: Node, checked: Checked) -> Plan:
@@ -61,7 +63,7 @@ def build(node: Node, checked: Checked) -> Plan:
 
 def main() -> int:
     return serve_node("worker", prepare=prepare, build=build,
-                      extra_connections=WRITER_CONNECTIONS)
+                      connections=CONNECTIONS)
 
 
 if __name__ == "__main__":
