@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 from harness import as_unprivileged_user, unprivileged_user
 
-from chronocore.runner import SPAWN_TRIES, CommandRun
+from chronocore import runner
+from chronocore.runner import SPAWN_TRIES, CommandRun, gate_fault
 
 # Run in a process of its own (as the test's user for the sandbox): a command past its
 # deadline, then one whose deadline the guard renews on its second call, as the
 # worker's does once the database confirms the claim. Prints what happened as JSON.
 TRIAL = r"""
 import json, os, sys, time
-from chronocore.runner import CommandRun, RunAs, Sandbox
+from chronocore.runner import CommandRun, RunAs, Sandbox, gate_fault
 
 shape, marker = sys.argv[1], sys.argv[2]
 extra = {}
@@ -52,7 +53,8 @@ def trial(renew_on_call):
     return {"error": result.error, "output": result.output, "ran": lines,
             "guard_calls": len(calls)}
 
-print(json.dumps({"past": trial(renew_on_call=0), "renewed": trial(renew_on_call=2)}))
+print(json.dumps({"past": trial(renew_on_call=0), "renewed": trial(renew_on_call=2),
+                  "fault": gate_fault(**extra)}))
 """
 
 
@@ -89,6 +91,22 @@ def test_a_command_past_its_spawn_deadline_never_runs(shape: str) -> None:
     # after-spawn check): the next spawn runs the command, once.
     assert renewed["ran"] == ["ran"], renewed
     assert (renewed["error"], renewed["output"]) == (None, "done\n"), renewed
+    # The worker's own trial at its start agrees: the gate works in this shape.
+    assert result["fault"] is None
+
+
+@pytest.mark.parametrize(("gate", "found"), [
+    (": {deadline}; exec </dev/null; ", "past time to spawn ran"),  # never shuts
+    ("echo >&0; exit 125; : {deadline}; ", "with time to spawn did not run"),  # never opens
+])
+def test_a_gate_that_cannot_tell_the_time_is_found_at_the_worker_s_start(
+    monkeypatch: pytest.MonkeyPatch, gate: str, found: str
+) -> None:
+    """As when /proc/uptime is not the host's boot time (lxcfs in some containers): the
+    worker's trial at its start says so, and it spawns without the gate."""
+    monkeypatch.setattr(runner, "_GATE", gate)
+    fault = gate_fault()
+    assert fault is not None and found in fault, fault
 
 
 @pytest.mark.parametrize("command", [

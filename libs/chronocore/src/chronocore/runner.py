@@ -215,6 +215,24 @@ class RunResult:
     output: str
 
 
+def gate_fault(*, run_as: RunAs | None = None, sandbox: Sandbox | None = None) -> str | None:
+    """None if the spawn gate works where this worker's commands run (a deadline ahead
+    lets a command through, one passed stops it), else what is wrong: a /proc/uptime
+    that is not the host's boot time (lxcfs in some containers) would let every late
+    spawn through, or stop every spawn. Tried once, at the worker's start."""
+    for ahead, should_run in ((60.0, True), (-1.0, False)):
+        deadline = time.monotonic() + ahead
+        result = CommandRun(command="echo ran", env={"PATH": os.defpath}, cwd="/",
+                            timeout_s=30, kill_grace_s=1, run_as=run_as, sandbox=sandbox,
+                            spawn_by=lambda d=deadline: d).run()
+        if (result.output == "ran\n") != should_run:
+            return (f"a trial command {'with' if should_run else 'past'} time to spawn "
+                    f"{'did not run' if should_run else 'ran'} ({result.error or 'ok'}: "
+                    f"{result.output.strip()[-200:]!r}): /proc/uptime is not the "
+                    "clock the worker reads (CLOCK_BOOTTIME)")
+    return None
+
+
 def _gated_off(gate: int) -> bool:
     """Whether the shell wrote its refusal on the gate's pipe (it has exited by now)."""
     try:

@@ -36,7 +36,7 @@ def build(node: Node, checked: Checked) -> Plan:
     slots = SlotPool(repo=repo, worker_id=node.id, capacity=config.worker_capacity,
                      workdir=workdir, kill_grace_s=config.kill_grace_s, reaper=reaper,
                      lease_s=config.node_ttl_s / 2, ttl_s=config.node_ttl_s,
-                     run_as=checked.run_as, sandbox=checked.sandbox,
+                     run_as=checked.run_as, sandbox=checked.sandbox, gated=checked.gated,
                      allowlist=config.command_allowlist, env_allowlist=config.env_allowlist,
                      pass_env=config.pass_env, grace_s=config.shutdown_grace_s,
                      on_drain=node.registry.mark_draining)

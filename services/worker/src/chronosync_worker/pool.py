@@ -113,15 +113,17 @@ class SlotPool:
     def __init__(self, *, repo: TaskRepository, worker_id: str, capacity: int,
                  workdir: str, kill_grace_s: float, reaper: Reaper | None,
                  lease_s: float, ttl_s: float, run_as: RunAs | None = None,
-                 sandbox: Sandbox | None = None,
+                 sandbox: Sandbox | None = None, gated: bool = True,
                  allowlist: tuple[str, ...] | None = None,
                  env_allowlist: tuple[str, ...] = (),
                  pass_env: tuple[str, ...] = (), grace_s: float = 0.0,
                  on_drain: Callable[[], None] = lambda: None) -> None:
         """``lease_s``: how long after sending a start the worker may still spawn without
         asking again; well under the TTL after which sweepers judge it dead. ``ttl_s``:
-        that TTL, from which each run's lease is made (``chronocore.fence``)."""
+        that TTL, from which each run's lease is made (``chronocore.fence``). ``gated``:
+        each command checks its spawn's deadline itself (``chronocore.runner.gated``)."""
         self._repo = repo
+        self._gated = gated
         self._run_as = run_as
         self._sandbox = sandbox
         self._allowlist = allowlist
@@ -387,7 +389,7 @@ class SlotPool:
                 sandbox=self._sandbox,
                 identity=RUN_IDENTITY,
                 guard=lambda: self._still_ours(slot),
-                spawn_by=lambda: slot.lease_from + self._lease_s,
+                spawn_by=(lambda: slot.lease_from + self._lease_s) if self._gated else None,
             )
             with self._lock:
                 slot.run = run

@@ -1,17 +1,21 @@
 """What the worker's configuration alone decides, checked before it waits for the
 database (a refusal is a bad configuration: exit 2): who runs the commands, in what
-sandbox, whether its address needs TLS; and the address it advertises.
+sandbox, whether its address needs TLS, whether the spawn gate works there; and the
+address it advertises.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
 
 from chronocore.config import Config, ConfigError, is_loopback, split_host_port
-from chronocore.runner import RunAs, Sandbox
+from chronocore.runner import RunAs, Sandbox, gate_fault
 from chronocore.tls import TlsFiles
+
+log = logging.getLogger(__name__)
 
 
 def advertised_address(bound_host: str, port: int, override: str | None) -> str:
@@ -68,6 +72,7 @@ class Checked:
     tls: TlsFiles | None
     run_as: RunAs | None
     sandbox: Sandbox | None
+    gated: bool  # commands check their spawn's deadline themselves (runner.gated)
 
 
 def prepare(config: Config) -> Checked:
@@ -78,4 +83,9 @@ def prepare(config: Config) -> Checked:
             f"CHRONOSYNC_WORKER_ADDR {config.worker_addr} is beyond loopback: configure "
             "mutual TLS (CHRONOSYNC_TLS_CA/CERT/KEY) so only the cluster can dispatch "
             "commands here, or set CHRONOSYNC_INSECURE=1")
-    return Checked(host, tls, command_user(config), command_sandbox(config))
+    run_as, sandbox = command_user(config), command_sandbox(config)
+    if (fault := gate_fault(run_as=run_as, sandbox=sandbox)) is not None:
+        log.warning("spawning without the gate: %s. A worker frozen between its last "
+                    "check of a claim and the spawn may then start an attempt already "
+                    "recovered (README, Guarantees)", fault)
+    return Checked(host, tls, run_as, sandbox, gated=fault is None)
