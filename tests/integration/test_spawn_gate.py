@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import as_unprivileged_user, unprivileged_user
+from harness import Cluster, as_unprivileged_user, unprivileged_user
 
 from chronocore import runner
 from chronocore.runner import SPAWN_TRIES, CommandRun, gate_fault
@@ -124,3 +124,19 @@ def test_a_gated_command_runs_as_the_plain_one_would(command: str) -> None:
         return result.succeeded, result.exit_code, result.error, result.output
 
     assert run(gated=True) == run(gated=False)
+
+
+def test_a_worker_s_commands_come_through_the_gate(cluster: Cluster) -> None:
+    """What the worker spawns is the gated shell (its script is the shell's argument).
+    The frozen-worker test in test_failover shows the end to end; this one cannot be
+    won by the race that test's worker has with its own fence (the SIGKILL it sends
+    right after a late spawn may land before an ungated command writes anything)."""
+    cluster.start("scheduler")
+    cluster.start("coordinator")
+    cluster.start("worker")
+    cluster.wait_ready(coordinators=1, workers=1)
+    _, body = cluster.http("POST", "/schedule",
+                           {"command": "tr '\\0' ' ' < /proc/$$/cmdline"})
+    task = cluster.wait_task(body["id"], ("succeeded", "failed"))
+    assert task["status"] == "succeeded", task
+    assert "_chronosync_up" in task["output"] and "/proc/uptime" in task["output"], task

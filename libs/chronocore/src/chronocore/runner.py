@@ -224,7 +224,7 @@ def gate_fault(*, run_as: RunAs | None = None, sandbox: Sandbox | None = None) -
         deadline = time.monotonic() + ahead
         result = CommandRun(command="echo ran", env={"PATH": os.defpath}, cwd="/",
                             timeout_s=30, kill_grace_s=1, run_as=run_as, sandbox=sandbox,
-                            spawn_by=lambda d=deadline: d).run()
+                            spawn_by=lambda d=deadline: d, trial=True).run()
         if (result.output == "ran\n") != should_run:
             return (f"a trial command {'with' if should_run else 'past'} time to spawn "
                     f"{'did not run' if should_run else 'ran'} ({result.error or 'ok'}: "
@@ -256,16 +256,19 @@ class CommandRun:
                  reaper: Reaper | None = None, run_as: RunAs | None = None,
                  sandbox: Sandbox | None = None, identity: tuple[str, ...] = (),
                  guard: Callable[[], str | None] | None = None,
-                 spawn_by: Callable[[], float] | None = None) -> None:
+                 spawn_by: Callable[[], float] | None = None, trial: bool = False) -> None:
         """``identity``: names of ``env`` only this run's processes carry; the reaper finds
         them by it should the worker die between the spawn and reporting its group.
         ``guard``: asked right before the spawn and right after it; None while the run may
         go on, else why it must not (before: it never spawns; after: it is stopped).
         ``spawn_by``: the monotonic instant after which the command must not start, as
         the guard last found it; the child checks it itself (``gated``), and a run gated
-        off asks the guard again and is spawned anew (at most SPAWN_TRIES times)."""
+        off asks the guard again and is spawned anew (at most SPAWN_TRIES times).
+        ``trial``: the worker's own trial run, which never pauses at a failpoint."""
         self._command = command
+        self._trial = trial
         self._spawn_by = spawn_by
+        self.gated_off = 0  # spawns whose gate found the deadline past
         self._reaper = reaper
         self._identity = tuple(f"{name}={env[name]}" for name in identity)
         self._guard = guard
@@ -319,6 +322,7 @@ class CommandRun:
                     return result
                 # Gated off (the child found the deadline past): ask the guard again once
                 # this clock agrees (the gate's rounds to a hundredth of a second).
+                self.gated_off += 1
                 assert self._spawn_by is not None
                 time.sleep(min(0.02, max(0.0, self._spawn_by() - time.monotonic())))
             return RunResult(succeeded=False, exit_code=None,
@@ -341,7 +345,8 @@ class CommandRun:
             ticket = (self._reaper.expect(self._identity)
                       if self._reaper is not None else None)
             # The window the gate closes: checked, not spawned, nothing can stop it now.
-            failpoints.pause(failpoints.BEFORE_SPAWN)
+            if not self._trial:
+                failpoints.pause(failpoints.BEFORE_SPAWN)
             stdin: int = subprocess.DEVNULL
             try:
                 command = self._command
@@ -376,7 +381,8 @@ class CommandRun:
             if self._reaper is not None and ticket is not None:
                 self._reaper.spawned(ticket, self._proc.pid, self._identity)
         try:
-            failpoints.pause(failpoints.AFTER_SPAWN)
+            if not self._trial:
+                failpoints.pause(failpoints.AFTER_SPAWN)
             if self._reaper is not None:
                 self._reaper.watch(self._proc.pid, self._identity)
             if self._guard is not None and (reason := self._guard()) is not None:

@@ -401,6 +401,10 @@ class SlotPool:
                       extra={"task_id": task.id})
             began = time.monotonic()
             result = run.run()
+            if run.gated_off:
+                log.warning("task %s: spawned past its deadline (was the worker frozen or "
+                            "starved?); the command did not run then", task.id,
+                            extra={"task_id": task.id})
             metrics.REGISTRY.observe("chronosync_run_duration_seconds",
                                      "How long commands ran, spawn to exit.",
                                      time.monotonic() - began,
