@@ -55,7 +55,7 @@ def step(url: str, *, attempts: int = 1, allow: tuple[str, ...]) -> dict[str, An
                         "finish_webhook_attempt": [{"id": 7}]})
     deliverer = Deliverer(hooks=WebhookRepository(fake), owner="coordinator-1",
                           allow=allow, timeout_s=5, retention_s=86400)
-    assert deliverer.run_once()
+    assert deliverer.run_once() == 0.0  # delivered: the next step follows at once
     deliverer.stop()
     [claim] = fake.called("claim_webhook_deliveries")
     assert claim["owner"] == "coordinator-1" and claim["lease_s"] > 5  # outlives a request
@@ -98,7 +98,7 @@ def test_stop_is_safe_before_start_and_twice() -> None:
     deliverer.stop()
     deliverer.stop()
     deliverer.start()  # after stop: does nothing
-    assert not deliverer.run_once()
+    assert deliverer.run_once() is None  # nothing due: the next step waits
 
 
 @pytest.fixture
