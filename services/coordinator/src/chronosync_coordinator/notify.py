@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from chronocore import metrics
 from chronocore.lifecycle import Loop
-from chronocore.webhooks import Delivery, Result, WebhookRepository, gives_up, post
+from chronocore.webhooks import Delivery, Result, WebhookRepository, post
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,11 @@ class Deliverer(Loop):
             log.warning("webhook %s of %s to %s failed (attempt %s): %s", delivery.event,
                         _about(delivery), delivery.url, delivery.attempts, result.error,
                         extra={"task_id": delivery.task_id})
-        if not self._hooks.finish(delivery, result, owner=self._owner):
+        state = self._hooks.finish(delivery, result, owner=self._owner)
+        if state is None:
             log.info("webhook delivery %s was taken over before its result was written",
                      delivery.id)
-        elif gives_up(delivery, result):
+        elif state == "given_up":
             GIVEN_UP.inc()
             log.error("webhook %s of %s to %s given up after %s attempts", delivery.event,
                       _about(delivery), delivery.url, delivery.attempts,
