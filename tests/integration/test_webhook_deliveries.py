@@ -60,10 +60,10 @@ def test_a_result_is_written_only_by_the_attempt_holding_the_delivery(
     assert second.id == first.id and second.attempts == 2
 
     # a comes back late with a success: it writes nothing over b's attempt.
-    assert not hooks.finish(first, Result(delivered=True, status=200, error=None),
-                            owner="a")
+    assert hooks.finish(first, Result(delivered=True, status=200, error=None),
+                        owner="a") is None
     assert hooks.finish(second, Result(delivered=False, status=503, error="HTTP 503"),
-                        owner="b")
+                        owner="b") == "pending"
     [shown] = [delivery_resource(d) for d in hooks.for_task(task_id)]
     assert (shown["state"], shown["attempts"], shown["last_status"]) == ("pending", 2, 503)
     assert shown["next_attempt_at"] is not None

@@ -1,6 +1,6 @@
 """The webhook deliverer's step over the fake seam, posting to a receiver on 127.0.0.1:
 what it records for a success, a failure to try again, the last failure, and a URL no
-longer allowed (never requested)."""
+longer allowed (never requested); and what it counts as given up."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from chronocore.metrics import REGISTRY
 from chronocore.testing import FakeQueries
 from chronocore.webhooks import MAX_ATTEMPTS, SIGNATURE_HEADER, WebhookRepository, verify
-from chronosync_coordinator.notify import Deliverer
+from chronosync_coordinator.notify import GIVEN_UP, Deliverer
 
 SECRET = "a-secret-of-16-chars"
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -46,16 +47,18 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, Message, bytes]]]]:
         server.server_close()
 
 
-def step(url: str, *, attempts: int = 1, allow: tuple[str, ...]) -> dict[str, Any]:
-    """One step over one claimed delivery; the parameters its result was written with."""
+def step(url: str, *, attempts: int = 1, allow: tuple[str, ...],
+         taken_over: bool = False) -> dict[str, Any]:
+    """One step over one claimed delivery; the parameters its result was written with.
+    ``taken_over``: the write finds the delivery no longer this attempt's."""
     claimed = {"id": 7, "task_id": None, "job_id": 3, "event": "missed", "url": url,
                "secret": SECRET, "payload": {"job": {"id": 3}, "missed_occurrences": 2},
                "occurred_at": NOW, "attempts": attempts}
     fake = FakeQueries({"claim_webhook_deliveries": [claimed],
-                        "finish_webhook_attempt": [{"id": 7}]})
+                        "finish_webhook_attempt": [] if taken_over else [{"id": 7}]})
     deliverer = Deliverer(hooks=WebhookRepository(fake), owner="coordinator-1",
                           allow=allow, timeout_s=5, retention_s=86400)
-    assert deliverer.run_once()
+    assert deliverer.run_once() == 0.0  # delivered: the next step follows at once
     deliverer.stop()
     [claim] = fake.called("claim_webhook_deliveries")
     assert claim["owner"] == "coordinator-1" and claim["lease_s"] > 5  # outlives a request
@@ -98,7 +101,7 @@ def test_stop_is_safe_before_start_and_twice() -> None:
     deliverer.stop()
     deliverer.stop()
     deliverer.start()  # after stop: does nothing
-    assert not deliverer.run_once()
+    assert deliverer.run_once() is None  # nothing due: the next step waits
 
 
 @pytest.fixture
@@ -134,3 +137,23 @@ def test_a_delivery_whose_last_attempt_never_ended_is_given_up_unsent(receiver: 
     finish = step(base + "/hooks/ok", attempts=MAX_ATTEMPTS + 1, allow=(base + "/hooks/",))
     assert finish["give_up"] and "never ended" in finish["error"]
     assert seen == []
+
+
+def given_up() -> float:
+    [(_, count)] = REGISTRY.snapshot()[GIVEN_UP.name]["samples"]
+    return count
+
+
+def test_a_delivery_is_counted_given_up_only_when_its_result_s_write_gave_it_up(
+    receiver: Any,
+) -> None:
+    base, _ = receiver
+    allow = (base + "/hooks/",)
+    before = given_up()
+    assert step(base + "/hooks/broken", attempts=MAX_ATTEMPTS, allow=allow)["give_up"]
+    assert given_up() == before + 1
+    step(base + "/hooks/broken", attempts=MAX_ATTEMPTS - 1, allow=allow)  # tried again
+    step(base + "/hooks/ok", attempts=MAX_ATTEMPTS, allow=allow)  # delivered
+    # Its last attempt failed, but another deliverer holds it now: not ours to count.
+    step(base + "/hooks/broken", attempts=MAX_ATTEMPTS, allow=allow, taken_over=True)
+    assert given_up() == before + 1

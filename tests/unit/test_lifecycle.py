@@ -1,19 +1,25 @@
 """Every long-running part of a node is a service (``chronocore.node``): ``stop()`` is safe
 before ``start()`` and twice, and leaves none of its threads behind; ``run_services``
-(the heart of ``serve_node``) starts services in order and stops them in reverse.
+(the heart of ``serve_node``) starts services in order and stops them in reverse. A loop
+(``chronocore.lifecycle.Loop``) outlives its steps' errors and paces itself by their
+answers.
 
 No database: the parts are made with stand-ins for what they would only use while working
 (a registry that records, a dispatcher with no free slot, a DSN nobody answers)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import psycopg
 import pytest
 
 from chronocore.groupcommit import GroupCommit
+from chronocore.lifecycle import Loop
 from chronocore.node import Hooks, Service, run_services
 from chronocore.reaper import Reaper
 from chronocore.registry import Heartbeat
@@ -27,6 +33,13 @@ from chronosync_worker.server import RpcServer, WorkerServicer
 
 # A port nobody listens on: the claim loop's LISTEN fails at once and retries.
 NOBODY = "host=127.0.0.1 port=1 dbname=none connect_timeout=1"
+
+
+def until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.005)
 
 
 def threads_named(*names: str) -> list[threading.Thread]:
@@ -87,6 +100,32 @@ class NoDeliveries:
         return []
 
 
+class Steps(Loop):
+    """A loop whose steps follow ``plan``: each entry is raised if an exception, else
+    returned (a wait); once the plan is done, steps wait for a wake. ``calls`` records its
+    steps and its own start and stop."""
+
+    def __init__(self, *plan: Any, interval_s: float = 3600.0, first_wait: bool = False,
+                 daemon: bool = True) -> None:
+        super().__init__(name="test-loop", interval_s=interval_s, first_wait=first_wait,
+                         daemon=daemon)
+        self.plan = list(plan)
+        self.calls: list[str] = []
+
+    def run_once(self) -> float | None:
+        self.calls.append("step")
+        what = self.plan.pop(0) if self.plan else None
+        if isinstance(what, Exception):
+            raise what
+        return what
+
+    def _on_start(self) -> None:
+        self.calls.append("start")
+
+    def _on_stop(self) -> None:
+        self.calls.append("stop")
+
+
 def heartbeat() -> Heartbeat:
     return Heartbeat(StandInRegistry(), interval_s=0.05)  # type: ignore[arg-type]
 
@@ -140,13 +179,14 @@ SERVICES: dict[str, Callable[[], Service]] = {
     "reaper": Reaper,
     "worker rpc server": rpc_server,
     "hooks": Hooks,
+    "loop": Steps,
 }
 
 # The threads each service runs while started: none may outlive its stop. (The claim
 # loop's LISTEN thread is left to end by itself, within a second: nothing waits for it.)
 THREADS = ("heartbeat", "claim-loop", "materializer", "http", "http-watchdog",
            "test-writes", "fence", "record-starts", "record-outcomes", "orphans", "webhooks",
-           "webhook")
+           "webhook", "test-loop")
 
 
 @pytest.fixture(autouse=True)
@@ -183,11 +223,7 @@ def test_the_heartbeat_announces_at_start_and_leaves_once_at_stop() -> None:
     assert registry.calls == [], "a heartbeat never started has nothing to leave"
     beats = Heartbeat(registry, interval_s=0.01)  # type: ignore[arg-type]
     beats.start()
-    done = threading.Event()
-    for _ in range(1000):  # 10 s
-        if "heartbeat" in registry.calls:
-            break
-        done.wait(0.01)
+    until(lambda: "heartbeat" in registry.calls, "a beat")
     beats.stop()
     beats.stop()
     assert registry.calls[0] == "announce"
@@ -260,3 +296,65 @@ def test_hooks_run_their_stop_once_and_only_after_a_start() -> None:
     hooks.stop()
     hooks.stop()
     assert calls == ["start", "stop"]
+
+
+def test_a_loop_logs_a_database_error_as_a_warning_and_any_other_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=Steps.__module__)
+    loop = Steps(psycopg.OperationalError("the database is away"), RuntimeError("a bug"),
+                 interval_s=0.01)
+    loop.start()
+    until(lambda: loop.calls.count("step") >= 3, "a step after both errors")
+    loop.stop()
+    [away, bug] = [r for r in caplog.records if r.name == Steps.__module__]
+    assert away.levelno == logging.WARNING and "the database is away" in away.getMessage()
+    assert away.exc_info is None
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None
+    assert isinstance(bug.exc_info[1], RuntimeError)
+
+
+def test_a_loop_steps_again_at_once_after_a_zero_and_otherwise_waits_for_its_interval_or_a_wake(
+) -> None:
+    loop = Steps(0.0, 0.0, None, first_wait=True)  # an interval of an hour
+    loop.start()
+    assert loop.calls == ["start"], "the first step waits for the interval"
+    loop.wake()
+    until(lambda: loop.calls.count("step") == 3, "the steps that follow at once")
+    assert loop.calls.count("step") == 3, "after None, the interval again"
+    loop.wake()
+    until(lambda: loop.calls.count("step") == 4, "a step on the wake")
+    loop.stop()
+    assert loop.calls == ["start", "step", "step", "step", "step", "stop"]
+
+
+def test_a_loop_s_stop_waits_for_the_step_in_flight() -> None:
+    ended: list[str] = []
+
+    class Slow(Steps):
+        def run_once(self) -> float | None:
+            self.calls.append("step")
+            until(self._stop.is_set, "stop to be asked")
+            threading.Event().wait(0.2)  # time for a stop that did not wait to return
+            ended.append("step")
+            return None
+
+    loop = Slow(daemon=False)
+    loop.start()
+    until(lambda: "step" in loop.calls, "the step to begin")
+    loop.stop()
+    ended.append("stop")
+    assert ended == ["step", "stop"]
+
+
+def test_a_loop_runs_its_own_start_and_stop_once_and_only_if_started() -> None:
+    never = Steps()
+    never.stop()
+    never.start()
+    assert never.calls == [], "stopped before it started: it never starts"
+    loop = Steps()
+    loop.start()
+    loop.stop()
+    loop.stop()
+    assert loop.calls[0] == "start" and loop.calls[-1] == "stop"
+    assert loop.calls.count("stop") == 1

@@ -4,12 +4,12 @@ the life of its services (``serve_node``).
 
 Every long-running part of a node is a ``Service``: ``start()`` begins its work (its
 threads, its socket), ``stop()`` ends it and waits for it, and is safe to call twice and
-before ``start()``; a part that loops also has ``run_once()``, one step that tests drive.
-``serve_node`` owns what is common: logging, configuration, the wait for the database,
-the pool, the registry and heartbeat, signals, and the order of shutdown. The heartbeat
-starts first (it announces the node) and stops last (it leaves the registry); the node's
-own services start in the order given and stop in reverse. So each ``__main__`` is a
-short list of its services.
+before ``start()``; a part that loops is a ``chronocore.lifecycle.Loop``, whose one step,
+``run_once()``, tests drive. ``serve_node`` owns what is common: logging, configuration,
+the wait for the database, the pool, the registry and heartbeat, signals, and the order
+of shutdown. The heartbeat starts first (it announces the node) and stops last (it leaves
+the registry); the node's own services start in the order given and stop in reverse. So
+each ``__main__`` is a short list of its services.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool
 
 from chronocore import db
 from chronocore.config import Config, ConfigError
+from chronocore.lifecycle import Lifecycle
 from chronocore.migrate import apply_migrations
 from chronocore.registry import Heartbeat, NodeRegistry, new_node_id
 
@@ -120,32 +121,6 @@ class Service(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-class Lifecycle:
-    """The guard of a service's ``start`` and ``stop``: ``begin()`` is True for the first
-    start only, and never once a stop came; ``end()`` is None for every stop but the
-    first, else whether the service was started (one never started has nothing to stop).
-    ``lock``: the service's own, when its state changes with these under one lock."""
-
-    def __init__(self, lock: threading.Lock | None = None) -> None:
-        self._lock = lock or threading.Lock()
-        self.started = False
-        self.stopped = False
-
-    def begin(self) -> bool:
-        with self._lock:
-            if self.started or self.stopped:
-                return False
-            self.started = True
-            return True
-
-    def end(self) -> bool | None:
-        with self._lock:
-            if self.stopped:
-                return None
-            self.stopped = True
-            return self.started
 
 
 class Hooks:

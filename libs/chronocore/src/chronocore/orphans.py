@@ -32,6 +32,7 @@ import signal
 import threading
 from collections.abc import Iterable
 
+from chronocore.lifecycle import Loop
 from chronocore.prctl import become_subreaper
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,12 @@ def environ_of(pid: int) -> set[bytes]:
         return set()
 
 
-class Orphans:
-    """The worker's side of containment; ``start()`` a sweeping thread, ``stop()`` it."""
+class Orphans(Loop):
+    """The worker's side of containment: a ``Loop`` of sweeps, once the worker is made
+    their subreaper (``enabled``)."""
 
     def __init__(self) -> None:
+        super().__init__(name="orphans", interval_s=SWEEP_INTERVAL_S, join_s=10)
         self._lock = threading.Lock()
         self._issued = 0  # spawn tickets handed out
         self._in_flight: set[int] = set()
@@ -82,22 +85,12 @@ class Orphans:
         # Adopted processes we may not signal (a setuid program a command started): told
         # once, then left alone.
         self._unkillable: set[tuple[int, str]] = set()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self.enabled = False
 
     def start(self) -> None:
         self.enabled = become_subreaper()
-        if self.enabled and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="orphans", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self.enabled:
+            super().start()
 
     def begin_spawn(self) -> int:
         """A child is about to be forked; returns the ticket for ``end_spawn``."""
@@ -122,19 +115,9 @@ class Orphans:
         if leftovers:
             self._wake.set()
 
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:
-                log.exception("sweeping for orphaned processes failed")
-                busy = False
-            self._wake.wait(SWEEP_SOON_S if busy else SWEEP_INTERVAL_S)
-            self._wake.clear()
-
-    def run_once(self) -> bool:
-        """One sweep; True when another should follow soon (a child awaits its second
-        sighting, or was just killed and awaits reaping)."""
+    def run_once(self) -> float | None:
+        """One sweep; the next follows soon when a child awaits its second sighting, or
+        was just killed and awaits reaping."""
         children = children_of(os.getpid())
         with self._lock:  # after the scan: every spawn that forked one of them is counted
             issued = self._issued
@@ -170,7 +153,7 @@ class Orphans:
                 self._unkillable.add(key)
         self._suspects = suspects
         self._unkillable &= suspects.keys()
-        return soon
+        return SWEEP_SOON_S if soon else None
 
     @staticmethod
     def _reap(pid: int) -> None:

@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from chronocore import metrics
+from chronocore.lifecycle import Loop
 from chronocore.queries import Queries, row_as
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class NodeRegistry:
         return None if row is None else row["address"]
 
 
-class Heartbeat:
+class Heartbeat(Loop):
     """The node's presence in the registry, as a service: ``start`` announces the node
     and beats every ``interval_s`` on its own thread (``on_beat`` runs after each beat);
     ``stop`` ends the beats and leaves the registry. Safe to stop twice, or unstarted.
@@ -144,24 +144,21 @@ class Heartbeat:
     by it).
     """
 
+    # A beat that fails on its socket is retried as one the database refused.
+    TRANSIENT = (psycopg.Error, OSError)
+
     def __init__(self, registry: NodeRegistry, *, interval_s: float,
                  running: Callable[[], int] = lambda: 0,
                  on_beat: Callable[[], None] | None = None,
                  on_alive: Callable[[float], None] | None = None) -> None:
+        super().__init__(name=f"heartbeat-{registry.kind}", interval_s=interval_s,
+                         first_wait=True, join_s=5)
         self._registry = registry
-        self._interval_s = interval_s
         self._running = running
         self._on_beat = on_beat
         self._on_alive = on_alive
-        self._stop = threading.Event()
-        self._lifecycle = threading.Lock()
-        self._started = False
-        self._left = False
         self._connected_since: float | None = None
         self._rested_at: float | None = None  # when the last successful step ended
-        self._thread = threading.Thread(
-            target=self._loop, name=f"heartbeat-{registry.kind}", daemon=True
-        )
 
     def attach(self, *, running: Callable[[], int] | None = None,
                on_beat: Callable[[], None] | None = None,
@@ -174,25 +171,13 @@ class Heartbeat:
         if on_alive is not None:
             self._on_alive = on_alive
 
-    def start(self) -> None:
-        with self._lifecycle:
-            if self._started or self._stop.is_set():
-                return
-            self._started = True
+    def _on_start(self) -> None:
         sent = time.monotonic()
         if self._registry.announce() and self._on_alive is not None:
             self._on_alive(sent)
-        self._thread.start()
 
-    def stop(self) -> None:
-        with self._lifecycle:
-            self._stop.set()
-            leave = self._started and not self._left
-            self._left = True
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        if leave:
-            self._registry.leave()
+    def _on_stop(self) -> None:
+        self._registry.leave()
 
     def connected_for(self) -> float:
         """Seconds since beats began to succeed without a break (0 while failing, and 0
@@ -210,7 +195,7 @@ class Heartbeat:
         rested = self._rested_at
         try:
             self._registry.heartbeat(running=self._running())
-        except (psycopg.Error, OSError):
+        except self.TRANSIENT:
             self._connected_since = None
             self._rested_at = None
             raise
@@ -234,12 +219,3 @@ class Heartbeat:
                 self._on_beat()
         finally:
             self._rested_at = time.monotonic()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.run_once()
-            except (psycopg.Error, OSError) as exc:
-                log.warning("heartbeat failed, retrying: %s", exc)
-            except Exception:
-                log.exception("heartbeat step failed")

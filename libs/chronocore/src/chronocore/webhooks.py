@@ -382,16 +382,18 @@ class WebhookRepository:
         return [row_as(Delivery, r) for r in self._db.all(
             "claim_webhook_deliveries", owner=owner, limit=limit, lease_s=lease_s)]
 
-    def finish(self, delivery: Delivery, result: Result, *, owner: str) -> bool:
-        """Record an attempt's result; False if the delivery is no longer this attempt's
-        (its lease expired and another deliverer took it)."""
-        row = self._db.one(
-            "finish_webhook_attempt", id=delivery.id, owner=owner,
-            attempt=delivery.attempts, delivered=result.delivered,
-            give_up=gives_up(delivery, result),
-            status=result.status, error=result.error,
-            retry_in_s=backoff_s(delivery.attempts))
-        return row is not None
+    def finish(self, delivery: Delivery, result: Result, *, owner: str) -> str | None:
+        """Record an attempt's result; returns the state it left the delivery in
+        (``delivered``, ``pending``: due again after the backoff, or ``given_up``), or None
+        if the delivery is no longer this attempt's (its lease expired and another
+        deliverer took it)."""
+        give_up = gives_up(delivery, result)
+        if self._db.one("finish_webhook_attempt", id=delivery.id, owner=owner,
+                        attempt=delivery.attempts, delivered=result.delivered,
+                        give_up=give_up, status=result.status, error=result.error,
+                        retry_in_s=backoff_s(delivery.attempts)) is None:
+            return None
+        return "delivered" if result.delivered else "given_up" if give_up else "pending"
 
     def for_task(self, task_id: int) -> list[DeliveryRow]:
         return [row_as(DeliveryRow, r)

@@ -18,6 +18,7 @@ import threading
 import psycopg
 
 from chronocore import db, failpoints, metrics
+from chronocore.lifecycle import Loop
 from chronocore.repository import TaskRepository
 from chronosync_coordinator.dispatch import FULL_RECHECK_S, Dispatcher
 
@@ -39,62 +40,30 @@ LISTEN_RETRY_S = 1.0
 DUE_SLACK_S = 0.0005
 
 
-class ClaimLoop:
-    """A service: ``start`` runs the loop and its LISTEN on threads of their own; ``stop``
-    ends the loop after its current step (claims taken but not dispatched go back at once)
-    and waits for it. ``wake`` (set by the dispatcher when a slot is freed, and by a
-    NOTIFY) makes the loop look again at once."""
+class ClaimLoop(Loop):
+    """A service: a ``Loop`` with its LISTEN on a thread of its own; ``stop`` ends the loop
+    after its current step (claims taken but not dispatched go back at once) and waits for
+    it. ``wake`` (set by the dispatcher when a slot is freed, and by a NOTIFY) makes the
+    loop look again at once."""
 
     def __init__(self, *, repo: TaskRepository, dispatcher: Dispatcher, coordinator_id: str,
                  dsn: str, batch: int, max_idle_s: float,
                  wake: threading.Event | None = None) -> None:
+        # Each step says how long to sleep: the interval is only the pause after an error.
+        # Not a daemon: the process ends only once a step in flight has handed back what
+        # it claimed.
+        super().__init__(name="claim-loop", interval_s=ERROR_PAUSE_S, daemon=False,
+                         wake=wake)
         self._repo = repo
         self._dispatcher = dispatcher
         self._coordinator_id = coordinator_id
         self._dsn = dsn
         self._batch = batch
         self._max_idle_s = max_idle_s
-        self._wake = wake if wake is not None else threading.Event()
-        self._stop = threading.Event()
-        self._lifecycle = threading.Lock()
-        self._started = False
         self._listener = threading.Thread(target=self._listen, name="listen", daemon=True)
-        # Not a daemon: the process ends only once a step in flight has handed back what
-        # it claimed.
-        self._runner = threading.Thread(target=self._run, name="claim-loop")
 
-    def start(self) -> None:
-        with self._lifecycle:
-            if self._started or self._stop.is_set():
-                return
-            self._started = True
-            self._listener.start()
-            self._runner.start()
-
-    def stop(self) -> None:
-        with self._lifecycle:
-            self._stop.set()
-            self._wake.set()
-        if self._runner.is_alive() and self._runner is not threading.current_thread():
-            self._runner.join()
-
-    def wake(self) -> None:
-        """Look again now (a slot was freed, or a task added)."""
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                delay = self.run_once()
-            except psycopg.Error as exc:
-                log.warning("database error in the claim loop: %s", exc)
-                delay = ERROR_PAUSE_S
-            except Exception:
-                log.exception("unexpected error in the claim loop")
-                delay = ERROR_PAUSE_S
-            if delay > 0:
-                self._wake.wait(delay)
-            self._wake.clear()
+    def _on_start(self) -> None:
+        self._listener.start()
 
     def run_once(self) -> float:
         """Claim and dispatch once; returns how long to sleep before the next step."""

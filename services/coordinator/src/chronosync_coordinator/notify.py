@@ -11,16 +11,12 @@ the delivery and sends it again (at least once).
 from __future__ import annotations
 
 import logging
-import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
-
 from chronocore import metrics
-from chronocore.node import Lifecycle
-from chronocore.webhooks import Delivery, Result, WebhookRepository, gives_up, post
+from chronocore.lifecycle import Loop
+from chronocore.webhooks import Delivery, Result, WebhookRepository, post
 
 log = logging.getLogger(__name__)
 
@@ -44,60 +40,37 @@ POLL_JITTER = 0.2
 # request may take a few of them before the lease lets another coordinator send it again.
 LEASE_TIMEOUTS = 3
 LEASE_MARGIN_S = 5.0
-ERROR_PAUSE_S = 1.0
 PRUNE_EVERY_S = 600.0
 
 
-class Deliverer:
-    """A service: ``start`` runs the loop on a thread of its own; ``stop`` ends it after
-    the requests in flight (each bounded by the timeout) and waits."""
+class Deliverer(Loop):
+    """A service: a ``Loop`` whose ``stop`` ends it after the requests in flight (each
+    bounded by the timeout) and waits."""
 
     def __init__(self, *, hooks: WebhookRepository, owner: str, allow: tuple[str, ...],
                  timeout_s: float, retention_s: float) -> None:
+        super().__init__(name="webhooks", interval_s=POLL_S, jitter=POLL_JITTER, daemon=False)
         self._hooks = hooks
         self._owner = owner
         self._allow = allow
         self._timeout_s = timeout_s
         self._retention_s = retention_s
-        self._stop = threading.Event()
-        self._life = Lifecycle()
         self._senders = ThreadPoolExecutor(SENDERS, thread_name_prefix="webhook")
-        self._thread = threading.Thread(target=self._run, name="webhooks")
         self._pruned_at = 0.0
 
-    def start(self) -> None:
-        if self._life.begin():
-            self._thread.start()
-
     def stop(self) -> None:
-        started = self._life.end()
-        self._stop.set()
-        if started:
-            self._thread.join()
+        super().stop()
         self._senders.shutdown(wait=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once()
-            except psycopg.Error as exc:
-                log.warning("database error in the webhook deliverer: %s", exc)
-                busy = False
-            except Exception:
-                log.exception("unexpected error in the webhook deliverer")
-                busy = False
-            if not busy:
-                self._stop.wait(POLL_S * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
-
-    def run_once(self) -> bool:
-        """One step; True if it delivered anything (then look again at once)."""
+    def run_once(self) -> float | None:
+        """One step; if it delivered anything, look again at once (0)."""
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self._hooks.prune(retention_s=self._retention_s)
             self._pruned_at = time.monotonic()
         deliveries = self._hooks.claim(owner=self._owner, limit=SENDERS,
                                        lease_s=LEASE_TIMEOUTS * self._timeout_s + LEASE_MARGIN_S)
         list(self._senders.map(self._deliver, deliveries))  # waits for every request
-        return bool(deliveries)
+        return 0.0 if deliveries else None
 
     def _deliver(self, delivery: Delivery) -> None:
         ATTEMPTS.inc()
@@ -115,10 +88,11 @@ class Deliverer:
             log.warning("webhook %s of %s to %s failed (attempt %s): %s", delivery.event,
                         _about(delivery), delivery.url, delivery.attempts, result.error,
                         extra={"task_id": delivery.task_id})
-        if not self._hooks.finish(delivery, result, owner=self._owner):
+        state = self._hooks.finish(delivery, result, owner=self._owner)
+        if state is None:
             log.info("webhook delivery %s was taken over before its result was written",
                      delivery.id)
-        elif gives_up(delivery, result):
+        elif state == "given_up":
             GIVEN_UP.inc()
             log.error("webhook %s of %s to %s given up after %s attempts", delivery.event,
                       _about(delivery), delivery.url, delivery.attempts,

@@ -8,11 +8,9 @@ each occurrence is one task by a unique key, so no leader is needed and none can
 from __future__ import annotations
 
 import logging
-import threading
-
-import psycopg
 
 from chronocore import metrics
+from chronocore.lifecycle import Loop
 from chronocore.registry import NodeRegistry
 from chronocore.repository import JobRepository
 from chronocore.tls import TlsFiles
@@ -33,23 +31,15 @@ MADE = metrics.Counter("chronosync_occurrences_made_total",
                        "Recurring jobs' occurrences made into tasks.")
 
 
-class Materializer:
+class Materializer(Loop):
     def __init__(self, *, jobs: JobRepository, registry: NodeRegistry,
                  horizon_s: float, tls: TlsFiles | None) -> None:
+        super().__init__(name="materializer", interval_s=STEP_EVERY_S, first_wait=True,
+                         join_s=10)
         self._jobs = jobs
         self._tls = tls
         self._registry = registry
         self._horizon_s = horizon_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="materializer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
 
     def run_once(self) -> None:
         for made in self._jobs.materialize(horizon_s=self._horizon_s):
@@ -69,12 +59,3 @@ class Materializer:
             SKIPPED.inc(policy="replace")
             if task.running_on:
                 cancel_on_worker(self._registry, task.running_on, task.id, tls=self._tls)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(STEP_EVERY_S):
-            try:
-                self.run_once()
-            except psycopg.Error as exc:
-                log.warning("materializer: database error: %s", exc)
-            except Exception:
-                log.exception("materializer step failed")
