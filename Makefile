@@ -7,7 +7,7 @@ PACKAGES := libs/chronocore libs/chronosync-dev services/scheduler services/coor
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test test-embedded mutation-test chaos-test bench up proto lint schema
+.PHONY: help install dev test test-embedded test-pgbouncer mutation-test chaos-test bench up proto lint schema
 .PHONY: down compose-test screenshot
 
 help: ## list the targets
@@ -33,6 +33,12 @@ CORE_TESTS := tests/integration/test_one_off.py tests/integration/test_failover.
 	tests/integration/test_jobs.py
 test-embedded: $(STAMP) ## the core tests on the embedded PostgreSQL 18, the machine's hidden
 	CHRONOSYNC_PG_BINDIR=embedded $(BIN)/python -m pytest $(CORE_TESTS)
+
+# The same core with every node of the test clusters connected through Debian's PgBouncer
+# in transaction mode (CHRONOSYNC_DSN pooled, CHRONOSYNC_SESSION_DSN direct); the
+# pooler's own tests (tests/integration/test_pgbouncer.py) run in make test.
+test-pgbouncer: $(STAMP) ## the core tests with every node connected through PgBouncer
+	CHRONOSYNC_TEST_THROUGH_PGBOUNCER=1 $(BIN)/python -m pytest $(CORE_TESTS)
 
 mutation-test: $(STAMP) ## break each guarantee in a scratch copy: its test must fail (MUTATION_ARGS=--ci)
 	$(BIN)/python tests/mutation/run.py $(MUTATION_ARGS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from browser import browser  # noqa: F401 - the dashboard tests' fixture
-from harness import Cluster, running_cluster
+from harness import THROUGH_PGBOUNCER, Cluster, pgbouncer, running_cluster
 
 from chronocore.db import open_pool
 from chronocore.repository import TaskRepository
@@ -16,8 +16,16 @@ from chronocore.repository import TaskRepository
 
 @pytest.fixture
 def cluster(dsn: str, tmp_path: Path) -> Iterator[Cluster]:
-    """A cluster with no nodes yet; the test starts what it needs."""
-    with running_cluster(dsn, tmp_path) as running:
+    """A cluster with no nodes yet; the test starts what it needs. With
+    CHRONOSYNC_TEST_THROUGH_PGBOUNCER=1 its nodes connect through PgBouncer in transaction
+    mode (CHRONOSYNC_DSN) and directly for what needs a session (CHRONOSYNC_SESSION_DSN);
+    the test's own queries stay direct."""
+    if not THROUGH_PGBOUNCER:
+        with running_cluster(dsn, tmp_path) as running:
+            yield running
+        return
+    with pgbouncer(dsn) as pooler, running_cluster(dsn, tmp_path,
+                                                   node_dsn=pooler.dsn) as running:
         yield running
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,14 +23,18 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
+from chronocore.db import SessionTimeouts
 from chronocore.migrate import apply_migrations
 from chronosync_dev.devcluster import NodeProcess, ProcessCluster
 from chronosync_dev.pgcluster import (
     FAST_TEST_SETTINGS,
     LocalCluster,
     PostgresNotFound,
+    _server_user,
     free_port,
 )
 
@@ -84,16 +90,22 @@ def query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
 
 
 class Cluster:
-    """A ProcessCluster plus what tests ask of it: the API URL and the database."""
+    """A ProcessCluster plus what tests ask of it: the API URL and the database.
 
-    def __init__(self, *, dsn: str, log_dir: Path) -> None:
+    ``dsn`` is the database's own address, which the test's queries use. ``node_dsn``,
+    when given, is where the nodes' pools connect instead (a transaction pooler in front
+    of it): the nodes then get ``dsn`` as CHRONOSYNC_SESSION_DSN for what needs a session.
+    """
+
+    def __init__(self, *, dsn: str, log_dir: Path, node_dsn: str | None = None) -> None:
         self.dsn = dsn
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.processes = ProcessCluster(
-            dsn=dsn, log_dir=log_dir,
-            env={**FAST_TIMINGS, "CHRONOSYNC_HTTP_ADDR": f"127.0.0.1:{self.port}"},
-        )
+        env = {**FAST_TIMINGS, "CHRONOSYNC_HTTP_ADDR": f"127.0.0.1:{self.port}"}
+        if node_dsn is not None:
+            env["CHRONOSYNC_SESSION_DSN"] = dsn
+            set_session_timeouts_on_database(dsn)
+        self.processes = ProcessCluster(dsn=node_dsn or dsn, log_dir=log_dir, env=env)
 
     def start(self, kind: str, **env: str) -> NodeProcess:
         return self.processes.start(kind, env=env)
@@ -147,13 +159,31 @@ class Cluster:
         self.processes.stop()
 
 
+def set_session_timeouts_on_database(dsn: str) -> None:
+    """What the README says to do behind a transaction pooler, which drops the options
+    that would set them per connection: the nodes' session timeouts set on the database
+    (the test's own; on the role in production)."""
+    timeouts = SessionTimeouts()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        name = conn.info.dbname
+        for setting, seconds in [("lock_timeout", timeouts.lock_s),
+                                 ("idle_in_transaction_session_timeout",
+                                  timeouts.idle_in_transaction_s),
+                                 ("statement_timeout", timeouts.statement_s)]:
+            conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                sql.Identifier(name), sql.Identifier(setting),
+                sql.Literal(f"{round(seconds * 1000)}ms")))
+
+
 @contextmanager
-def running_cluster(dsn: str, tmp_path: Path) -> Iterator[Cluster]:
-    """A Cluster on ``dsn`` logging under ``tmp_path``; its nodes are stopped on the way
-    out, and their logs printed (pytest shows them when the test failed)."""
+def running_cluster(dsn: str, tmp_path: Path, *,
+                    node_dsn: str | None = None) -> Iterator[Cluster]:
+    """A Cluster on ``dsn`` (its nodes on ``node_dsn`` if given, see Cluster) logging
+    under ``tmp_path``; its nodes are stopped on the way out, and their logs printed
+    (pytest shows them when the test failed)."""
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    running = Cluster(dsn=dsn, log_dir=log_dir)
+    running = Cluster(dsn=dsn, log_dir=log_dir, node_dsn=node_dsn)
     try:
         yield running
     finally:
@@ -213,6 +243,110 @@ def own_postgres(prefix: str, settings: dict[str, str] | None = None,
         server.stop()
         print(f"===== postgres.log =====\n{tail(server.log_path)}")
         shutil.rmtree(base, ignore_errors=True)
+
+
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+# CHRONOSYNC_TEST_THROUGH_PGBOUNCER=1: the ``cluster`` fixture's nodes connect through
+# PgBouncer in transaction mode (make test-pgbouncer).
+THROUGH_PGBOUNCER = os.environ.get("CHRONOSYNC_TEST_THROUGH_PGBOUNCER", "") not in ("", "0")
+# Server connections the pooler opens for the cluster's nodes: fewer than they have clients.
+PGBOUNCER_POOL_SIZE = 20
+
+
+@dataclass(frozen=True)
+class PgBouncer:
+    """A running PgBouncer: ``dsn`` reaches the database through it in transaction mode,
+    ``admin_dsn`` its admin console (SHOW POOLS, SHOW SERVERS, ...)."""
+
+    dsn: str
+    admin_dsn: str
+
+    def show(self, what: str) -> list[dict[str, Any]]:
+        """``SHOW what`` on the admin console, which speaks only the simple protocol."""
+        with psycopg.connect(self.admin_dsn, autocommit=True,
+                             cursor_factory=psycopg.ClientCursor) as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            cur.execute(f"SHOW {what}")
+            return cur.fetchall()
+
+    def server_connections(self) -> int:
+        """Server connections it holds to the database now, in use or idle."""
+        return len([s for s in self.show("SERVERS") if s["database"] != "pgbouncer"])
+
+    def client_connections(self) -> int:
+        """Client connections to the database now (its admin console's are not counted)."""
+        return len([c for c in self.show("CLIENTS") if c["database"] != "pgbouncer"])
+
+
+@contextmanager
+def pgbouncer(dsn: str, *, pool_size: int = PGBOUNCER_POOL_SIZE) -> Iterator[PgBouncer]:
+    """Debian's PgBouncer in transaction mode in front of ``dsn``'s server, at most
+    ``pool_size`` server connections per database; its log printed on the way out."""
+    if not os.access(PGBOUNCER, os.X_OK):
+        # CI installs it, so there its absence is a failure; a laptop with only Python
+        # (make test with the embedded PostgreSQL) skips the test, naming the package.
+        reason = "pgbouncer is not installed (Debian's pgbouncer package; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = conninfo_to_dict(dsn)
+    port = free_port()
+    # Its own directory, reachable by the unprivileged user it runs as under root.
+    directory = Path(tempfile.mkdtemp(prefix="chronosync-pgbouncer-"))
+    directory.chmod(0o755)
+    target = " ".join(f"{k}={server[k]}" for k in ("host", "port", "password")
+                      if server.get(k))
+    (directory / "userlist.txt").write_text(
+        f'"{server["user"]}" "{server.get("password", "")}"\n')
+    (directory / "pgbouncer.ini").write_text(f"""\
+[databases]
+* = {target}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = {"plain" if server.get("password") else "trust"}
+auth_file = {directory}/userlist.txt
+admin_users = {server["user"]}
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 2000
+ignore_startup_parameters = extra_float_digits,options
+logfile = {directory}/pgbouncer.log
+""")
+    user = _server_user() if os.geteuid() == 0 else None  # it refuses to run as root
+    if user is not None:
+        for path in (directory, *directory.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    kw: dict[str, Any] = {} if user is None else {
+        "user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    with open(directory / "stderr.log", "wb") as err:
+        proc = subprocess.Popen([PGBOUNCER, str(directory / "pgbouncer.ini")],
+                                stdout=err, stderr=subprocess.STDOUT, **kw)
+    pooled = make_conninfo(dsn, port=port, password=server.get("password"))
+    running = PgBouncer(dsn=pooled, admin_dsn=make_conninfo(pooled, dbname="pgbouncer"))
+
+    def answers() -> bool:
+        try:
+            with psycopg.connect(pooled, connect_timeout=2) as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except psycopg.OperationalError:
+            return False
+
+    try:
+        wait_for(answers, timeout=20, what="pgbouncer to accept connections")
+        yield running
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for log in (directory / "stderr.log", directory / "pgbouncer.log"):
+            print(f"===== pgbouncer {log.name} =====")
+            print(tail(log, 80) if log.exists() else f"(no {log.name})")
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @dataclass(frozen=True)

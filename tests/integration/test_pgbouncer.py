@@ -3,101 +3,32 @@ pool connects through the pooler (no prepared statements: a statement prepared o
 server connection is unknown on the next), and what needs a session (migrations, the
 coordinators' LISTEN) connects directly through CHRONOSYNC_SESSION_DSN. Tasks run once,
 cron ticks are made once, a killed worker's task is recovered, and many client
-connections share a few server connections."""
+connections share a few server connections: 50 workers on 20. (The pooler itself is in
+harness.py; make test-pgbouncer runs the core scenario files through it too.)"""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from harness import Cluster, free_port, node_id, running_cluster, wait_for
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from harness import Cluster, log_of, node_id, pgbouncer, running_cluster, wait_for
 
-from chronosync_dev.pgcluster import _server_user
-
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 SERVER_CONNECTIONS = 5
 WORKERS = 8
+# The fleet test: many workers, each with its own pool, on few server connections.
+FLEET_WORKERS = 50
+FLEET_SERVER_CONNECTIONS = 20
 
 
 @pytest.fixture
-def pooler(dsn: str) -> Iterator[str]:
-    """PgBouncer in transaction mode in front of the test's database; its conninfo."""
-    if not os.access(PGBOUNCER, os.X_OK):
-        # CI installs it, so there its absence is a failure; a laptop with only Python
-        # (make test with the embedded PostgreSQL) skips the test, naming the package.
-        reason = "pgbouncer is not installed (Debian's pgbouncer package; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    server = conninfo_to_dict(dsn)
-    port = free_port()
-    # Its own directory, reachable by the unprivileged user it runs as under root.
-    directory = Path(tempfile.mkdtemp(prefix="chronosync-pgbouncer-"))
-    directory.chmod(0o755)
-    target = " ".join(f"{k}={server[k]}" for k in ("host", "port", "password")
-                      if server.get(k))
-    (directory / "userlist.txt").write_text(
-        f'"{server["user"]}" "{server.get("password", "")}"\n')
-    (directory / "pgbouncer.ini").write_text(f"""\
-[databases]
-* = {target}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = {"plain" if server.get("password") else "trust"}
-auth_file = {directory}/userlist.txt
-pool_mode = transaction
-default_pool_size = {SERVER_CONNECTIONS}
-max_client_conn = 1000
-ignore_startup_parameters = extra_float_digits,options
-logfile = {directory}/pgbouncer.log
-""")
-    user = _server_user() if os.geteuid() == 0 else None  # it refuses to run as root
-    if user is not None:
-        for path in (directory, *directory.iterdir()):
-            os.chown(path, user.pw_uid, user.pw_gid)
-    kw = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid,
-                                  "extra_groups": []}
-    with open(directory / "stderr.log", "wb") as err:
-        proc = subprocess.Popen([PGBOUNCER, str(directory / "pgbouncer.ini")],
-                                stdout=err, stderr=subprocess.STDOUT, **kw)
-    pooled = make_conninfo(dsn, port=port, password=server.get("password"))
-
-    def answers() -> bool:
-        try:
-            with psycopg.connect(pooled, connect_timeout=2) as conn:
-                return conn.execute("SELECT 1").fetchone() == (1,)
-        except psycopg.OperationalError:
-            return False
-
-    try:
-        wait_for(answers, timeout=20, what="pgbouncer to accept connections")
-        yield pooled
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for log in (directory / "stderr.log", directory / "pgbouncer.log"):
-            print(log.read_text()[-5000:] if log.exists() else f"(no {log.name})")
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def pooled_cluster(pooler: str, dsn: str, tmp_path: Path) -> Iterator[Cluster]:
-    with running_cluster(pooler, tmp_path) as cluster:
-        cluster.processes._env["CHRONOSYNC_SESSION_DSN"] = dsn
+def pooled_cluster(dsn: str, tmp_path: Path) -> Iterator[Cluster]:
+    with pgbouncer(dsn, pool_size=SERVER_CONNECTIONS) as pooler, \
+            running_cluster(dsn, tmp_path, node_dsn=pooler.dsn) as cluster:
         yield cluster
 
 
@@ -115,14 +46,19 @@ def test_a_cluster_through_pgbouncer_runs_once_and_recovers(
     pooled_cluster: Cluster, dsn: str,
 ) -> None:
     cluster = pooled_cluster
-    cluster.start("scheduler")
-    for _ in range(2):
-        cluster.start("coordinator")
+    scheduler = cluster.start("scheduler")
+    coordinators = [cluster.start("coordinator") for _ in range(2)]
     workers = [cluster.start("worker", CHRONOSYNC_WORKER_CAPACITY="2")
                for _ in range(WORKERS)]
     cluster.wait_ready(coordinators=2, workers=WORKERS)
-    assert "CHRONOSYNC_DSN is taken to be a transaction pooler" in \
-        workers[0].log_path.read_text()
+    # Each node says what it needs a session for, and that it opens it directly.
+    pooled = "CHRONOSYNC_DSN is taken to be a transaction pooler"
+    for node, needs in [(scheduler, "its migrations at start-up and opens"),
+                        (workers[0], "its migrations at start-up and opens"),
+                        (coordinators[0], "its migrations at start-up and its LISTEN")]:
+        said = log_of(node)
+        assert pooled in said and f"session for {needs}" in said, node.name
+        assert "opens it on CHRONOSYNC_SESSION_DSN" in said, node.name
 
     shared = Path(tempfile.mkdtemp(prefix="chronosync-pgbouncer-test-"))
     shared.chmod(0o777)  # the commands may run as another user
@@ -151,3 +87,67 @@ def test_a_cluster_through_pgbouncer_runs_once_and_recovers(
         "SELECT scheduled_at FROM tasks WHERE job_id = %s GROUP BY scheduled_at"
         " HAVING count(*) > 1", (job["id"],))
     assert duplicates == []
+
+
+def test_fifty_workers_share_twenty_server_connections_and_run_each_task_once(
+    dsn: str, tmp_path: Path,
+) -> None:
+    """A fleet's worth of nodes through one pooler: every worker registers and runs tasks
+    through it, each task runs once, and the server sees at most the pool's connections
+    (plus the coordinators' direct LISTENs), never one per node."""
+    # Fifty processes on a small machine: slower beats and a longer liveness horizon, so
+    # that start-up load does not read as dead workers; one slot each, so that tasks
+    # spread over many of them.
+    slow = {"CHRONOSYNC_HEARTBEAT_S": "1", "CHRONOSYNC_NODE_TTL_S": "15"}
+    with pgbouncer(dsn, pool_size=FLEET_SERVER_CONNECTIONS) as pooler, \
+            running_cluster(dsn, tmp_path, node_dsn=pooler.dsn) as cluster:
+        cluster.processes._env.update(slow)
+        cluster.start("scheduler")
+        coordinators = [cluster.start("coordinator") for _ in range(2)]
+        workers = [cluster.start("worker", CHRONOSYNC_WORKER_CAPACITY="1",
+                                 CHRONOSYNC_POOL_SIZE="2")
+                   for _ in range(FLEET_WORKERS)]
+        peak = 0
+
+        def registered() -> bool:
+            nonlocal peak
+            peak = max(peak, pooler.server_connections())
+            for node in workers:
+                assert node.alive, f"{node.name} exited: {node.last_words()}"
+            alive = cluster.query(
+                "SELECT count(*) AS n FROM nodes WHERE kind = 'worker'"
+                " AND stopped_at IS NULL AND last_heartbeat_at > now() - interval '15 s'")
+            return alive[0]["n"] == FLEET_WORKERS
+
+        wait_for(registered, timeout=150, interval=0.5, what="every worker to register")
+        assert {node_id(cluster, w) for w in workers} == {
+            r["id"] for r in cluster.query("SELECT id FROM nodes WHERE kind = 'worker'")}
+        clients = pooler.client_connections()
+        assert clients >= FLEET_WORKERS, f"{clients} clients: one pool per worker at least"
+
+        ids = [cluster.http("POST", "/schedule", {"command": f"echo {i}"})[1]["id"]
+               for i in range(150)]
+
+        def all_done() -> bool:
+            nonlocal peak
+            peak = max(peak, pooler.server_connections())
+            done = cluster.query("SELECT count(*) AS n FROM tasks WHERE completed_at IS NOT"
+                                 " NULL OR failed_at IS NOT NULL")
+            return done[0]["n"] == len(ids)
+
+        wait_for(all_done, timeout=120, interval=0.5, what="the tasks to finish")
+        for task_id in ids:
+            task = cluster.task(task_id)
+            assert (task["status"], task["attempt"]) == ("succeeded", 1), task
+        ran_on = {r["worker_id"] for r in cluster.query(
+            "SELECT DISTINCT worker_id FROM tasks")}
+        assert len(ran_on) > 1, "the tasks spread over the fleet"
+
+        assert 0 < peak <= FLEET_SERVER_CONNECTIONS, peak
+        # The server's own count: the pooler's connections and the coordinators' LISTENs.
+        assert server_connections(dsn) <= FLEET_SERVER_CONNECTIONS + len(coordinators)
+        print(f"{FLEET_WORKERS} workers, {clients} client connections to the pooler, "
+              f"at most {peak} server connections")
+        # No statement met a server connection that lacked what it was prepared on.
+        for node in [*coordinators, *workers]:
+            assert 'prepared statement "' not in log_of(node), node.name

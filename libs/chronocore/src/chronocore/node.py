@@ -93,13 +93,23 @@ def stop_event_on_signals() -> threading.Event:
     return stop
 
 
+def say_session_needs(kind: str, config: Config, needs: str) -> None:
+    """The start-up line naming what this node needs a session for (``needs``) and where
+    it opens one: an operator putting a transaction pooler in front reads what must
+    bypass it."""
+    if config.pooled:
+        log.info("CHRONOSYNC_SESSION_DSN is set, so CHRONOSYNC_DSN is taken to be a "
+                 "transaction pooler (no prepared statements on it); this %s needs a "
+                 "session for %s and opens it on CHRONOSYNC_SESSION_DSN", kind, needs)
+    else:
+        log.info("this %s needs a session for %s and opens it on CHRONOSYNC_DSN (behind a "
+                 "transaction pooler, set CHRONOSYNC_SESSION_DSN to a direct connection)",
+                 kind, needs)
+
+
 def migrate_when_reachable(config: Config, stop: threading.Event) -> bool:
     """Apply migrations, retrying until the database answers; False if stopped first.
     They take a session-wide view of the schema, so they use the direct DSN."""
-    if config.pooled:
-        log.info("CHRONOSYNC_SESSION_DSN is set, so CHRONOSYNC_DSN is taken to be a "
-                 "transaction pooler (no prepared statements on it); what needs a session "
-                 "(migrations, a coordinator's LISTEN) uses CHRONOSYNC_SESSION_DSN")
     delay = RECONNECT_FIRST_S
     while not stop.is_set():
         try:
@@ -190,13 +200,15 @@ P = TypeVar("P")
 
 
 def serve_node(kind: str, *, prepare: Callable[[Config], P],
-               build: Callable[[Node, P], Plan], connections: int = 4) -> int:
+               build: Callable[[Node, P], Plan], connections: int = 4,
+               session_needs: str = "its migrations at start-up") -> int:
     """Run one node until SIGTERM or SIGINT; returns the process's exit code.
 
     ``prepare`` checks what the configuration alone decides (raising ``ConfigError``:
     exit 2) before anything waits for the database; ``build`` makes the node's services
     once the database is migrated and the pool open. ``connections``: the most the node
-    opens unless CHRONOSYNC_POOL_SIZE says otherwise."""
+    opens unless CHRONOSYNC_POOL_SIZE says otherwise. ``session_needs``: what the node
+    needs a session (not a pooled transaction) for, said at start-up."""
     node_id = new_node_id(kind)
     setup_logging(node_id)
     node_log = logging.getLogger(f"chronosync.{kind}")
@@ -207,6 +219,7 @@ def serve_node(kind: str, *, prepare: Callable[[Config], P],
         node_log.error("bad configuration: %s", exc)
         return 2
     stop = stop_event_on_signals()
+    say_session_needs(kind, config, session_needs)
     if not migrate_when_reachable(config, stop):
         return 0
     pool = db.open_pool(config.dsn, size=config.pool_size or connections, name=kind,

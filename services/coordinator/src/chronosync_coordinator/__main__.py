@@ -43,7 +43,9 @@ def build(node: Node, tls: TlsFiles | None) -> Plan:
 
 
 def main() -> int:
-    return serve_node("coordinator", prepare=TlsFiles.from_config, build=build)
+    return serve_node("coordinator", prepare=TlsFiles.from_config, build=build,
+                      session_needs="its migrations at start-up and its LISTEN for due "
+                      "tasks (one connection, held)")
 
 
 if __name__ == "__main__":
