@@ -31,7 +31,7 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, Message, bytes]]]]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             seen.append((self.path, self.headers, body))  # names case-insensitive
-            self.send_response(500 if self.path.endswith("/broken") else 204)
+            self.send_response(500 if "/broken" in self.path else 204)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -86,6 +86,23 @@ def test_a_failure_is_tried_again_after_the_backoff_until_the_last_attempt(
     assert finish["retry_in_s"] == 4.0
     finish = step(base + "/hooks/broken", attempts=MAX_ATTEMPTS, allow=(base + "/hooks/",))
     assert finish["give_up"] and not finish["delivered"]
+
+
+def test_a_failure_s_log_lines_name_the_host_but_not_the_url_s_token(
+    receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chat's incoming-webhook URL is its credential (a token in the path or query):
+    the log says where the delivery went and which it was, not the whole URL."""
+    base, _ = receiver
+    url = base + "/hooks/T0/B0-path-token/broken?key=query-token"
+    for attempts in (1, MAX_ATTEMPTS):
+        step(url, attempts=attempts, allow=(base + "/hooks/",))
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("notify")]
+    assert any("failed (attempt 1)" in line for line in lines), lines
+    assert any(f"given up after {MAX_ATTEMPTS} attempts" in line for line in lines), lines
+    for line in lines:
+        assert base in line and "delivery 7" in line, line
+        assert "path-token" not in line and "query-token" not in line, line
 
 
 def test_a_url_no_longer_allowed_is_given_up_without_a_request(receiver: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 from chronocore import metrics
 from chronocore.lifecycle import Loop
@@ -85,8 +86,9 @@ class Deliverer(Loop):
                             error=f"unexpected error: {type(exc).__name__}")
         if not result.delivered:
             FAILED_ATTEMPTS.inc()
-            log.warning("webhook %s of %s to %s failed (attempt %s): %s", delivery.event,
-                        _about(delivery), delivery.url, delivery.attempts, result.error,
+            log.warning("webhook %s (delivery %s) of %s to %s failed (attempt %s): %s",
+                        delivery.event, delivery.id, _about(delivery), _origin(delivery.url),
+                        delivery.attempts, result.error,
                         extra={"task_id": delivery.task_id})
         state = self._hooks.finish(delivery, result, owner=self._owner)
         if state is None:
@@ -94,9 +96,19 @@ class Deliverer(Loop):
                      delivery.id)
         elif state == "given_up":
             GIVEN_UP.inc()
-            log.error("webhook %s of %s to %s given up after %s attempts", delivery.event,
-                      _about(delivery), delivery.url, delivery.attempts,
+            log.error("webhook %s (delivery %s) of %s to %s given up after %s attempts",
+                      delivery.event, delivery.id, _about(delivery), _origin(delivery.url),
+                      delivery.attempts,
                       extra={"task_id": delivery.task_id})
+
+
+def _origin(url: str) -> str:
+    """What a log line says of a webhook's URL: its scheme and host, and the delivery's
+    id says the rest. Many receivers put their token in the path or the query (a chat's
+    incoming-webhook URL is its credential), and logs are read by more people than the
+    API's token holders."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc} (path withheld)"
 
 
 def _about(delivery: Delivery) -> str:
