@@ -378,6 +378,7 @@ class CommandRun:
             finally:
                 if stdin != subprocess.DEVNULL:
                     os.close(stdin)
+            self._reaped = False  # a new shell: its pid names its group again
             if self._reaper is not None and ticket is not None:
                 self._reaper.spawned(ticket, self._proc.pid, self._identity)
         try:
