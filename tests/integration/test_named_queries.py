@@ -18,7 +18,7 @@ NAMED = {
     "chronosync_dev": load("chronosync_dev"),
     "bench": parse((ROOT / "bench" / "queries.sql").read_text(encoding="utf-8")),
 }
-PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+PLACEHOLDER = re.compile(r"%\((\w+)\)[sb]|%%")  # text or binary
 
 
 def numbered(statement: str) -> str:

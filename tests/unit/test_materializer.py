@@ -25,10 +25,8 @@ def leased(job_id: int, *, cron: str = "* * * * *", next_run_at: datetime = MINU
 def written(jobs: list[dict[str, Any]]) -> FakeQueries:
     """A database that leases ``jobs`` and writes whatever it is asked to."""
     def make_occurrences(**p: Any) -> list[dict[str, Any]]:
-        return [{"job_id": job_id, "tasks": [1000 * job_id + n
-                                             for n, j in enumerate(p["job_ids"])
-                                             if j == job_id]}
-                for job_id in p["ids"]]
+        return [{"job_id": job_id, "tasks": [1000 * job_id + n for n in range(count)]}
+                for job_id, count in zip(p["ids"], p["counts"], strict=True)]
     return FakeQueries({"lease_jobs_to_materialize": jobs,
                         "make_occurrences": make_occurrences})
 
@@ -42,8 +40,8 @@ def test_occurrences_within_the_horizon_are_written_for_every_leased_job_in_id_o
     assert write["tokens"] == [jobs[1]["lease_token"], jobs[0]["lease_token"]]
     # Made up to now + 90 s (12:01:30.5): job 3 at 12:01:00 and 12:01:30, job 7 at 12:01.
     half = MINUTE + timedelta(seconds=30)
-    assert list(zip(write["job_ids"], write["occurrences"], strict=True)) == [
-        (3, MINUTE), (3, half), (7, MINUTE)]
+    assert write["occurrences"] == [MINUTE, half, MINUTE]
+    assert (write["firsts"], write["counts"]) == ([1, 3], [2, 1])  # 1-based slices
     assert write["next_run_ats"] == [MINUTE + timedelta(minutes=1)] * 2
     assert [(m.job_id, len(m.tasks)) for m in made] == [(3, 2), (7, 1)]
 

@@ -556,16 +556,18 @@ WITH due AS (
 UPDATE jobs j
 SET lease_token = gen_random_uuid(),
     leased_until = now() + %(lease_s)s * interval '1 second'
-FROM due
-WHERE j.id = due.id
+WHERE j.id = ANY (ARRAY(SELECT id FROM due))  -- by the key: no scan of every job
 RETURNING j.id, j.cron, j.timezone, j.next_run_at, j.misfire_policy, j.starting_deadline_s,
           j.max_catchup, j.lease_token, now() AS now;
 
 -- name: make_occurrences --
 -- One statement per materialization step: the jobs still leased under the step's tokens
 -- advance (next occurrence not yet a task, misfire skips counted, lease ended) and their
--- planned occurrences become tasks (pairs sorted by job, then time; one already made is
--- not made again). A job whose token is gone (leased anew, edited, deleted) gets neither.
+-- planned occurrences become tasks (in order of job, then time; one already made is not
+-- made again). A job whose token is gone (leased anew, edited, deleted) gets neither.
+-- A job's occurrences are the slice [first, first + count) of OCCURRENCES: each advanced
+-- row carries its own, so no step joins rows by estimate (a prepared statement's generic
+-- plan takes each array for 10 rows, and a nested loop over thousands was quadratic).
 -- The tasks' created_at is the instant the plan was made for (the lease's now()), as when
 -- planning and writing shared one transaction: how late a tick was made is measured
 -- against the misfire decision. Returns, per job advanced, the ids of the tasks made.
@@ -573,24 +575,27 @@ WITH advanced AS (
     UPDATE jobs j
     SET next_run_at = a.next_run_at, missed_occurrences = j.missed_occurrences + a.skipped,
         lease_token = NULL, leased_until = NULL
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(next_run_ats)s::timestamptz[],
-                %(skipped)s::bigint[]) AS a(id, token, next_run_at, skipped)
+    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(next_run_ats)b::timestamptz[],
+                %(skipped)b::bigint[], %(firsts)b::int[], %(counts)b::int[])
+         AS a(id, token, next_run_at, skipped, first, count)
     WHERE j.id = a.id AND j.lease_token = a.token
+      AND j.id = ANY (%(ids)b::bigint[])  -- by the key: no scan of every job
     RETURNING j.id, j.command, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name,
-              j.concurrency_policy, j.target, j.webhooks
+              j.concurrency_policy, j.target, j.webhooks, a.first, a.count
 ), made AS (
     -- A job whose target says "all": one task per live matching worker (pinned to it,
     -- grouped by a broadcast id racing schedulers compute alike), or one that waits.
-    INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env, name,
-                       job_id, concurrency_policy, created_at, target, pinned_worker,
-                       broadcast_id, webhooks)
-    SELECT j.command, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name, j.id,
-           j.concurrency_policy, %(planned_at)s::timestamptz, j.target, w.id,
+    INSERT INTO tasks (command, scheduled_at, due_at, delivery, max_attempts, timeout_s,
+                       env, name, job_id, concurrency_policy, created_at, target,
+                       pinned_worker, broadcast_id, webhooks)
+    SELECT j.command, o.at, o.at, j.delivery, j.max_attempts, j.timeout_s, j.env, j.name,
+           j.id, j.concurrency_policy, %(planned_at)s::timestamptz, j.target, w.id,
            CASE WHEN j.target ? 'all'
                 THEN md5(j.id || '@' || EXTRACT(EPOCH FROM o.at))::uuid END, j.webhooks
-    FROM unnest(%(job_ids)s::bigint[], %(occurrences)s::timestamptz[]) WITH ORDINALITY
-         AS o(job_id, at, n)
-    JOIN advanced j ON j.id = o.job_id
+    FROM advanced j
+    CROSS JOIN LATERAL unnest(
+        (%(occurrences)b::timestamptz[])[j.first:j.first + j.count - 1])
+        WITH ORDINALITY AS o(at, n)
     LEFT JOIN LATERAL (
         SELECT n.id FROM nodes n
         WHERE j.target ? 'all' AND n.kind = 'worker' AND n.stopped_at IS NULL
@@ -598,16 +603,17 @@ WITH advanced AS (
           AND n.last_heartbeat_at >= now() - %(ttl_s)s * interval '1 second'
           AND n.labels @> (j.target->'labels')
     ) w ON true
-    ORDER BY o.n, w.id
+    ORDER BY j.id, o.n, w.id
     ON CONFLICT DO NOTHING
     RETURNING id, job_id
 )
-SELECT a.id AS job_id,
-       coalesce(array_agg(m.id ORDER BY m.id) FILTER (WHERE m.id IS NOT NULL), '{}')
+SELECT job_id,
+       coalesce(array_agg(task ORDER BY task) FILTER (WHERE task IS NOT NULL), '{}')
            AS tasks
-FROM advanced a
-LEFT JOIN made m ON m.job_id = a.id
-GROUP BY a.id;
+FROM (SELECT id AS job_id, NULL::bigint AS task FROM advanced
+      UNION ALL
+      SELECT job_id, id FROM made) r
+GROUP BY job_id;
 
 -- name: insert_occurrences --
 -- The insert of make_occurrences alone, without the lease (the tests race it to pin the

@@ -606,13 +606,18 @@ class JobRepository:
                 steps[job["id"]] = plans[key]
                 tokens[job["id"]] = job["lease_token"]
             ids = sorted(steps)  # one lock order for every step
-            pairs = [(job_id, at) for job_id in ids for at in steps[job_id].occurrences]
+            # Each job's occurrences are the slice [first, first + count) of one array.
+            occurrences: list[datetime] = []
+            firsts = []
+            for job_id in ids:
+                firsts.append(len(occurrences) + 1)
+                occurrences.extend(steps[job_id].occurrences)
             rows = db.all(
                 "make_occurrences", ids=ids, tokens=[tokens[i] for i in ids],
                 next_run_ats=[steps[i].next_run_at for i in ids],
-                skipped=[steps[i].skipped for i in ids], job_ids=[p[0] for p in pairs],
-                occurrences=[p[1] for p in pairs], planned_at=jobs[0]["now"],
-                ttl_s=self._node_ttl_s)
+                skipped=[steps[i].skipped for i in ids], firsts=firsts,
+                counts=[len(steps[i].occurrences) for i in ids], occurrences=occurrences,
+                planned_at=jobs[0]["now"], ttl_s=self._node_ttl_s)
         made = {r["job_id"]: r["tasks"] for r in rows}
         return [Materialized(job_id, made[job_id], steps[job_id].skipped)
                 for job_id in ids if job_id in made]

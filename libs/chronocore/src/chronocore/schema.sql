@@ -58,6 +58,19 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.notify_tasks_added() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM added
+               WHERE picked_at IS NULL AND cancelled_at IS NULL AND completed_at IS NULL
+                 AND failed_at IS NULL AND unmatched_at IS NULL) THEN
+        PERFORM pg_notify('chronosync_due', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE TABLE public.tasks (
     id bigint NOT NULL,
     command text NOT NULL,
@@ -196,7 +209,8 @@ CREATE TABLE public.jobs (
     CONSTRAINT jobs_misfire_policy_check CHECK ((misfire_policy = ANY (ARRAY['run_once'::text, 'skip'::text, 'run_all'::text]))),
     CONSTRAINT jobs_starting_deadline_s_check CHECK ((starting_deadline_s > (0)::double precision)),
     CONSTRAINT jobs_timeout_s_check CHECK ((timeout_s > (0)::double precision))
-);
+)
+WITH (fillfactor='50');
 
 ALTER TABLE public.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.jobs_id_seq
@@ -348,11 +362,13 @@ CREATE INDEX webhook_deliveries_task ON public.webhook_deliveries USING btree (t
 
 CREATE TRIGGER jobs_webhooks AFTER UPDATE OF missed_occurrences ON public.jobs FOR EACH ROW WHEN (((new.webhooks IS NOT NULL) AND (new.missed_occurrences > old.missed_occurrences))) EXECUTE FUNCTION public.enqueue_job_webhooks();
 
-CREATE TRIGGER tasks_due_notify AFTER INSERT OR UPDATE OF picked_at, due_at, unmatched_at ON public.tasks FOR EACH ROW WHEN (((new.picked_at IS NULL) AND (new.cancelled_at IS NULL) AND (new.completed_at IS NULL) AND (new.failed_at IS NULL) AND (new.unmatched_at IS NULL))) EXECUTE FUNCTION public.notify_task_due();
+CREATE TRIGGER tasks_added_notify AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION public.notify_tasks_added();
+
+CREATE TRIGGER tasks_due_notify AFTER UPDATE OF picked_at, due_at, unmatched_at ON public.tasks FOR EACH ROW WHEN (((new.picked_at IS NULL) AND (new.cancelled_at IS NULL) AND (new.completed_at IS NULL) AND (new.failed_at IS NULL) AND (new.unmatched_at IS NULL))) EXECUTE FUNCTION public.notify_task_due();
 
 CREATE TRIGGER tasks_forbid_released_notify AFTER UPDATE OF completed_at, failed_at, cancelled_at ON public.tasks FOR EACH ROW WHEN (((new.concurrency_policy = 'forbid'::text) AND (old.completed_at IS NULL) AND (old.failed_at IS NULL) AND (old.cancelled_at IS NULL) AND ((new.completed_at IS NOT NULL) OR (new.failed_at IS NOT NULL) OR (new.cancelled_at IS NOT NULL)))) EXECUTE FUNCTION public.notify_task_due();
 
-CREATE TRIGGER tasks_set_due_at BEFORE INSERT ON public.tasks FOR EACH ROW EXECUTE FUNCTION public.set_task_due_at();
+CREATE TRIGGER tasks_set_due_at BEFORE INSERT ON public.tasks FOR EACH ROW WHEN ((new.due_at IS NULL)) EXECUTE FUNCTION public.set_task_due_at();
 
 CREATE TRIGGER tasks_webhooks AFTER UPDATE OF completed_at, failed_at, cancelled_at, started_at ON public.tasks FOR EACH ROW WHEN ((new.webhooks IS NOT NULL)) EXECUTE FUNCTION public.enqueue_task_webhooks();
 

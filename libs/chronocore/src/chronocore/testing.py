@@ -17,7 +17,7 @@ from typing import Any
 
 from chronocore.queries import QUERIES, Queries, Row
 
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+_PLACEHOLDER = re.compile(r"%\((\w+)\)[sb]")  # text or binary
 Answer = list[Row] | Callable[..., list[Row]]
 
 
