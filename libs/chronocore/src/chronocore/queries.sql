@@ -9,7 +9,7 @@ INSERT INTO tasks (command, scheduled_at, delivery, max_attempts, timeout_s, env
 VALUES (%(command)s, coalesce(%(scheduled_at)s::timestamptz, now()), %(delivery)s, %(max_attempts)s, %(timeout_s)s,
         %(env)s, %(name)s, %(idempotency_key)s, %(request_hash)s, %(job_id)s, %(target)s,
         %(webhooks)s)
-ON CONFLICT (idempotency_key) DO NOTHING
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
 -- name: insert_broadcast --
@@ -436,7 +436,7 @@ VALUES (%(name)s, %(command)s, %(cron)s, %(timezone)s, %(delivery)s, %(max_attem
         %(starting_deadline_s)s, %(max_catchup)s,
         CASE WHEN %(paused)s THEN now() END, %(next_run_at)s, %(idempotency_key)s,
         %(request_hash)s, %(target)s, %(webhooks)s)
-ON CONFLICT (idempotency_key) DO NOTHING
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
 -- name: job_by_idempotency_key --

@@ -296,9 +296,6 @@ ALTER SEQUENCE public.webhook_deliveries_id_seq OWNED BY public.webhook_deliveri
 ALTER TABLE ONLY public.webhook_deliveries ALTER COLUMN id SET DEFAULT nextval('public.webhook_deliveries_id_seq'::regclass);
 
 ALTER TABLE ONLY public.jobs
-    ADD CONSTRAINT jobs_idempotency_key_key UNIQUE (idempotency_key);
-
-ALTER TABLE ONLY public.jobs
     ADD CONSTRAINT jobs_name_key UNIQUE (name);
 
 ALTER TABLE ONLY public.jobs
@@ -314,13 +311,12 @@ ALTER TABLE ONLY public.task_attempts
     ADD CONSTRAINT task_attempts_pkey PRIMARY KEY (task_id, attempt);
 
 ALTER TABLE ONLY public.tasks
-    ADD CONSTRAINT tasks_idempotency_key_key UNIQUE (idempotency_key);
-
-ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.webhook_deliveries
     ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (id);
+
+CREATE UNIQUE INDEX jobs_idempotency_key ON public.jobs USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
 CREATE INDEX jobs_to_materialize ON public.jobs USING btree (next_run_at) WHERE (paused_at IS NULL);
 
@@ -333,6 +329,8 @@ CREATE INDEX tasks_claimable ON public.tasks USING btree (due_at, id) WHERE ((pi
 CREATE INDEX tasks_due ON public.tasks USING btree (due_at, id) WHERE ((picked_at IS NULL) AND (cancelled_at IS NULL) AND (completed_at IS NULL) AND (failed_at IS NULL));
 
 CREATE INDEX tasks_finished ON public.tasks USING btree (COALESCE(completed_at, failed_at, cancelled_at)) WHERE ((completed_at IS NOT NULL) OR (failed_at IS NOT NULL) OR (cancelled_at IS NOT NULL));
+
+CREATE UNIQUE INDEX tasks_idempotency_key ON public.tasks USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
 CREATE INDEX tasks_in_flight ON public.tasks USING btree (picked_at) WHERE ((picked_at IS NOT NULL) AND (completed_at IS NULL) AND (failed_at IS NULL));
 

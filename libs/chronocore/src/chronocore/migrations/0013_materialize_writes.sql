@@ -33,3 +33,13 @@ CREATE OR REPLACE TRIGGER tasks_set_due_at
 -- update when its page has room) and the advance. Room on the page keeps both there.
 -- (Pages already written keep their fill until rewritten.)
 ALTER TABLE jobs SET (fillfactor = 50);
+
+-- Idempotency keys are unique where given: most tasks and jobs have none, and a full
+-- unique index still takes an entry for each (every task made, every job's advance,
+-- which moves the indexed next_run_at and so writes every index of jobs).
+ALTER TABLE tasks DROP CONSTRAINT tasks_idempotency_key_key;
+CREATE UNIQUE INDEX tasks_idempotency_key ON tasks (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+ALTER TABLE jobs DROP CONSTRAINT jobs_idempotency_key_key;
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
