@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Cluster, own_postgres, running_cluster, wait_for
+from harness import Cluster, own_postgres, query, running_cluster, wait_for
 
 from chronocore import db
+from chronocore.repository import TaskRepository
 from chronosync_dev.pgcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -115,3 +116,22 @@ def test_a_coordinator_frozen_across_a_database_restart_judges_no_live_worker_de
         wait_for(lambda: cluster.task(task_id)["status"] == "failed",
                  timeout=TTL_S + db.POOL_WAIT_S + 15, what="the dead worker's task to fail")
         assert cluster.task(task_id)["error"] == "worker_lost"
+
+
+def test_a_sweeper_whose_own_beat_is_stale_recovers_nothing(dsn: str, repo: TaskRepository) -> None:
+    """The gap no check in the coordinator can see: frozen after it read its own
+    connectivity and before its statement ran. The statement asks the database whether
+    the sweeper itself beat a moment ago; one that was frozen did not."""
+    query(dsn, "INSERT INTO nodes (id, kind, host, pid, address, capacity, last_heartbeat_at)"
+               " VALUES ('worker-gone', 'worker', 'test', 1, 'nowhere:1', 8,"
+               " now() - interval '1 minute'), ('sweeper', 'coordinator', 'test', 2, NULL,"
+               " 0, now() - interval '10 seconds')")
+    [task] = query(dsn, "INSERT INTO tasks (command, scheduled_at, picked_at, started_at,"
+                        " attempt, worker_id, claim_token) VALUES ('sleep 600', now(), now(),"
+                        " now(), 1, 'worker-gone', gen_random_uuid()) RETURNING id")
+    query(dsn, "INSERT INTO task_attempts (task_id, attempt, worker_id, started_at)"
+               " VALUES (%s, 1, 'worker-gone', now())", (task["id"],))
+    assert repo.recover_lost_runs(ttl_s=TTL_S, sweeper="sweeper", fresh_s=2.0) == []
+    query(dsn, "UPDATE nodes SET last_heartbeat_at = now() WHERE id = 'sweeper'")
+    [lost] = repo.recover_lost_runs(ttl_s=TTL_S, sweeper="sweeper", fresh_s=2.0)
+    assert lost.task_id == task["id"]

@@ -339,6 +339,11 @@ WITH lost AS (
       AND t.completed_at IS NULL AND t.failed_at IS NULL
       AND (n.id IS NULL OR n.stopped_at IS NOT NULL
            OR n.last_heartbeat_at < now() - %(ttl_s)s * interval '1 second')
+      -- Judged by a sweeper that has itself beaten within the last moments, by the
+      -- database clock: one frozen between its own check and this statement (SIGSTOP,
+      -- a paused VM) comes back with everyone's heartbeat stale, its own included.
+      AND EXISTS (SELECT 1 FROM nodes me WHERE me.id = %(sweeper)s
+                  AND me.last_heartbeat_at > now() - %(fresh_s)s * interval '1 second')
     FOR UPDATE OF t SKIP LOCKED
 ), recovered AS (
     UPDATE tasks t

@@ -354,11 +354,13 @@ class TaskRepository:
     def requeue_stale_claims(self, *, lease_s: float) -> list[int]:
         return [r["id"] for r in self._db.all("requeue_stale_claims", lease_s=lease_s)]
 
-    def recover_lost_runs(self, *, ttl_s: float) -> list[LostRun]:
-        """Tasks started on dead workers: failed as worker_lost, or retried."""
+    def recover_lost_runs(self, *, ttl_s: float, sweeper: str,
+                          fresh_s: float) -> list[LostRun]:
+        """Tasks started on dead workers: failed as worker_lost, or retried. Only while
+        the ``sweeper``'s own heartbeat is younger than ``fresh_s`` (database clock)."""
         return [LostRun(r["task_id"], r["retry"]) for r in self._db.all(
-            "recover_lost_runs", ttl_s=ttl_s, backoff_base_s=self._backoff.base_s,
-            backoff_max_s=self._backoff.max_s)]
+            "recover_lost_runs", ttl_s=ttl_s, sweeper=sweeper, fresh_s=fresh_s,
+            backoff_base_s=self._backoff.base_s, backoff_max_s=self._backoff.max_s)]
 
     # --- the worker's side ----------------------------------------------------------
 

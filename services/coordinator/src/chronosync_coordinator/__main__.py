@@ -25,7 +25,8 @@ def build(node: Node, tls: TlsFiles | None) -> Plan:
                                                      max_s=config.retry_backoff_max_s))
 
     def on_beat() -> None:
-        sweep(repo, ttl_s=config.node_ttl_s, connected_for=node.heartbeat.connected_for)
+        sweep(repo, ttl_s=config.node_ttl_s, connected_for=node.heartbeat.connected_for,
+              sweeper=node.id, beat_s=config.heartbeat_s)
         prune(repo, node.registry, retention_s=config.retention_s)
 
     node.heartbeat.attach(on_beat=on_beat)

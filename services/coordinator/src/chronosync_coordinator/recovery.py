@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from chronocore import metrics
 from chronocore.db import POOL_WAIT_S
-from chronocore.registry import NodeRegistry
+from chronocore.registry import BEAT_GAP_SLACK_S, NodeRegistry
 from chronocore.repository import TaskRepository
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,13 @@ PRUNED = metrics.Counter("chronosync_tasks_pruned_total",
                          "Finished tasks deleted by the retention policy.")
 
 
-def sweep(repo: TaskRepository, *, ttl_s: float, connected_for: Callable[[], float]) -> None:
+def sweep(repo: TaskRepository, *, ttl_s: float, connected_for: Callable[[], float],
+          sweeper: str, beat_s: float) -> None:
     """``connected_for`` is read just before judging, not when the sweep began: a
-    process frozen in between must not judge with what it knew before the freeze."""
+    process frozen in between must not judge with what it knew before the freeze. A
+    freeze after that read, before the statement runs, no check here can see: the
+    statement itself requires the ``sweeper``'s own heartbeat (the beat this sweep
+    follows) to be younger than a beat interval plus slack."""
     for task_id in repo.requeue_stale_claims(lease_s=ttl_s):
         log.warning("recovery: task %s claimed but never started; back to the queue",
                     task_id, extra={"task_id": task_id})
@@ -65,7 +69,8 @@ def sweep(repo: TaskRepository, *, ttl_s: float, connected_for: Callable[[], flo
         RECOVERIES.inc(reason="worker_lost")
     if connected_for() < ttl_s + POOL_WAIT_S:
         return
-    for lost in repo.recover_lost_runs(ttl_s=ttl_s):
+    for lost in repo.recover_lost_runs(ttl_s=ttl_s, sweeper=sweeper,
+                                       fresh_s=beat_s + BEAT_GAP_SLACK_S):
         log.warning("recovery: task %s lost its worker; %s", lost.task_id,
                     "retrying" if lost.retry else "failed as worker_lost",
                     extra={"task_id": lost.task_id})
